@@ -1,0 +1,150 @@
+import { Command, CommanderError } from 'commander'
+import { loadConfig } from './config/load.js'
+import { ConfigError, SluiceError, errorMessage } from './errors.js'
+import { createLogger, type Logger } from './log.js'
+import { Daemon } from './daemon.js'
+import type { Config } from './config/types.js'
+
+export const DEFAULT_CONFIG = '/etc/sluice/sluice.yaml'
+
+/** Exit codes from CONTRACT.md. */
+export const EXIT_OK = 0
+export const EXIT_FAILURE = 1
+export const EXIT_USAGE = 2
+
+interface Io {
+  out: (line: string) => void
+  err: (line: string) => void
+}
+
+const stdio: Io = {
+  out: (line) => process.stdout.write(line + '\n'),
+  err: (line) => process.stderr.write(line + '\n'),
+}
+
+/** Runs the command line; resolves with the exit code for commands that finish. */
+export async function main(argv: readonly string[], io: Io = stdio): Promise<number> {
+  let code: number | undefined
+  const program = new Command()
+    .name('sluice')
+    .description('A layer-4 TCP/UDP load balancer configured by one YAML file.')
+    .version(await packageVersion(), '-V, --version')
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.out(s.trimEnd()), writeErr: (s) => io.err(s.trimEnd()) })
+    .showSuggestionAfterError(true)
+
+  program
+    .command('run')
+    .description('run the load balancer in the foreground')
+    .option('-c, --config <file>', 'configuration file', DEFAULT_CONFIG)
+    .action(async (opts: { config: string }) => {
+      code = await run(opts.config, io)
+    })
+
+  program
+    .command('check')
+    .description('validate a configuration file without running it')
+    .option('-c, --config <file>', 'configuration file', DEFAULT_CONFIG)
+    .action((opts: { config: string }) => {
+      code = check(opts.config, io)
+    })
+
+  try {
+    await program.parseAsync([...argv], { from: 'user' })
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      const okCodes = ['commander.helpDisplayed', 'commander.version', 'commander.help']
+      return okCodes.includes(err.code) ? EXIT_OK : EXIT_USAGE
+    }
+    throw err
+  }
+  return code ?? EXIT_USAGE
+}
+
+function check(file: string, io: Io): number {
+  const config = readConfig(file, io)
+  if (config === undefined) return EXIT_FAILURE
+  const backends = [...config.pools.values()].reduce((n, p) => n + p.backends.length, 0)
+  io.out(`${file}: OK (${plural(config.listeners.length, 'listener')}, ${plural(config.pools.size, 'pool')}, ${plural(backends, 'backend')})`)
+  return EXIT_OK
+}
+
+function readConfig(file: string, io: Io): Config | undefined {
+  try {
+    return loadConfig(file)
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      io.err(err.format())
+      io.err(`${file}: ${plural(err.issues.length, 'problem')}; nothing was started`)
+      return undefined
+    }
+    if (err instanceof SluiceError) {
+      io.err(`sluice: ${err.message}`)
+      return undefined
+    }
+    throw err
+  }
+}
+
+/** Runs the daemon until a signal stops it. Resolves with the exit code. */
+async function run(file: string, io: Io): Promise<number> {
+  const config = readConfig(file, io)
+  if (config === undefined) return EXIT_FAILURE
+  const log = createLogger(config.log.level)
+  let daemon: Daemon
+  try {
+    daemon = await Daemon.start(config, { log })
+  } catch (err) {
+    const msg = err instanceof SluiceError ? err.message : errorMessage(err)
+    log.error({ code: err instanceof SluiceError ? err.code : undefined }, msg)
+    log.flush()
+    io.err(`sluice: ${msg}`)
+    return EXIT_FAILURE
+  }
+  return new Promise<number>((resolve) => {
+    let stops = 0
+    const onStop = (signal: NodeJS.Signals): void => {
+      stops++
+      if (stops > 1) {
+        log.warn({ signal }, 'second stop signal: exiting now')
+        daemon.destroy()
+        resolve(EXIT_OK)
+        return
+      }
+      log.info({ signal }, 'stop signal received')
+      void daemon.stop().then(() => resolve(EXIT_OK))
+    }
+    process.on('SIGTERM', onStop)
+    process.on('SIGINT', onStop)
+    process.on('SIGHUP', () => void reload(daemon, file, log))
+  }).finally(() => new Promise<void>((done) => log.flush(() => done())))
+}
+
+async function reload(daemon: Daemon, file: string, log: Logger): Promise<void> {
+  let next: Config
+  try {
+    next = loadConfig(file)
+  } catch (err) {
+    daemon.metrics.configReloadsTotal.inc({ result: 'failure' })
+    const detail = err instanceof ConfigError ? err.format() : errorMessage(err)
+    log.error({ code: err instanceof SluiceError ? err.code : undefined, file }, `reload refused, the running configuration stays: ${detail}`)
+    return
+  }
+  try {
+    await daemon.reload(next)
+    daemon.metrics.configReloadsTotal.inc({ result: 'success' })
+  } catch (err) {
+    daemon.metrics.configReloadsTotal.inc({ result: 'failure' })
+    log.error({ code: err instanceof SluiceError ? err.code : undefined, file }, `reload failed, the running configuration stays: ${errorMessage(err)}`)
+  }
+}
+
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`
+}
+
+async function packageVersion(): Promise<string> {
+  const { readFile } = await import('node:fs/promises')
+  const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string }
+  return pkg.version ?? '0.0.0'
+}

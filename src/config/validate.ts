@@ -1,0 +1,257 @@
+import type { Document } from 'yaml'
+import { ConfigReader, closest, type Located, type MapView } from './reader.js'
+import { formatAddress, type HostPort } from './address.js'
+import {
+  DEFAULTS,
+  type BackendConfig,
+  type Config,
+  type DemoBackendConfig,
+  type ListenerConfig,
+  type LogLevel,
+  type PoolConfig,
+} from './types.js'
+import { algorithmOptionKeys, balancerNames, findBalancer } from '../balancer/registry.js'
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
+const NAME_HINT = 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit'
+const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal']
+
+/**
+ * Keys the configuration language names (see CONTRACT.md) whose features this version does
+ * not have yet. They are refused with a clear message rather than silently ignored: a
+ * security setting such as `access` that did nothing would be worse than an error.
+ */
+const NOT_YET: Readonly<Record<string, readonly string[]>> = {
+  top: ['admin'],
+  listener: ['routes', 'tls', 'sni_passthrough', 'proxy_protocol_accept', 'access', 'limits', 'udp'],
+  pool: ['hash_key', 'discovery', 'health_check', 'passive', 'proxy_protocol', 'tls', 'slow_start'],
+}
+
+const TOP_KEYS = ['workers', 'shutdown_timeout', 'log', 'listeners', 'pools', 'demo_backends']
+const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts']
+const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries']
+const BACKEND_KEYS = ['address', 'weight', 'backup', 'max_connections']
+
+/** Checks a whole parsed document, reporting every problem to `reader`. */
+export function validate(doc: Document, reader: ConfigReader): Config | undefined {
+  const rootAt = reader.at(doc.contents ?? undefined, '')
+  if (rootAt.node === undefined) {
+    reader.report(rootAt, 'the configuration is empty; it needs at least "listeners" and "pools"')
+    return undefined
+  }
+  const root = readMap(reader, rootAt, TOP_KEYS, 'top', 'the top level')
+  if (root === undefined) return undefined
+
+  const workers = root.has('workers') ? readWorkers(reader, root.get('workers')) : DEFAULTS.workers
+  const shutdownTimeoutMs = root.has('shutdown_timeout')
+    ? reader.duration(root.get('shutdown_timeout'), 'shutdown_timeout', { allowOff: true })
+    : DEFAULTS.shutdownTimeoutMs
+  const log = readLog(reader, root)
+
+  const pools = new Map<string, PoolConfig>()
+  const declaredPools = new Set<string>()
+  if (root.require('pools', 'the configuration')) readPools(reader, root.get('pools'), pools, declaredPools)
+  const demoBackends = root.has('demo_backends') ? readDemoBackends(reader, root.get('demo_backends')) : []
+  const listeners: ListenerConfig[] = []
+  if (root.require('listeners', 'the configuration')) {
+    readListeners(reader, root.get('listeners'), pools, declaredPools, demoBackends, listeners)
+  }
+
+  if (reader.issues.length > 0 || workers === undefined || shutdownTimeoutMs === undefined || log === undefined) {
+    return undefined
+  }
+  return { file: reader.file, workers, shutdownTimeoutMs, log, listeners, pools, demoBackends }
+}
+
+/** `reader.map` with the not-yet-available keys explained instead of called unknown. */
+function readMap(reader: ConfigReader, at: Located, keys: readonly string[], kind: keyof typeof NOT_YET | 'other', context: string, extra: readonly string[] = []): MapView | undefined {
+  const notYet = kind === 'other' ? [] : (NOT_YET[kind] ?? [])
+  const view = reader.map(at, [...keys, ...extra, ...notYet], context)
+  if (view === undefined) return undefined
+  for (const key of notYet) {
+    if (view.has(key)) {
+      reader.report(view.keyAt(key), `"${key}" in ${context} is not available in this version of sluice yet; remove it to run this file`)
+    }
+  }
+  return view
+}
+
+function readWorkers(reader: ConfigReader, at: Located): number | undefined {
+  const t = reader.text(at, 'workers')
+  if (t === undefined) return undefined
+  if (t === '1') return 1
+  reader.report(at, `workers: ${t} — running several worker processes is not available in this version yet; use workers: 1`)
+  return undefined
+}
+
+function readLog(reader: ConfigReader, root: MapView): Config['log'] | undefined {
+  if (!root.has('log')) return { level: DEFAULTS.logLevel, accessLog: DEFAULTS.accessLog }
+  const m = reader.map(root.get('log'), ['level', 'access_log'], 'log')
+  if (m === undefined) return undefined
+  const level = m.has('level') ? reader.oneOf(m.get('level'), 'log.level', LOG_LEVELS) : DEFAULTS.logLevel
+  const accessLog = m.has('access_log') ? reader.bool(m.get('access_log'), 'log.access_log') : DEFAULTS.accessLog
+  if (level === undefined || accessLog === undefined) return undefined
+  return { level, accessLog }
+}
+
+function readPools(reader: ConfigReader, at: Located, out: Map<string, PoolConfig>, declared: Set<string>): void {
+  const poolsView = reader.map(at, null, 'pools')
+  if (poolsView === undefined) return
+  const optionOwners = algorithmOptionKeys()
+  for (const name of poolsView.keys()) {
+    declared.add(name)
+    const context = `pool "${name}"`
+    if (!NAME.test(name)) reader.report(poolsView.keyAt(name), `pool name "${name}" ${NAME_HINT}`)
+    const pool = readMap(reader, poolsView.get(name), POOL_KEYS, 'pool', context, [...optionOwners.keys()])
+    if (pool === undefined) continue
+    const algorithm = pool.has('algorithm')
+      ? reader.oneOf(pool.get('algorithm'), `${context} algorithm`, balancerNames())
+      : DEFAULTS.algorithm
+    const factory = algorithm === undefined ? undefined : findBalancer(algorithm)
+    for (const [key, owners] of optionOwners) {
+      if (factory !== undefined && pool.has(key) && !factory.optionKeys.includes(key)) {
+        reader.report(pool.keyAt(key), `"${key}" in ${context} applies to algorithm ${owners.join(' or ')}, not ${factory.name}`)
+      }
+    }
+    const algorithmOptions = factory?.parseOptions(pool, reader, context)
+    const connectTimeoutMs = pool.has('connect_timeout')
+      ? reader.duration(pool.get('connect_timeout'), `${context} connect_timeout`)
+      : DEFAULTS.connectTimeoutMs
+    const retries = pool.has('retries') ? reader.int(pool.get('retries'), `${context} retries`, 0, 100) : DEFAULTS.retries
+    const backends = pool.require('backends', context) ? readBackends(reader, pool.get('backends'), context) : undefined
+    if (algorithm === undefined || connectTimeoutMs === undefined || retries === undefined || backends === undefined) continue
+    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries })
+  }
+}
+
+function readBackends(reader: ConfigReader, at: Located, context: string): BackendConfig[] | undefined {
+  const items = reader.seq(at, `${context} backends`)
+  if (items === undefined) return undefined
+  if (items.length === 0) {
+    reader.report(at, `${context} has an empty backends list; give it at least one backend address`)
+    return undefined
+  }
+  const out: BackendConfig[] = []
+  const seen = new Set<string>()
+  let ok = true
+  for (const item of items) {
+    const b = readBackend(reader, item, context)
+    if (b === undefined) {
+      ok = false
+      continue
+    }
+    if (seen.has(b.address)) {
+      reader.report(item, `${context} lists backend ${b.address} twice; give each backend once (use weight for a larger share)`)
+      ok = false
+    }
+    seen.add(b.address)
+    out.push(b)
+  }
+  return ok ? out : undefined
+}
+
+function readBackend(reader: ConfigReader, at: Located, context: string): BackendConfig | undefined {
+  const bctx = `a backend of ${context}`
+  let addrAt = at
+  let m: MapView | undefined
+  if (at.node !== undefined && 'items' in at.node) {
+    m = reader.map(at, BACKEND_KEYS, bctx)
+    if (m === undefined || !m.require('address', bctx)) return undefined
+    addrAt = m.get('address')
+  }
+  const hp = reader.address(addrAt, `${context} backend address`, false)
+  const weight = m?.has('weight') ? reader.int(m.get('weight'), `${bctx} weight`, 1, DEFAULTS.maxWeight) : DEFAULTS.weight
+  const backup = m?.has('backup') ? reader.bool(m.get('backup'), `${bctx} backup`) : false
+  const maxConnections = m?.has('max_connections') ? reader.int(m.get('max_connections'), `${bctx} max_connections`, 0, 10_000_000) : 0
+  if (hp === undefined || weight === undefined || backup === undefined || maxConnections === undefined) return undefined
+  return { address: formatAddress(hp.host, hp.port), host: hp.host, port: hp.port, weight, backup, maxConnections }
+}
+
+function readDemoBackends(reader: ConfigReader, at: Located): DemoBackendConfig[] {
+  const items = reader.seq(at, 'demo_backends') ?? []
+  const out: DemoBackendConfig[] = []
+  for (const item of items) {
+    const m = reader.map(item, ['name', 'listen'], 'a demo backend')
+    if (m === undefined || !m.require('listen', 'a demo backend')) continue
+    const hp = reader.address(m.get('listen'), 'demo backend listen', true)
+    const name = m.has('name') ? reader.string(m.get('name'), 'demo backend name', { nonEmpty: true }) : undefined
+    if (hp === undefined) continue
+    const listen = formatAddress(hp.host, hp.port)
+    out.push({ name: name ?? listen, host: hp.host === '' ? '127.0.0.1' : hp.host, port: hp.port, listen })
+  }
+  return out
+}
+
+function readListeners(
+  reader: ConfigReader,
+  at: Located,
+  pools: Map<string, PoolConfig>,
+  declaredPools: ReadonlySet<string>,
+  demo: readonly DemoBackendConfig[],
+  out: ListenerConfig[],
+): void {
+  const items = reader.seq(at, 'listeners')
+  if (items === undefined) return
+  if (items.length === 0) reader.report(at, 'listeners is empty; sluice needs at least one listener')
+  const names = new Set<string>()
+  const bound: { hp: HostPort; what: string }[] = demo.map((d) => ({ hp: d, what: `demo backend "${d.name}"` }))
+  for (const item of items) {
+    const m = readMap(reader, item, LISTENER_KEYS, 'listener', 'a listener')
+    if (m === undefined) continue
+    const okName = m.require('name', 'a listener')
+    const name = okName ? reader.string(m.get('name'), 'listener name', { pattern: NAME, patternHint: NAME_HINT }) : undefined
+    const context = `listener "${name ?? '?'}"`
+    if (name !== undefined) {
+      if (names.has(name)) reader.report(m.get('name'), `listener name "${name}" is used twice; names must be unique`)
+      names.add(name)
+    }
+    const protocol = m.has('protocol') ? reader.oneOf(m.get('protocol'), `${context} protocol`, ['tcp', 'udp'] as const) : 'tcp'
+    if (protocol === 'udp') {
+      reader.report(m.get('protocol'), `${context}: protocol udp is not available in this version of sluice yet`)
+    }
+    const hp = m.require('listen', context) ? reader.address(m.get('listen'), `${context} listen`, true) : undefined
+    if (hp !== undefined && hp.port !== 0) {
+      const clash = bound.find((b) => b.hp.port === hp.port && (b.hp.host === hp.host || b.hp.host === '' || hp.host === ''))
+      if (clash) reader.report(m.get('listen'), `${context} listens on port ${hp.port}, already taken by ${clash.what}`)
+      bound.push({ hp, what: context })
+    }
+    let pool: string | undefined
+    if (m.require('pool', context)) {
+      pool = reader.string(m.get('pool'), `${context} pool`)
+      if (pool !== undefined && !pools.has(pool)) {
+        const near = closest(pool, [...declaredPools])
+        const known = declaredPools.size > 0 ? `; defined pools: ${[...declaredPools].join(', ')}` : ''
+        // A pool that exists but failed its own checks was already reported; do not pile on.
+        if (!declaredPools.has(pool)) {
+          reader.report(m.get('pool'), `${context} uses pool "${pool}", which is not defined under pools${near ? `; did you mean "${near}"?` : known}`)
+        }
+        pool = undefined
+      }
+    }
+    const maxConnections = m.has('max_connections')
+      ? reader.int(m.get('max_connections'), `${context} max_connections`, 1, 10_000_000)
+      : DEFAULTS.maxConnections
+    const timeouts = readTimeouts(reader, m, context)
+    if (name === undefined || protocol !== 'tcp' || hp === undefined || pool === undefined || maxConnections === undefined || timeouts === undefined) continue
+    out.push({
+      name,
+      protocol,
+      host: hp.host,
+      port: hp.port,
+      listen: formatAddress(hp.host, hp.port),
+      pool,
+      maxConnections,
+      timeouts,
+    })
+  }
+}
+
+function readTimeouts(reader: ConfigReader, m: MapView, context: string): ListenerConfig['timeouts'] | undefined {
+  if (!m.has('timeouts')) return { idleMs: DEFAULTS.idleMs, handshakeMs: DEFAULTS.handshakeMs }
+  const t = reader.map(m.get('timeouts'), ['idle', 'handshake'], `${context} timeouts`)
+  if (t === undefined) return undefined
+  const idleMs = t.has('idle') ? reader.duration(t.get('idle'), `${context} timeouts.idle`, { allowOff: true }) : DEFAULTS.idleMs
+  const handshakeMs = t.has('handshake') ? reader.duration(t.get('handshake'), `${context} timeouts.handshake`) : DEFAULTS.handshakeMs
+  if (idleMs === undefined || handshakeMs === undefined) return undefined
+  return { idleMs, handshakeMs }
+}

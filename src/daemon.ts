@@ -1,0 +1,227 @@
+import { Registry } from 'prom-client'
+import type { Config, ListenerConfig } from './config/types.js'
+import type { Logger } from './log.js'
+import { Metrics } from './metrics/metrics.js'
+import { Pool } from './upstream/pool.js'
+import { TcpListener } from './listener/tcp-listener.js'
+import { DemoBackend } from './demo/demo-backend.js'
+import { formatDuration } from './config/duration.js'
+
+export interface DaemonOptions {
+  log: Logger
+  /** Defaults to a fresh Registry, so several daemons can live in one process (tests). */
+  registry?: Registry
+}
+
+/**
+ * The running load balancer: pools, listeners and demo backends built from a Config.
+ * Starts in order (demo backends, pools, listeners) and stops in reverse. A reload applies
+ * a new Config as a diff and never cuts an open connection.
+ */
+export class Daemon {
+  readonly metrics: Metrics
+  readonly registry: Registry
+  readonly pools = new Map<string, Pool>()
+  readonly listeners = new Map<string, TcpListener>()
+  private readonly demo = new Map<string, DemoBackend>()
+  /** Listeners taken out by a reload, still finishing their connections. */
+  private readonly retiring = new Set<TcpListener>()
+  private stopping: Promise<void> | undefined
+
+  private constructor(
+    private cfg: Config,
+    readonly log: Logger,
+    registry: Registry,
+  ) {
+    this.registry = registry
+    this.metrics = new Metrics(registry, () => this.flushByteCounts())
+  }
+
+  get config(): Config {
+    return this.cfg
+  }
+
+  /** Builds and binds everything; on failure closes what it opened and rethrows. */
+  static async start(config: Config, opts: DaemonOptions): Promise<Daemon> {
+    const d = new Daemon(config, opts.log, opts.registry ?? new Registry())
+    try {
+      for (const dc of config.demoBackends) await d.startDemo(dc.listen, new DemoBackend(dc))
+      for (const pc of config.pools.values()) d.pools.set(pc.name, new Pool(pc, d.metrics))
+      for (const lc of config.listeners) {
+        const l = d.makeListener(lc)
+        await l.listen()
+        d.listeners.set(lc.name, l)
+      }
+    } catch (err) {
+      d.destroy()
+      throw err
+    }
+    d.logSummary('sluice started')
+    return d
+  }
+
+  /** The bound address of a listener (its real port when configured with port 0). */
+  listenerAddress(name: string): { host: string; port: number } {
+    const l = this.listeners.get(name)
+    if (l === undefined) throw new TypeError(`no listener named ${name}`)
+    return l.address()
+  }
+
+  /**
+   * Applies `next` as a diff. New listeners are bound first; if any cannot bind, nothing
+   * changes and the error is thrown. Then pools update in place (backends that stay keep
+   * their counters and open connections), listeners whose address is unchanged keep their
+   * socket and switch to the new settings, and removed listeners stop accepting and drain.
+   */
+  async reload(next: Config): Promise<void> {
+    const started: TcpListener[] = []
+    const startedDemo: [string, DemoBackend][] = []
+    const newPools = new Map<string, Pool>()
+    try {
+      for (const dc of next.demoBackends) {
+        if (!this.demo.has(dc.listen)) {
+          const db = new DemoBackend(dc)
+          await db.listen()
+          startedDemo.push([dc.listen, db])
+        }
+      }
+      for (const pc of next.pools.values()) {
+        if (!this.pools.has(pc.name)) newPools.set(pc.name, new Pool(pc, this.metrics))
+      }
+      for (const lc of next.listeners) {
+        const old = this.listeners.get(lc.name)
+        if (old !== undefined && sameAddress(old.config, lc)) continue
+        const l = new TcpListener(lc, this.pools.get(lc.pool) ?? (newPools.get(lc.pool) as Pool), this.log, this.metrics, next.log.accessLog)
+        await l.listen()
+        started.push(l)
+      }
+    } catch (err) {
+      for (const l of started) l.destroy()
+      for (const [, db] of startedDemo) db.close()
+      throw err
+    }
+
+    // Everything that can fail has succeeded: switch over.
+    this.log.level = next.log.level
+    for (const [listen, db] of startedDemo) this.demo.set(listen, db)
+    const wantedDemo = new Set(next.demoBackends.map((d) => d.listen))
+    for (const [listen, db] of this.demo) {
+      if (!wantedDemo.has(listen)) {
+        db.close()
+        this.demo.delete(listen)
+      }
+    }
+    for (const pc of next.pools.values()) {
+      const existing = this.pools.get(pc.name)
+      if (existing !== undefined) existing.update(pc)
+      else this.pools.set(pc.name, newPools.get(pc.name) as Pool)
+    }
+    for (const name of [...this.pools.keys()]) if (!next.pools.has(name)) this.pools.delete(name)
+
+    const startedByName = new Map(started.map((l) => [l.config.name, l]))
+    const wanted = new Set(next.listeners.map((l) => l.name))
+    for (const lc of next.listeners) {
+      const fresh = startedByName.get(lc.name)
+      const old = this.listeners.get(lc.name)
+      if (fresh !== undefined) {
+        if (old !== undefined) this.retire(old)
+        this.listeners.set(lc.name, fresh)
+      } else if (old !== undefined) {
+        old.config = lc
+        old.pool = this.pools.get(lc.pool) as Pool
+        old.accessLog = next.log.accessLog
+      }
+    }
+    for (const [name, l] of this.listeners) {
+      if (!wanted.has(name)) {
+        this.listeners.delete(name)
+        this.retire(l)
+      }
+    }
+    this.cfg = next
+    this.logSummary('configuration reloaded')
+  }
+
+  /**
+   * Graceful stop: stop accepting everywhere, let open connections finish for up to
+   * shutdown_timeout, then close what is left. Calling it again returns the same promise.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.gracefulStop()
+    return this.stopping
+  }
+
+  /** Closes everything now. */
+  destroy(): void {
+    for (const l of [...this.listeners.values(), ...this.retiring]) l.destroy()
+    for (const db of this.demo.values()) db.close()
+    this.listeners.clear()
+    this.retiring.clear()
+    this.demo.clear()
+  }
+
+  get openConnections(): number {
+    let n = 0
+    for (const l of [...this.listeners.values(), ...this.retiring]) n += l.sessions.size
+    return n
+  }
+
+  private async gracefulStop(): Promise<void> {
+    const all = [...this.listeners.values(), ...this.retiring]
+    const open = this.openConnections
+    const limit = this.cfg.shutdownTimeoutMs
+    this.log.info({ open_connections: open, shutdown_timeout: formatDuration(limit) }, 'sluice stopping: no new connections; open ones may finish')
+    const drained = Promise.all(all.map((l) => l.close()))
+    let timer: NodeJS.Timeout | undefined
+    const deadline = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), limit)
+    })
+    const outcome = await Promise.race([drained.then(() => 'drained' as const), deadline])
+    clearTimeout(timer)
+    if (outcome === 'timeout') {
+      this.log.warn({ open_connections: this.openConnections }, 'shutdown_timeout reached: closing the connections still open')
+    }
+    this.destroy()
+    this.log.info('sluice stopped')
+  }
+
+  private makeListener(lc: ListenerConfig): TcpListener {
+    const pool = this.pools.get(lc.pool)
+    if (pool === undefined) throw new TypeError(`listener ${lc.name}: pool ${lc.pool} passed validation but does not exist`)
+    return new TcpListener(lc, pool, this.log, this.metrics, this.cfg.log.accessLog)
+  }
+
+  private async startDemo(listen: string, db: DemoBackend): Promise<void> {
+    await db.listen()
+    this.demo.set(listen, db)
+  }
+
+  private retire(l: TcpListener): void {
+    this.retiring.add(l)
+    void l.close().then(() => this.retiring.delete(l))
+  }
+
+  private flushByteCounts(): void {
+    for (const l of this.listeners.values()) l.flushByteCounts()
+    for (const l of this.retiring) l.flushByteCounts()
+  }
+
+  private logSummary(msg: string): void {
+    const listeners = [...this.listeners.values()].map((l) => ({
+      name: l.name,
+      listen: l.address().text,
+      pool: l.config.pool,
+    }))
+    const pools = [...this.pools.values()].map((p) => ({
+      name: p.name,
+      algorithm: p.config.algorithm,
+      backends: p.backends.map((b) => b.id),
+    }))
+    const demo = [...this.demo.values()].map((d) => d.config.listen)
+    this.log.info({ file: this.cfg.file, listeners, pools, demo_backends: demo.length > 0 ? demo : undefined }, msg)
+  }
+}
+
+function sameAddress(a: ListenerConfig, b: ListenerConfig): boolean {
+  return a.host === b.host && a.port === b.port && a.protocol === b.protocol
+}

@@ -1,0 +1,76 @@
+/**
+ * Every operational error sluice raises carries a stable code from this table.
+ * docs/errors.md lists the same codes; test/errors.test.ts keeps the two in step.
+ */
+export const ERROR_CODES = {
+  SLUICE_ERR_CONFIG: 'The configuration file has one or more problems; each is printed as FILE:LINE:COL.',
+  SLUICE_ERR_CONFIG_READ: 'The configuration file could not be read (missing, unreadable, not a file).',
+  SLUICE_ERR_LISTEN: 'A listener could not bind its address (port in use, permission denied, address not on this host).',
+  SLUICE_ERR_NO_BACKEND: 'No backend of the pool was usable for a new connection (all down, draining, full or already tried).',
+  SLUICE_ERR_CONNECT: 'Connecting to a backend failed (refused, unreachable, reset during connect).',
+  SLUICE_ERR_CONNECT_TIMEOUT: 'Connecting to a backend took longer than the pool\'s connect_timeout.',
+  SLUICE_ERR_CLIENT_SOCKET: 'The client side of a proxied connection failed (reset, broken pipe).',
+  SLUICE_ERR_BACKEND_SOCKET: 'The backend side of a proxied connection failed after it was established.',
+  SLUICE_ERR_IDLE_TIMEOUT: 'A proxied connection saw no traffic in either direction for the listener\'s idle timeout.',
+  SLUICE_ERR_MAX_CONNECTIONS: 'A listener refused a connection because it already holds max_connections.',
+  SLUICE_ERR_DEMO_BACKEND: 'A demo backend could not start.',
+} as const
+
+export type ErrorCode = keyof typeof ERROR_CODES
+
+/** An operational error with a stable code. The message is for people; match on `code`. */
+export class SluiceError extends Error {
+  readonly code: ErrorCode
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = 'SluiceError'
+    this.code = code
+  }
+}
+
+/** One problem in a configuration file, located at the YAML node that is wrong. */
+export interface ConfigIssue {
+  file: string
+  line: number
+  col: number
+  /** Dotted path to the offending node, e.g. `listeners[0].listen`. */
+  path: string
+  message: string
+}
+
+export function formatIssue(issue: ConfigIssue): string {
+  return `${issue.file}:${issue.line}:${issue.col}: ${issue.message}`
+}
+
+/** Every problem found in a configuration file, reported together. */
+export class ConfigError extends SluiceError {
+  readonly issues: readonly ConfigIssue[]
+
+  constructor(issues: readonly ConfigIssue[]) {
+    const first = issues[0]
+    const head = first ? formatIssue(first) : 'invalid configuration'
+    const more = issues.length > 1 ? ` (and ${issues.length - 1} more)` : ''
+    super('SLUICE_ERR_CONFIG', head + more)
+    this.name = 'ConfigError'
+    this.issues = issues
+  }
+
+  /** All issues, one `FILE:LINE:COL: message` per line. */
+  format(): string {
+    return this.issues.map(formatIssue).join('\n')
+  }
+}
+
+/** The errno-style code of a Node system error, if it has one. */
+export function errnoCode(err: unknown): string | undefined {
+  if (err !== null && typeof err === 'object' && 'code' in err) {
+    const code = (err as { code: unknown }).code
+    return typeof code === 'string' ? code : undefined
+  }
+  return undefined
+}
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}

@@ -1,0 +1,140 @@
+import { createServer, type Server, type Socket } from 'node:net'
+import type { ListenerConfig } from '../config/types.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics/metrics.js'
+import type { Pool } from '../upstream/pool.js'
+import { LogThrottle } from '../log-throttle.js'
+import { errnoCode, errorMessage } from '../errors.js'
+import { bindError } from './bind-error.js'
+import { formatAddress } from '../config/address.js'
+import { KEEPALIVE_INITIAL_DELAY_MS, TcpSession, type SessionOwner } from '../proxy/tcp-session.js'
+import { admit } from './admission.js'
+
+/**
+ * A TCP listener: accepts client connections, admits or refuses them, and hands each to a
+ * TcpSession bound to the listener's pool. `close()` stops accepting and resolves when the
+ * last session has ended; `destroy()` ends every session now.
+ */
+export class TcpListener implements SessionOwner {
+  readonly sessions = new Set<TcpSession>()
+  readonly throttle = new LogThrottle()
+  private server: Server
+  private closing = false
+  private idleWaiters: (() => void)[] = []
+
+  constructor(
+    public config: ListenerConfig,
+    public pool: Pool,
+    readonly log: Logger,
+    readonly metrics: Metrics,
+    public accessLog: boolean,
+  ) {
+    this.server = createServer({
+      allowHalfOpen: true,
+      // Nothing is read from the client until its backend is connected: no buffering, no memory.
+      pauseOnConnect: true,
+      noDelay: true,
+      keepAlive: true,
+      keepAliveInitialDelay: KEEPALIVE_INITIAL_DELAY_MS,
+    })
+    this.server.on('connection', this.onConnection)
+    this.server.on('error', (err) => {
+      log.error({ code: 'SLUICE_ERR_LISTEN', listener: config.name, errno: errnoCode(err) }, `listener error: ${errorMessage(err)}`)
+    })
+  }
+
+  get name(): string {
+    return this.config.name
+  }
+
+  /** Binds the listen address; rejects with SLUICE_ERR_LISTEN and a reason an operator can act on. */
+  listen(): Promise<void> {
+    const { host, port, name, listen } = this.config
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => {
+        this.server.off('listening', onListening)
+        reject(bindError('SLUICE_ERR_LISTEN', `listener "${name}"`, listen, err))
+      }
+      const onListening = (): void => {
+        this.server.off('error', onError)
+        resolve()
+      }
+      this.server.once('error', onError)
+      this.server.once('listening', onListening)
+      this.server.listen({ host: host === '' ? undefined : host, port, backlog: 511 })
+    })
+  }
+
+  /** The bound address (the real port when the configuration said port 0). */
+  address(): { host: string; port: number; text: string } {
+    const a = this.server.address()
+    if (a === null || typeof a === 'string') return { host: this.config.host, port: this.config.port, text: this.config.listen }
+    return { host: a.address, port: a.port, text: formatAddress(a.address, a.port) }
+  }
+
+  get listening(): boolean {
+    return this.server.listening
+  }
+
+  sessionEnded(session: TcpSession): void {
+    this.sessions.delete(session)
+    this.metrics.connectionsActive.dec({ listener: this.config.name })
+    if (this.sessions.size === 0 && this.idleWaiters.length > 0) {
+      const waiters = this.idleWaiters
+      this.idleWaiters = []
+      for (const w of waiters) w()
+    }
+  }
+
+  /** Adds the bytes of open sessions to the counters, so /metrics is live for long connections. */
+  flushByteCounts(): void {
+    for (const s of this.sessions) s.flushByteCounts()
+  }
+
+  /** Stops accepting; resolves when every open session has ended on its own. */
+  close(): Promise<void> {
+    this.closing = true
+    if (this.server.listening) this.server.close()
+    if (this.sessions.size === 0) return Promise.resolve()
+    return new Promise((resolve) => this.idleWaiters.push(resolve))
+  }
+
+  /** Ends every open session now. */
+  destroy(): void {
+    this.closing = true
+    if (this.server.listening) this.server.close()
+    for (const s of [...this.sessions]) s.destroy('shutdown')
+  }
+
+  private readonly onConnection = (socket: Socket): void => {
+    const { metrics, config } = this
+    metrics.connectionsTotal.inc({ listener: config.name })
+    if (this.closing) {
+      // Accepted in the instant before the server closed: refuse it quietly, it is counted.
+      this.refuse(socket, 'shutdown')
+      return
+    }
+    const refusal = admit(config, this.sessions.size)
+    if (refusal !== undefined) {
+      const suppressed = this.throttle.take(`admit:${refusal}`)
+      if (suppressed !== false) {
+        this.log.warn(
+          { code: 'SLUICE_ERR_MAX_CONNECTIONS', listener: config.name, max_connections: config.maxConnections, suppressed },
+          `connection refused: listener ${config.name} already holds max_connections (${config.maxConnections})`,
+        )
+      }
+      this.refuse(socket, refusal)
+      return
+    }
+    const session = new TcpSession(socket, this, this.pool)
+    this.sessions.add(session)
+    metrics.connectionsActive.inc({ listener: config.name })
+    session.start()
+  }
+
+  private refuse(socket: Socket, reason: string): void {
+    this.metrics.rejectedConnectionsTotal.inc({ listener: this.config.name, reason })
+    socket.on('error', () => {})
+    socket.resetAndDestroy()
+  }
+}

@@ -1,0 +1,77 @@
+import { Counter, Gauge, type Registry } from 'prom-client'
+
+/**
+ * Every metric sluice exports, registered on an injected Registry (so two daemons can share a
+ * process in tests). Labels are bounded: listener, pool and backend names come from the
+ * configuration; client addresses never become labels.
+ */
+export class Metrics {
+  readonly connectionsActive: Gauge<'listener'>
+  readonly connectionsTotal: Counter<'listener'>
+  readonly bytesTotal: Counter<'listener' | 'direction'>
+  readonly backendConnectionsActive: Gauge<'pool' | 'backend'>
+  readonly backendConnectionsTotal: Counter<'pool' | 'backend'>
+  readonly backendUp: Gauge<'pool' | 'backend'>
+  readonly connectErrorsTotal: Counter<'pool' | 'backend' | 'reason'>
+  readonly rejectedConnectionsTotal: Counter<'listener' | 'reason'>
+  readonly configReloadsTotal: Counter<'result'>
+
+  constructor(readonly registry: Registry, onCollect: () => void = () => {}) {
+    const registers = [registry]
+    this.connectionsActive = new Gauge({
+      name: 'sluice_connections_active',
+      help: 'Client connections open on a listener now.',
+      labelNames: ['listener'],
+      registers,
+    })
+    this.connectionsTotal = new Counter({
+      name: 'sluice_connections_total',
+      help: 'Client connections accepted by a listener.',
+      labelNames: ['listener'],
+      registers,
+    })
+    this.bytesTotal = new Counter({
+      name: 'sluice_bytes_total',
+      help: 'Bytes relayed; direction "in" is client to backend, "out" is backend to client.',
+      labelNames: ['listener', 'direction'],
+      registers,
+      collect: onCollect,
+    })
+    this.backendConnectionsActive = new Gauge({
+      name: 'sluice_backend_connections_active',
+      help: 'Connections open or being opened to a backend now.',
+      labelNames: ['pool', 'backend'],
+      registers,
+    })
+    this.backendConnectionsTotal = new Counter({
+      name: 'sluice_backend_connections_total',
+      help: 'Connections established to a backend.',
+      labelNames: ['pool', 'backend'],
+      registers,
+    })
+    this.backendUp = new Gauge({
+      name: 'sluice_backend_up',
+      help: '1 when the backend is up (in rotation), 0 when down, draining or disabled.',
+      labelNames: ['pool', 'backend'],
+      registers,
+    })
+    this.connectErrorsTotal = new Counter({
+      name: 'sluice_connect_errors_total',
+      help: 'Failed connects to a backend, by reason (refused, timeout, unreachable, other).',
+      labelNames: ['pool', 'backend', 'reason'],
+      registers,
+    })
+    this.rejectedConnectionsTotal = new Counter({
+      name: 'sluice_rejected_connections_total',
+      help: 'Client connections closed without being proxied, by reason (max_connections, no_backend, connect_failed).',
+      labelNames: ['listener', 'reason'],
+      registers,
+    })
+    this.configReloadsTotal = new Counter({
+      name: 'sluice_config_reloads_total',
+      help: 'Configuration reloads, by result (success, failure).',
+      labelNames: ['result'],
+      registers,
+    })
+  }
+}

@@ -1,0 +1,287 @@
+import { connect, type Socket } from 'node:net'
+import type { Backend } from '../upstream/backend.js'
+import type { Pool } from '../upstream/pool.js'
+import type { ListenerConfig } from '../config/types.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics/metrics.js'
+import type { LogThrottle } from '../log-throttle.js'
+import type { PickContext } from '../balancer/types.js'
+import { SluiceError, errnoCode } from '../errors.js'
+import { formatAddress } from '../config/address.js'
+
+/** TCP keep-alive probes start after this much silence, so dead peers of idle connections are found. */
+export const KEEPALIVE_INITIAL_DELAY_MS = 60_000
+
+export type CloseReason =
+  | 'client_closed' // the client sent FIN first; the backend's reply was still delivered
+  | 'backend_closed' // the backend sent FIN first
+  | 'client_error' // the client reset or broke the connection
+  | 'backend_error' // the backend reset or broke the connection after it was established
+  | 'idle_timeout' // no traffic either way for timeouts.idle
+  | 'no_backend' // no backend could be picked at all
+  | 'connect_failed' // every attempt (1 + retries) failed to connect
+  | 'client_aborted' // the client left while sluice was still connecting to a backend
+  | 'shutdown' // sluice stopped and shutdown_timeout ran out
+
+/** What a session needs from the listener that accepted it. */
+export interface SessionOwner {
+  readonly config: ListenerConfig
+  readonly log: Logger
+  readonly metrics: Metrics
+  readonly throttle: LogThrottle
+  readonly accessLog: boolean
+  sessionEnded(session: TcpSession): void
+}
+
+/**
+ * One proxied TCP connection: picks a backend, connects with a timeout and retries on other
+ * backends, then splices both directions with backpressure and half-close, and writes one
+ * access-log line when both sides are closed. Nothing that happens here escapes it: every
+ * error closes this connection only.
+ */
+export class TcpSession {
+  readonly startedAt = Date.now()
+  backend: Backend | undefined
+  private upstream: Socket | undefined
+  private connected = false
+  private clientClosed = false
+  private upstreamClosed = true
+  private finished = false
+  private reason: CloseReason | undefined
+  private tried: Set<Backend> | undefined
+  private attempts = 0
+  private connectTimer: NodeJS.Timeout | undefined
+  private connectedAt = 0
+  private countedIn = 0
+  private countedOut = 0
+  private readonly ctx: PickContext
+
+  constructor(
+    readonly client: Socket,
+    private readonly owner: SessionOwner,
+    private readonly pool: Pool,
+  ) {
+    this.ctx = { protocol: 'tcp', remoteAddress: client.remoteAddress ?? '', remotePort: client.remotePort ?? 0 }
+    client.on('error', this.onClientError)
+    client.on('close', this.onClientClose)
+  }
+
+  get clientAddress(): string {
+    return formatAddress(this.ctx.remoteAddress, this.ctx.remotePort)
+  }
+
+  start(): void {
+    this.connectNext()
+  }
+
+  /** Closes both sides now (shutdown deadline, operator action). */
+  destroy(reason: CloseReason): void {
+    this.reason ??= reason
+    this.upstream?.destroy()
+    this.client.destroy()
+  }
+
+  /** Adds bytes relayed since the last call to the byte counters (for live /metrics). */
+  flushByteCounts(): void {
+    const name = this.owner.config.name
+    const inNow = this.client.bytesRead
+    const outNow = this.client.bytesWritten
+    if (inNow > this.countedIn) this.owner.metrics.bytesTotal.inc({ listener: name, direction: 'in' }, inNow - this.countedIn)
+    if (outNow > this.countedOut) this.owner.metrics.bytesTotal.inc({ listener: name, direction: 'out' }, outNow - this.countedOut)
+    this.countedIn = inNow
+    this.countedOut = outNow
+  }
+
+  private connectNext(): void {
+    const pool = this.pool
+    const b = pool.pick(this.ctx, this.tried)
+    if (b === undefined) {
+      this.refuse(this.attempts === 0 ? 'no_backend' : 'connect_failed')
+      return
+    }
+    ;(this.tried ??= new Set()).add(b)
+    this.attempts++
+    pool.acquire(b)
+    this.backend = b
+    const up = connect({
+      host: b.host,
+      port: b.port,
+      noDelay: true,
+      keepAlive: true,
+      keepAliveInitialDelay: KEEPALIVE_INITIAL_DELAY_MS,
+      allowHalfOpen: true,
+    })
+    this.upstream = up
+    this.upstreamClosed = false
+    this.connectTimer = setTimeout(() => {
+      const err = new SluiceError('SLUICE_ERR_CONNECT_TIMEOUT', `no connection to ${b.id} within ${pool.connectTimeoutMs}ms`)
+      this.onConnectFailed(up, b, err)
+    }, pool.connectTimeoutMs)
+    up.once('connect', () => this.onConnected(up, b))
+    up.on('error', (err) => (this.connected && up === this.upstream ? this.onUpstreamError(err) : this.onConnectFailed(up, b, err)))
+    up.on('close', () => {
+      if (up === this.upstream) this.onUpstreamClose()
+    })
+  }
+
+  private onConnected(up: Socket, b: Backend): void {
+    clearTimeout(this.connectTimer)
+    if (up !== this.upstream) return
+    this.connected = true
+    this.connectedAt = Date.now()
+    b.consecutiveFailures = 0
+    const { metrics, config } = this.owner
+    metrics.backendConnectionsTotal.inc({ pool: this.pool.name, backend: b.id })
+    const client = this.client
+    if (config.timeouts.idleMs > 0) {
+      client.setTimeout(config.timeouts.idleMs)
+      client.on('timeout', this.onIdle)
+    }
+    client.once('end', () => (this.reason ??= 'client_closed'))
+    up.once('end', () => (this.reason ??= 'backend_closed'))
+    // pipe() carries backpressure both ways (a slow reader pauses the fast writer) and ends
+    // the other side's writable on FIN, which is the half-close a TCP proxy must pass on.
+    client.pipe(up)
+    up.pipe(client)
+  }
+
+  private onConnectFailed(up: Socket, b: Backend, err: Error): void {
+    if (up !== this.upstream || this.connected) return
+    clearTimeout(this.connectTimer)
+    this.upstream = undefined
+    this.upstreamClosed = true
+    up.destroy()
+    this.pool.release(b)
+    this.backend = undefined
+    b.consecutiveFailures++
+    const timeout = err instanceof SluiceError && err.code === 'SLUICE_ERR_CONNECT_TIMEOUT'
+    const errno = errnoCode(err)
+    const { metrics, log, config, throttle } = this.owner
+    metrics.connectErrorsTotal.inc({ pool: this.pool.name, backend: b.id, reason: connectReason(timeout, errno) })
+    const key = `connect:${this.pool.name}:${b.id}`
+    const suppressed = throttle.take(key)
+    if (suppressed !== false) {
+      log.warn(
+        {
+          code: timeout ? 'SLUICE_ERR_CONNECT_TIMEOUT' : 'SLUICE_ERR_CONNECT',
+          listener: config.name,
+          pool: this.pool.name,
+          backend: b.id,
+          errno,
+          attempt: this.attempts,
+          suppressed,
+        },
+        `connect to backend ${b.id} failed: ${err.message}`,
+      )
+    }
+    if (this.clientClosed) {
+      this.reason ??= 'client_aborted'
+      this.finish()
+      return
+    }
+    if (this.attempts <= this.pool.retries) this.connectNext()
+    else this.refuse('connect_failed')
+  }
+
+  private refuse(reason: 'no_backend' | 'connect_failed'): void {
+    this.reason ??= reason
+    const { metrics, log, config, throttle } = this.owner
+    metrics.rejectedConnectionsTotal.inc({ listener: config.name, reason })
+    const suppressed = throttle.take(`refuse:${config.name}:${reason}`)
+    if (suppressed !== false) {
+      const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : 'SLUICE_ERR_CONNECT'
+      const why = reason === 'no_backend'
+        ? `no usable backend in pool ${this.pool.name}`
+        : `all ${this.attempts} connect attempts in pool ${this.pool.name} failed`
+      log.warn({ code, listener: config.name, pool: this.pool.name, client: this.clientAddress, suppressed }, `connection refused: ${why}`)
+    }
+    // A reset tells the client at once that nothing is there, as a refused connect would.
+    this.client.resetAndDestroy()
+    if (this.clientClosed) this.finish()
+  }
+
+  private readonly onIdle = (): void => {
+    this.reason ??= 'idle_timeout'
+    this.upstream?.destroy()
+    this.client.destroy()
+  }
+
+  private readonly onClientError = (err: Error): void => {
+    this.reason ??= 'client_error'
+    const { log, config } = this.owner
+    log.debug({ code: 'SLUICE_ERR_CLIENT_SOCKET', listener: config.name, client: this.clientAddress, errno: errnoCode(err) }, `client connection failed: ${err.message}`)
+    if (this.connected) this.upstream?.destroy()
+  }
+
+  private readonly onClientClose = (): void => {
+    this.clientClosed = true
+    if (!this.connected) {
+      // Still connecting (or refused): stop the attempt; the client is gone.
+      if (this.upstream !== undefined) {
+        clearTimeout(this.connectTimer)
+        const up = this.upstream
+        this.upstream = undefined
+        this.upstreamClosed = true
+        up.destroy()
+        if (this.backend !== undefined) this.pool.release(this.backend)
+        this.backend = undefined
+        this.reason ??= 'client_aborted'
+      }
+      if (this.reason !== undefined) this.finish()
+      return
+    }
+    if (this.upstreamClosed) this.finish()
+  }
+
+  private onUpstreamError(err: Error): void {
+    this.reason ??= 'backend_error'
+    const { log, config } = this.owner
+    log.warn(
+      { code: 'SLUICE_ERR_BACKEND_SOCKET', listener: config.name, pool: this.pool.name, backend: this.backend?.id, errno: errnoCode(err), client: this.clientAddress },
+      `backend connection failed: ${err.message}`,
+    )
+    this.client.destroy()
+  }
+
+  private onUpstreamClose(): void {
+    this.upstreamClosed = true
+    if (this.clientClosed) this.finish()
+  }
+
+  private finish(): void {
+    if (this.finished) return
+    this.finished = true
+    clearTimeout(this.connectTimer)
+    const b = this.backend
+    if (b !== undefined) this.pool.release(b)
+    this.flushByteCounts()
+    const owner = this.owner
+    if (owner.accessLog) {
+      owner.log.info(
+        {
+          access: true,
+          listener: owner.config.name,
+          client: this.clientAddress,
+          pool: this.pool.name,
+          backend: this.connected ? (b?.id ?? null) : null,
+          bytes_in: this.client.bytesRead,
+          bytes_out: this.client.bytesWritten,
+          duration_ms: Date.now() - this.startedAt,
+          connect_ms: this.connected ? this.connectedAt - this.startedAt : null,
+          attempts: this.attempts,
+          close_reason: this.reason ?? 'client_closed',
+        },
+        'connection closed',
+      )
+    }
+    owner.sessionEnded(this)
+  }
+}
+
+function connectReason(timeout: boolean, errno: string | undefined): string {
+  if (timeout) return 'timeout'
+  if (errno === 'ECONNREFUSED') return 'refused'
+  if (errno === 'EHOSTUNREACH' || errno === 'ENETUNREACH') return 'unreachable'
+  if (errno === 'ENOTFOUND' || errno === 'EAI_AGAIN') return 'dns'
+  return 'other'
+}

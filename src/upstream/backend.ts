@@ -1,0 +1,46 @@
+import type { BackendConfig } from '../config/types.js'
+
+/**
+ * `up`: takes new connections. `down`: failed its checks. `draining`: finishes what it has,
+ * takes nothing new. `disabled`: out of rotation by an operator.
+ */
+export type BackendState = 'up' | 'down' | 'draining' | 'disabled'
+
+/** One upstream server of a pool, with the counters the data path keeps for it. */
+export class Backend {
+  /** Stable id `host:port`: hashes, logs, metrics and the admin API use it, never a list index. */
+  readonly id: string
+  readonly host: string
+  readonly port: number
+  weight: number
+  backup: boolean
+  /** 0 = unlimited. */
+  maxConnections: number
+  state: BackendState = 'up'
+  /** Connections open or being opened to this backend (this worker). */
+  active = 0
+  /** Connections handed to this backend since start (this worker). */
+  total = 0
+  /** Consecutive failed connects; reset by a successful one. */
+  consecutiveFailures = 0
+  /** Removed from its pool by a reload; its open connections finish, it takes no new ones. */
+  retired = false
+
+  constructor(cfg: BackendConfig) {
+    this.id = cfg.address
+    this.host = cfg.host
+    this.port = cfg.port
+    this.weight = cfg.weight
+    this.backup = cfg.backup
+    this.maxConnections = cfg.maxConnections
+  }
+
+  /** In rotation: may be handed new connections (capacity aside). */
+  get inRotation(): boolean {
+    return this.state === 'up'
+  }
+
+  get full(): boolean {
+    return this.maxConnections > 0 && this.active >= this.maxConnections
+  }
+}

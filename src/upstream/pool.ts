@@ -1,0 +1,145 @@
+import type { PoolConfig } from '../config/types.js'
+import type { Balancer, BalancerFactory, Exclusion, PickContext } from '../balancer/types.js'
+import { findBalancer } from '../balancer/registry.js'
+import type { Metrics } from '../metrics/metrics.js'
+import { Backend, type BackendState } from './backend.js'
+
+/**
+ * A named group of backends and the algorithm that spreads connections over them.
+ *
+ * Primary and backup backends each get their own balancer; backups are picked only when no
+ * primary can take the connection (all down, draining, disabled, full, or already tried for
+ * it). Capacity (`max_connections`) and the per-connection "already tried" set are filters
+ * around the algorithm, not its business.
+ */
+export class Pool {
+  readonly name: string
+  private cfg: PoolConfig
+  private factory: BalancerFactory
+  private members: Backend[] = []
+  private primary: Balancer
+  private backup: Balancer
+  private readonly exclusion = new PickExclusion()
+
+  constructor(cfg: PoolConfig, private readonly metrics: Metrics) {
+    this.name = cfg.name
+    this.cfg = cfg
+    this.factory = factoryFor(cfg)
+    this.members = cfg.backends.map((b) => new Backend(b))
+    this.primary = this.factory.create([], cfg.algorithmOptions)
+    this.backup = this.factory.create([], cfg.algorithmOptions)
+    this.rebuild()
+  }
+
+  get config(): PoolConfig {
+    return this.cfg
+  }
+
+  get backends(): readonly Backend[] {
+    return this.members
+  }
+
+  get connectTimeoutMs(): number {
+    return this.cfg.connectTimeoutMs
+  }
+
+  get retries(): number {
+    return this.cfg.retries
+  }
+
+  find(id: string): Backend | undefined {
+    return this.members.find((b) => b.id === id)
+  }
+
+  /** A backend for a new connection that is not in `tried`, or undefined. Never throws. */
+  pick(ctx: PickContext, tried?: ReadonlySet<Backend>): Backend | undefined {
+    const ex = this.exclusion
+    ex.tried = tried
+    const b = this.primary.pick(ctx, ex) ?? this.backup.pick(ctx, ex)
+    ex.tried = undefined
+    return b
+  }
+
+  /** A connection to `b` is being opened. */
+  acquire(b: Backend): void {
+    b.active++
+    b.total++
+    this.balancerOf(b).onConnectionOpen?.(b)
+    this.metrics.backendConnectionsActive.inc({ pool: this.name, backend: b.id })
+  }
+
+  /** A connection to `b` (opened with acquire) is over, whether it ever connected or not. */
+  release(b: Backend): void {
+    b.active--
+    if (b.retired) return
+    this.balancerOf(b).onConnectionClose?.(b)
+    this.metrics.backendConnectionsActive.dec({ pool: this.name, backend: b.id })
+  }
+
+  setState(b: Backend, state: BackendState): void {
+    if (b.state === state) return
+    const was = b.inRotation
+    b.state = state
+    if (was && !b.inRotation) this.balancerOf(b).onBackendDown(b)
+    if (!was && b.inRotation) this.balancerOf(b).onBackendUp(b)
+    this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
+  }
+
+  /**
+   * Takes a new configuration of this pool in place: backends whose address stays keep their
+   * state and counters (open connections are untouched); removed ones leave the rotation and
+   * finish what they have; a new algorithm starts fresh.
+   */
+  update(cfg: PoolConfig): Backend[] {
+    const old = new Map(this.members.map((b) => [b.id, b]))
+    const removed: Backend[] = []
+    const next = cfg.backends.map((bc) => {
+      const b = old.get(bc.address)
+      if (b === undefined) return new Backend(bc)
+      old.delete(bc.address)
+      b.weight = bc.weight
+      b.backup = bc.backup
+      b.maxConnections = bc.maxConnections
+      return b
+    })
+    for (const b of old.values()) {
+      b.retired = true
+      removed.push(b)
+      this.metrics.backendUp.remove({ pool: this.name, backend: b.id })
+      this.metrics.backendConnectionsActive.remove({ pool: this.name, backend: b.id })
+    }
+    this.cfg = cfg
+    this.factory = factoryFor(cfg)
+    this.members = next
+    this.primary = this.factory.create([], cfg.algorithmOptions)
+    this.backup = this.factory.create([], cfg.algorithmOptions)
+    this.rebuild()
+    return removed
+  }
+
+  private rebuild(): void {
+    for (const b of this.members) {
+      if (b.inRotation) this.balancerOf(b).onBackendUp(b)
+      this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
+    }
+  }
+
+  private balancerOf(b: Backend): Balancer {
+    return b.backup ? this.backup : this.primary
+  }
+}
+
+/** Skips backends already tried for this connection and backends at max_connections. */
+class PickExclusion implements Exclusion {
+  tried: ReadonlySet<Backend> | undefined
+
+  has(b: Backend): boolean {
+    return b.full || (this.tried !== undefined && this.tried.has(b))
+  }
+}
+
+function factoryFor(cfg: PoolConfig): BalancerFactory {
+  const f = findBalancer(cfg.algorithm)
+  if (f === undefined) throw new TypeError(`pool ${cfg.name}: unknown algorithm ${cfg.algorithm} passed validation`)
+  return f
+}

@@ -1,0 +1,96 @@
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import type { Test } from 'tap'
+
+/** A backend on 127.0.0.1 (or `host`) port 0; closed (with its sockets) at teardown. */
+export async function backend(t: Test, onConnection: (s: Socket) => void, host = '127.0.0.1', opts: { allowHalfOpen?: boolean } = {}): Promise<{ server: Server; port: number; address: string; sockets: Set<Socket> }> {
+  const sockets = new Set<Socket>()
+  const server = createServer({ allowHalfOpen: opts.allowHalfOpen ?? false }, (s) => {
+    sockets.add(s)
+    s.on('close', () => sockets.delete(s))
+    s.on('error', () => {})
+    onConnection(s)
+  })
+  await new Promise<void>((resolve) => server.listen(0, host, resolve))
+  const port = (server.address() as AddressInfo).port
+  t.teardown(() => {
+    server.close()
+    for (const s of sockets) s.destroy()
+  })
+  return { server, port, address: host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`, sockets }
+}
+
+/** A backend that writes `name\n` to every connection, then echoes. */
+export function namedBackend(t: Test, name: string, host = '127.0.0.1'): ReturnType<typeof backend> {
+  return backend(t, (s) => {
+    s.write(`${name}\n`)
+    s.pipe(s)
+  }, host)
+}
+
+/** A port on 127.0.0.1 with nothing listening (bound then released). */
+export async function deadPort(): Promise<number> {
+  const s = createServer()
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
+  const port = (s.address() as AddressInfo).port
+  await new Promise<void>((resolve) => s.close(() => resolve()))
+  return port
+}
+
+export function dial(port: number, host = '127.0.0.1'): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ port, host }, () => {
+      s.off('error', reject)
+      resolve(s)
+    })
+    s.once('error', reject)
+  })
+}
+
+/** Reads from `s` until it holds at least `n` bytes (or a newline when n is 'line'). */
+export function readUntil(s: Socket, n: number | 'line', timeoutMs = 10_000): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = []
+    let len = 0
+    const timer = setTimeout(() => done(new Error(`read timed out after ${len} bytes`)), timeoutMs)
+    const onData = (c: Buffer): void => {
+      parts.push(c)
+      len += c.length
+      const buf = Buffer.concat(parts)
+      if (n === 'line' ? buf.includes(10) : len >= n) done(undefined, buf)
+    }
+    const onEnd = (): void => done(new Error(`connection ended after ${len} bytes`))
+    function done(err?: Error, buf?: Buffer): void {
+      clearTimeout(timer)
+      s.off('data', onData)
+      s.off('end', onEnd)
+      s.off('error', onEnd)
+      if (err) reject(err)
+      else resolve(buf as Buffer)
+    }
+    s.on('data', onData)
+    s.once('end', onEnd)
+    s.once('error', onEnd)
+  })
+}
+
+/** Connects, reads the first line (a named backend's greeting), closes; returns the line. */
+export async function greeting(port: number, host = '127.0.0.1'): Promise<string> {
+  const s = await dial(port, host)
+  const line = (await readUntil(s, 'line')).toString().trim()
+  s.destroy()
+  return line
+}
+
+/** Resolves when `s` has closed. */
+export function closed(s: Socket): Promise<void> {
+  return new Promise((resolve) => (s.closed ? resolve() : s.once('close', () => resolve())))
+}
+
+/** Polls `pred` until true, or fails after `timeoutMs`. */
+export async function eventually(pred: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 10))
+  }
+}
