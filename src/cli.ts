@@ -49,6 +49,10 @@ export async function main(argv: readonly string[], io: Io = stdio): Promise<num
       code = check(opts.config, io)
     })
 
+  if (argv.length === 0) {
+    program.outputHelp({ error: true })
+    return EXIT_USAGE
+  }
   try {
     await program.parseAsync([...argv], { from: 'user' })
   } catch (err) {

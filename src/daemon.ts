@@ -180,6 +180,10 @@ export class Daemon {
     clearTimeout(timer)
     if (outcome === 'timeout') {
       this.log.warn({ open_connections: this.openConnections }, 'shutdown_timeout reached: closing the connections still open')
+      for (const l of all) l.destroy()
+      // Destroyed sockets close on the next turns of the loop; wait (briefly) so each one
+      // still gets its access-log line.
+      await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, 1000).unref())])
     }
     this.destroy()
     this.log.info('sluice stopped')

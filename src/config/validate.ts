@@ -1,3 +1,4 @@
+import { isIP } from 'node:net'
 import type { Document } from 'yaml'
 import { ConfigReader, closest, type Located, type MapView } from './reader.js'
 import { formatAddress, type HostPort } from './address.js'
@@ -211,7 +212,7 @@ function readListeners(
     }
     const hp = m.require('listen', context) ? reader.address(m.get('listen'), `${context} listen`, true) : undefined
     if (hp !== undefined && hp.port !== 0) {
-      const clash = bound.find((b) => b.hp.port === hp.port && (b.hp.host === hp.host || b.hp.host === '' || hp.host === ''))
+      const clash = bound.find((b) => b.hp.port === hp.port && overlaps(b.hp.host, hp.host))
       if (clash) reader.report(m.get('listen'), `${context} listens on port ${hp.port}, already taken by ${clash.what}`)
       bound.push({ hp, what: context })
     }
@@ -254,4 +255,11 @@ function readTimeouts(reader: ConfigReader, m: MapView, context: string): Listen
   const handshakeMs = t.has('handshake') ? reader.duration(t.get('handshake'), `${context} timeouts.handshake`) : DEFAULTS.handshakeMs
   if (idleMs === undefined || handshakeMs === undefined) return undefined
   return { idleMs, handshakeMs }
+}
+
+/** Whether two listen hosts on the same port would collide (wildcards cover their family). */
+function overlaps(a: string, b: string): boolean {
+  if (a === b || a === '' || b === '' || a === '::' || b === '::') return true
+  const v4 = (h: string): boolean => isIP(h) === 4
+  return (a === '0.0.0.0' && v4(b)) || (b === '0.0.0.0' && v4(a))
 }

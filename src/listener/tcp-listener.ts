@@ -31,8 +31,9 @@ export class TcpListener implements SessionOwner {
   ) {
     this.server = createServer({
       allowHalfOpen: true,
-      // Nothing is read from the client until its backend is connected: no buffering, no memory.
-      pauseOnConnect: true,
+      // Not pauseOnConnect: while the backend connect is in flight the socket keeps reading
+      // into its bounded stream buffer (highWaterMark, then TCP backpressure), so a client
+      // that resets in the meantime is noticed at once and releases its backend slot.
       noDelay: true,
       keepAlive: true,
       keepAliveInitialDelay: KEEPALIVE_INITIAL_DELAY_MS,

@@ -207,7 +207,7 @@ export class TcpSession {
   }
 
   private readonly onClientError = (err: Error): void => {
-    this.reason ??= 'client_error'
+    this.reason ??= this.connected ? 'client_error' : 'client_aborted'
     const { log, config } = this.owner
     log.debug({ code: 'SLUICE_ERR_CLIENT_SOCKET', listener: config.name, client: this.clientAddress, errno: errnoCode(err) }, `client connection failed: ${err.message}`)
     if (this.connected) this.upstream?.destroy()
