@@ -202,6 +202,8 @@ export class TcpSession {
 
   private readonly onIdle = (): void => {
     this.reason ??= 'idle_timeout'
+    const { log, config } = this.owner
+    log.debug({ code: 'SLUICE_ERR_IDLE_TIMEOUT', listener: config.name, client: this.clientAddress, backend: this.backend?.id }, `no traffic for ${config.timeouts.idleMs}ms: closing`)
     this.upstream?.destroy()
     this.client.destroy()
   }
