@@ -18,8 +18,8 @@ interface Slot extends HeapNode {
 
 function less(a: Slot, b: Slot): boolean {
   // active/weight compared by cross-multiplication: exact for integers.
-  const la = a.backend.active * b.backend.weight
-  const lb = b.backend.active * a.backend.weight
+  const la = a.backend.active * b.backend.effectiveWeight
+  const lb = b.backend.active * a.backend.effectiveWeight
   if (la !== lb) return la < lb
   if (a.pass !== b.pass) return a.pass < b.pass
   return a.order < b.order
@@ -50,7 +50,7 @@ export class LeastConnections implements Balancer {
 
   onBackendUp(backend: Backend): void {
     if (this.slots.has(backend)) return
-    const stride = 1 / backend.weight
+    const stride = 1 / backend.effectiveWeight
     const slot: Slot = { backend, pass: this.clock + stride / 2, stride, order: this.nextOrder++, pos: -1 }
     this.slots.set(backend, slot)
     this.heap.push(slot)
@@ -66,7 +66,7 @@ export class LeastConnections implements Balancer {
   onWeightChange(backend: Backend): void {
     const slot = this.slots.get(backend)
     if (slot === undefined) return
-    slot.stride = 1 / backend.weight
+    slot.stride = 1 / backend.effectiveWeight
     this.heap.update(slot)
   }
 
@@ -87,6 +87,7 @@ export class LeastConnections implements Balancer {
 export const leastConnectionsFactory: BalancerFactory<null> = {
   name: 'least-connections',
   needs: [],
+  weighted: true,
   optionKeys: [],
   parseOptions: () => null,
   create: (members) => new LeastConnections(members),

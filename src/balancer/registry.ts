@@ -1,9 +1,24 @@
 import type { BalancerFactory } from './types.js'
 import { roundRobinFactory } from './round-robin.js'
 import { leastConnectionsFactory } from './least-connections.js'
+import { consistentHashFactory } from './consistent-hash.js'
+import { maglevFactory } from './maglev.js'
+import { randomFactory } from './random.js'
+import { powerOfTwoFactory } from './power-of-two.js'
+import { firstFactory } from './first.js'
+import { peakEwmaFactory } from './peak-ewma.js'
 
 /** Every algorithm sluice knows, looked up by the name written in `algorithm:`. */
-const FACTORIES: readonly BalancerFactory[] = [roundRobinFactory, leastConnectionsFactory] as BalancerFactory[]
+const FACTORIES: readonly BalancerFactory[] = [
+  roundRobinFactory,
+  leastConnectionsFactory,
+  consistentHashFactory,
+  maglevFactory,
+  randomFactory,
+  powerOfTwoFactory,
+  firstFactory,
+  peakEwmaFactory,
+] as BalancerFactory[]
 
 export function balancerNames(): string[] {
   return FACTORIES.map((f) => f.name)

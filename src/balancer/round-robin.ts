@@ -40,7 +40,7 @@ export class RoundRobin implements Balancer {
 
   onBackendUp(backend: Backend): void {
     if (this.slots.has(backend)) return
-    const stride = 1 / backend.weight
+    const stride = 1 / backend.effectiveWeight
     const slot: Slot = { backend, pass: this.clock + stride / 2, stride, order: this.nextOrder++, pos: -1 }
     this.slots.set(backend, slot)
     this.heap.push(slot)
@@ -56,7 +56,7 @@ export class RoundRobin implements Balancer {
   onWeightChange(backend: Backend): void {
     const slot = this.slots.get(backend)
     if (slot === undefined) return
-    const stride = 1 / backend.weight
+    const stride = 1 / backend.effectiveWeight
     slot.pass = slot.pass - slot.stride / 2 + stride / 2
     slot.stride = stride
     this.heap.update(slot)
@@ -66,6 +66,7 @@ export class RoundRobin implements Balancer {
 export const roundRobinFactory: BalancerFactory<null> = {
   name: 'round-robin',
   needs: [],
+  weighted: true,
   optionKeys: [],
   parseOptions: () => null,
   create: (members) => new RoundRobin(members),

@@ -26,15 +26,20 @@ export interface Balancer {
   onBackendUp(backend: Backend): void
   /** The backend left the rotation (down, draining, disabled or removed). */
   onBackendDown(backend: Backend): void
+  /** The backend's `effectiveWeight` changed (a reload, or slow start ramping it up). */
   onWeightChange?(backend: Backend): void
   onConnectionOpen?(backend: Backend): void
   onConnectionClose?(backend: Backend): void
+  /** A connection to the backend was established `ms` milliseconds after it was started. */
+  onConnectLatency?(backend: Backend, ms: number): void
 }
 
 export interface BalancerFactory<O = unknown> {
   readonly name: string
   /** What a pick needs from the connection, so routing can fail early when it cannot be had. */
   readonly needs: readonly ('address' | 'sni')[]
+  /** Whether backends' weights change what it picks (slow_start means nothing otherwise). */
+  readonly weighted: boolean
   /** Pool keys this algorithm reads besides the common ones. */
   readonly optionKeys: readonly string[]
   /** Reads and checks this algorithm's keys of a pool; reports problems to `reader`. */

@@ -45,6 +45,8 @@ export interface PoolConfig {
   backends: BackendConfig[]
   connectTimeoutMs: number
   retries: number
+  /** Slow start: a backend joining the rotation ramps to its full weight over this long. 0 = off. */
+  slowStartMs: number
 }
 
 export interface BackendConfig {

@@ -25,12 +25,12 @@ const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'erro
 const NOT_YET: Readonly<Record<string, readonly string[]>> = {
   top: ['admin'],
   listener: ['routes', 'tls', 'sni_passthrough', 'proxy_protocol_accept', 'access', 'limits', 'udp'],
-  pool: ['hash_key', 'discovery', 'health_check', 'passive', 'proxy_protocol', 'tls', 'slow_start'],
+  pool: ['discovery', 'health_check', 'passive', 'proxy_protocol', 'tls'],
 }
 
 const TOP_KEYS = ['workers', 'shutdown_timeout', 'log', 'listeners', 'pools', 'demo_backends']
 const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts']
-const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries']
+const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start']
 const BACKEND_KEYS = ['address', 'weight', 'backup', 'max_connections']
 
 /** Checks a whole parsed document, reporting every problem to `reader`. */
@@ -119,9 +119,13 @@ function readPools(reader: ConfigReader, at: Located, out: Map<string, PoolConfi
       ? reader.duration(pool.get('connect_timeout'), `${context} connect_timeout`)
       : DEFAULTS.connectTimeoutMs
     const retries = pool.has('retries') ? reader.int(pool.get('retries'), `${context} retries`, 0, 100) : DEFAULTS.retries
+    const slowStartMs = pool.has('slow_start') ? reader.duration(pool.get('slow_start'), `${context} slow_start`, { allowOff: true }) : 0
+    if (slowStartMs !== undefined && slowStartMs > 0 && factory !== undefined && !factory.weighted) {
+      reader.report(pool.keyAt('slow_start'), `${context}: slow_start ramps backends' weights, which algorithm ${factory.name} does not use; remove slow_start or pick a weighted algorithm`)
+    }
     const backends = pool.require('backends', context) ? readBackends(reader, pool.get('backends'), context) : undefined
-    if (algorithm === undefined || connectTimeoutMs === undefined || retries === undefined || backends === undefined) continue
-    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries })
+    if (algorithm === undefined || connectTimeoutMs === undefined || retries === undefined || backends === undefined || slowStartMs === undefined) continue
+    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries, slowStartMs })
   }
 }
 

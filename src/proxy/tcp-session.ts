@@ -52,6 +52,7 @@ export class TcpSession {
   private attempts = 0
   private connectTimer: NodeJS.Timeout | undefined
   private connectedAt = 0
+  private connectStartedAt = 0
   private countedIn = 0
   private countedOut = 0
   private readonly ctx: PickContext
@@ -103,6 +104,7 @@ export class TcpSession {
     this.attempts++
     pool.acquire(b)
     this.backend = b
+    this.connectStartedAt = performance.now()
     const up = connect({
       host: b.host,
       port: b.port,
@@ -129,6 +131,7 @@ export class TcpSession {
     if (up !== this.upstream) return
     this.connected = true
     this.connectedAt = Date.now()
+    this.pool.observeConnect(b, performance.now() - this.connectStartedAt)
     b.consecutiveFailures = 0
     const { metrics, config } = this.owner
     metrics.backendConnectionsTotal.inc({ pool: this.pool.name, backend: b.id })

@@ -25,6 +25,10 @@ export class Backend {
   consecutiveFailures = 0
   /** Removed from its pool by a reload; its open connections finish, it takes no new ones. */
   retired = false
+  /** Slow start: the share of `weight` in effect while it ramps up after joining (1 = all). */
+  ramp = 1
+  /** Its place in the pool's list of backends (config order), which algorithm `first` follows. */
+  position = 0
 
   constructor(cfg: BackendConfig) {
     this.id = cfg.address
@@ -38,6 +42,11 @@ export class Backend {
   /** In rotation: may be handed new connections (capacity aside). */
   get inRotation(): boolean {
     return this.state === 'up'
+  }
+
+  /** The weight balancers use: `weight`, scaled down while slow start ramps it up. */
+  get effectiveWeight(): number {
+    return this.ramp === 1 ? this.weight : this.weight * this.ramp
   }
 
   get full(): boolean {

@@ -1,6 +1,7 @@
 import type { PoolConfig } from '../config/types.js'
 import type { Balancer, BalancerFactory, Exclusion, PickContext } from '../balancer/types.js'
 import { findBalancer } from '../balancer/registry.js'
+import { SlowStart } from '../balancer/slow-start.js'
 import type { Metrics } from '../metrics/metrics.js'
 import { Backend, type BackendState } from './backend.js'
 
@@ -20,10 +21,12 @@ export class Pool {
   private primary: Balancer
   private backup: Balancer
   private readonly exclusion = new PickExclusion()
+  private readonly slowStart: SlowStart
 
   constructor(cfg: PoolConfig, private readonly metrics: Metrics) {
     this.name = cfg.name
     this.cfg = cfg
+    this.slowStart = new SlowStart(cfg.slowStartMs, (b) => this.balancerOf(b).onWeightChange?.(b))
     this.factory = factoryFor(cfg)
     this.members = cfg.backends.map((b) => new Backend(b))
     this.primary = this.factory.create([], cfg.algorithmOptions)
@@ -53,6 +56,7 @@ export class Pool {
 
   /** A backend for a new connection that is not in `tried`, or undefined. Never throws. */
   pick(ctx: PickContext, tried?: ReadonlySet<Backend>): Backend | undefined {
+    this.slowStart.tick()
     const ex = this.exclusion
     ex.tried = tried
     const b = this.primary.pick(ctx, ex) ?? this.backup.pick(ctx, ex)
@@ -76,12 +80,17 @@ export class Pool {
     this.metrics.backendConnectionsActive.dec({ pool: this.name, backend: b.id })
   }
 
+  /** A connection to `b` was established `ms` after it was started (for latency-aware algorithms). */
+  observeConnect(b: Backend, ms: number): void {
+    if (!b.retired) this.balancerOf(b).onConnectLatency?.(b, ms)
+  }
+
   setState(b: Backend, state: BackendState): void {
     if (b.state === state) return
     const was = b.inRotation
     b.state = state
     if (was && !b.inRotation) this.balancerOf(b).onBackendDown(b)
-    if (!was && b.inRotation) this.balancerOf(b).onBackendUp(b)
+    if (!was && b.inRotation) this.balancerOf(this.slowStart.join(b)).onBackendUp(b)
     this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
   }
 
@@ -93,9 +102,10 @@ export class Pool {
   update(cfg: PoolConfig): Backend[] {
     const old = new Map(this.members.map((b) => [b.id, b]))
     const removed: Backend[] = []
+    this.slowStart.configure(cfg.slowStartMs)
     const next = cfg.backends.map((bc) => {
       const b = old.get(bc.address)
-      if (b === undefined) return new Backend(bc)
+      if (b === undefined) return this.slowStart.join(new Backend(bc))
       old.delete(bc.address)
       b.weight = bc.weight
       b.backup = bc.backup
@@ -118,6 +128,7 @@ export class Pool {
   }
 
   private rebuild(): void {
+    this.members.forEach((b, i) => (b.position = i))
     for (const b of this.members) {
       if (b.inRotation) this.balancerOf(b).onBackendUp(b)
       this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
