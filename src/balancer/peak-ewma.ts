@@ -1,6 +1,7 @@
 import type { Backend } from '../upstream/backend.js'
 import type { Balancer, BalancerFactory, Exclusion, PickContext } from './types.js'
-import { WeightedSet, type Random } from './weighted-set.js'
+import { WeightedSet } from './weighted-set.js'
+import { Rng, type RandomSource } from './rng.js'
 
 export interface PeakEwmaOptions {
   /** Time constant of the moving average, ms: older samples weigh e^(-age/decay). */
@@ -8,8 +9,12 @@ export interface PeakEwmaOptions {
 }
 
 export const DEFAULT_EWMA_DECAY_MS = 10_000
-/** Cost of a backend with connections in flight but no latency measured yet: avoid it. */
-const UNMEASURED_BUSY = 1e12
+/** Cost classes, cheapest first: never measured and idle (try it), measured, never measured with connections in flight (avoid it). */
+const IDLE_UNMEASURED = 0
+const MEASURED = 1
+const BUSY_UNMEASURED = 2
+/** Bound on the decay exponent between two stamps, so exp() stays finite. */
+const MAX_EXPONENT = 700
 
 interface Latency {
   /** Moving average of connect latency, ms; -1 before the first sample. */
@@ -32,7 +37,7 @@ export class PeakEwma implements Balancer {
   constructor(
     members: readonly Backend[],
     private readonly options: PeakEwmaOptions,
-    private readonly random: Random = Math.random,
+    private readonly random: RandomSource = new Rng(),
     private readonly now: () => number = () => performance.now(),
   ) {
     for (const b of members) this.onBackendUp(b)
@@ -42,25 +47,33 @@ export class PeakEwma implements Balancer {
     const set = this.set
     const n = set.size
     if (n === 0) return undefined
-    const i = set.draw(this.random())
-    let j = n === 1 ? i : set.draw(this.random())
-    if (j === i && n > 1) j = set.draw(this.random())
+    const i = set.draw(this.random)
+    const j = n === 1 ? i : set.drawOther(i, this.random)
     const skipI = avoid !== undefined && avoid.has(set.items[i] as Backend)
     const skipJ = avoid !== undefined && avoid.has(set.items[j] as Backend)
-    const now = this.now()
-    if (skipI && skipJ) return this.cheapest(avoid as Exclusion, now)
+    if (skipI && skipJ) return this.cheapest(avoid as Exclusion)
     if (skipI) return set.items[j]
     if (skipJ) return set.items[i]
-    return this.cost(j, now) < this.cost(i, now) ? set.items[j] : set.items[i]
+    return this.cheaper(j, i) ? set.items[j] : set.items[i]
   }
 
-  /** The current cost of member `i`. */
-  cost(i: number, now: number): number {
-    const b = this.set.items[i] as Backend
-    const l = this.set.data[i] as Latency
-    if (l.ewma < 0) return b.active === 0 ? 0 : UNMEASURED_BUSY * (b.active + 1)
-    const decayed = l.ewma * Math.exp(-Math.max(0, now - l.stamp) / this.options.decayMs)
-    return (decayed * (b.active + 1)) / b.effectiveWeight
+  /**
+   * Whether member `j` costs less than member `i` now. Both averages decay by the same factor
+   * from their own stamps to now, so comparing them needs only the difference of the stamps:
+   * no clock read on a pick.
+   */
+  cheaper(j: number, i: number): boolean {
+    const bj = this.set.items[j] as Backend
+    const bi = this.set.items[i] as Backend
+    const lj = this.set.data[j] as Latency
+    const li = this.set.data[i] as Latency
+    const cj = costClass(lj, bj)
+    const ci = costClass(li, bi)
+    if (cj !== ci) return cj < ci
+    if (cj === IDLE_UNMEASURED) return false
+    if (cj === BUSY_UNMEASURED) return bj.active * bi.effectiveWeight < bi.active * bj.effectiveWeight
+    const d = Math.max(-MAX_EXPONENT, Math.min(MAX_EXPONENT, (lj.stamp - li.stamp) / this.options.decayMs))
+    return lj.ewma * (bj.active + 1) * bi.effectiveWeight * Math.exp(d) < li.ewma * (bi.active + 1) * bj.effectiveWeight
   }
 
   /** The moving average for `b` as of now (undefined before its first sample or when not a member). */
@@ -84,17 +97,12 @@ export class PeakEwma implements Balancer {
   }
 
   /** The cheapest member outside `avoid` (a scan, for when both draws were excluded). */
-  private cheapest(avoid: Exclusion, now: number): Backend | undefined {
+  private cheapest(avoid: Exclusion): Backend | undefined {
     let best = -1
-    let bestCost = Infinity
     const items = this.set.items
-    for (let i = 0; i < items.length; i++) {
-      if (avoid.has(items[i] as Backend)) continue
-      const c = this.cost(i, now)
-      if (best < 0 || c < bestCost) {
-        best = i
-        bestCost = c
-      }
+    for (let k = 0; k < items.length; k++) {
+      if (avoid.has(items[k] as Backend)) continue
+      if (best < 0 || this.cheaper(k, best)) best = k
     }
     return best < 0 ? undefined : items[best]
   }
@@ -123,4 +131,9 @@ export const peakEwmaFactory: BalancerFactory<PeakEwmaOptions> = {
     return { decayMs: ms ?? DEFAULT_EWMA_DECAY_MS }
   },
   create: (members, options) => new PeakEwma(members, options),
+}
+
+function costClass(l: Latency, b: Backend): number {
+  if (l.ewma >= 0) return MEASURED
+  return b.active === 0 ? IDLE_UNMEASURED : BUSY_UNMEASURED
 }

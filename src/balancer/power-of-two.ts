@@ -1,6 +1,7 @@
 import type { Backend } from '../upstream/backend.js'
 import type { Balancer, BalancerFactory, Exclusion, PickContext } from './types.js'
-import { WeightedSet, type Random } from './weighted-set.js'
+import { WeightedSet } from './weighted-set.js'
+import { Rng, type RandomSource } from './rng.js'
 
 /**
  * Power of two choices (Mitzenmacher): draw two backends at random (weighted), send the
@@ -11,7 +12,7 @@ import { WeightedSet, type Random } from './weighted-set.js'
 export class PowerOfTwo implements Balancer {
   private readonly set = new WeightedSet<undefined>(() => undefined)
 
-  constructor(members: readonly Backend[], private readonly random: Random = Math.random) {
+  constructor(members: readonly Backend[], private readonly random: RandomSource = new Rng()) {
     for (const b of members) this.onBackendUp(b)
   }
 
@@ -19,10 +20,10 @@ export class PowerOfTwo implements Balancer {
     const set = this.set
     const n = set.size
     if (n === 0) return undefined
-    const a = set.items[set.draw(this.random())] as Backend
+    const i = set.draw(this.random)
+    const a = set.items[i] as Backend
     if (n === 1) return avoid !== undefined && avoid.has(a) ? undefined : a
-    let b = set.items[set.draw(this.random())] as Backend
-    if (b === a) b = set.items[set.draw(this.random())] as Backend
+    const b = set.items[set.drawOther(i, this.random)] as Backend
     if (avoid !== undefined) {
       const skipA = avoid.has(a)
       const skipB = avoid.has(b)

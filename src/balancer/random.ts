@@ -1,6 +1,7 @@
 import type { Backend } from '../upstream/backend.js'
 import type { Balancer, BalancerFactory, Exclusion, PickContext } from './types.js'
-import { WeightedSet, type Random } from './weighted-set.js'
+import { WeightedSet } from './weighted-set.js'
+import { Rng, type RandomSource } from './rng.js'
 
 /** Draws to try before scanning for a backend outside the exclusion set. */
 export const REDRAWS = 3
@@ -15,7 +16,7 @@ export const REDRAWS = 3
 export class RandomBalancer implements Balancer {
   private readonly set = new WeightedSet<undefined>(() => undefined)
 
-  constructor(members: readonly Backend[], private readonly random: Random = Math.random) {
+  constructor(members: readonly Backend[], private readonly random: RandomSource = new Rng()) {
     for (const b of members) this.onBackendUp(b)
   }
 
@@ -23,10 +24,10 @@ export class RandomBalancer implements Balancer {
     const set = this.set
     if (set.size === 0) return undefined
     for (let i = 0; i < REDRAWS; i++) {
-      const b = set.items[set.draw(this.random())] as Backend
+      const b = set.items[set.draw(this.random)] as Backend
       if (avoid === undefined || !avoid.has(b)) return b
     }
-    const i = set.drawExcluding(avoid as Exclusion, this.random())
+    const i = set.drawExcluding(avoid as Exclusion, this.random)
     return i < 0 ? undefined : set.items[i]
   }
 

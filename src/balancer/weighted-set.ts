@@ -1,8 +1,9 @@
 import type { Backend } from '../upstream/backend.js'
 import type { Exclusion } from './types.js'
+import { RANDOM_RANGE, type RandomSource } from './rng.js'
 
-/** A source of uniform numbers in [0, 1); Math.random unless a test injects its own. */
-export type Random = () => number
+/** Alias-method thresholds are kept as integers out of 2^30 (compared with 30 random bits). */
+const COIN_RANGE = 2 ** 30
 
 /**
  * The backends in rotation with O(1) weighted random draws (Vose's alias method). The alias
@@ -14,7 +15,8 @@ export class WeightedSet<T = undefined> {
   readonly items: Backend[] = []
   readonly data: T[] = []
   private readonly index = new Map<Backend, number>()
-  private prob = new Float64Array(0)
+  /** Per column: keep the column when 30 random bits fall below this, else take its alias. */
+  private threshold = new Int32Array(0)
   private alias = new Int32Array(0)
   private dirty = false
 
@@ -63,16 +65,28 @@ export class WeightedSet<T = undefined> {
     if (this.index.has(b)) this.dirty = true
   }
 
-  /** Index of a member drawn with probability proportional to its weight, for r in [0, 1). Set must not be empty. */
-  draw(r: number): number {
+  /** Index of a member drawn with probability proportional to its weight. Set must not be empty. */
+  draw(random: RandomSource): number {
     if (this.dirty) this.build()
-    const x = r * this.items.length
-    const i = Math.floor(x)
-    return x - i < (this.prob[i] as number) ? i : (this.alias[i] as number)
+    const i = random.next() % this.items.length
+    return (random.next() & (COIN_RANGE - 1)) < (this.threshold[i] as number) ? i : (this.alias[i] as number)
+  }
+
+  /**
+   * A second draw, different from member `first` (set of 2 or more): a few weighted redraws,
+   * then any other member uniformly, so two choices are always two backends.
+   */
+  drawOther(first: number, random: RandomSource): number {
+    for (let k = 0; k < 3; k++) {
+      const j = this.draw(random)
+      if (j !== first) return j
+    }
+    const n = this.items.length
+    return (first + 1 + (random.next() % (n - 1))) % n
   }
 
   /** Like `draw`, among members not in `avoid` (a linear scan, for the rare excluded case); -1 if none. */
-  drawExcluding(avoid: Exclusion, r: number): number {
+  drawExcluding(avoid: Exclusion, random: RandomSource): number {
     const items = this.items
     let total = 0
     for (let i = 0; i < items.length; i++) {
@@ -80,7 +94,7 @@ export class WeightedSet<T = undefined> {
       if (!avoid.has(b)) total += b.effectiveWeight
     }
     if (total === 0) return -1
-    let x = r * total
+    let x = (random.next() / RANDOM_RANGE) * total
     let last = -1
     for (let i = 0; i < items.length; i++) {
       const b = items[i] as Backend
@@ -120,7 +134,9 @@ export class WeightedSet<T = undefined> {
     }
     for (const i of large) prob[i] = 1
     for (const i of small) prob[i] = 1
-    this.prob = prob
+    const threshold = new Int32Array(n)
+    for (let i = 0; i < n; i++) threshold[i] = (prob[i] as number) >= 1 ? COIN_RANGE : Math.round((prob[i] as number) * COIN_RANGE)
+    this.threshold = threshold
     this.alias = alias
   }
 }
