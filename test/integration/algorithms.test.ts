@@ -1,0 +1,231 @@
+import t, { type Test } from 'tap'
+import { connect, type Socket } from 'node:net'
+import { startDaemon, type Running } from '../helpers/daemon.js'
+import { eventually, namedBackend, readUntil } from '../helpers/net.js'
+import type { Backend } from '../../src/upstream/backend.js'
+import type { Pool } from '../../src/upstream/pool.js'
+
+/**
+ * Each balancing algorithm over real sockets: an in-process daemon, named backends on port 0,
+ * clients on loopback. Clients take distinct source addresses from 127.0.0.0/8 (all loopback
+ * on Linux) so the hashing algorithms see many clients.
+ */
+
+/** Connects from `localAddress`, reads the backend's greeting line; the socket stays open. */
+function open(port: number, localAddress = '127.0.0.1'): Promise<{ name: string; socket: Socket }> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port, localAddress }, () => {
+      readUntil(s, 'line').then((buf) => resolve({ name: buf.toString().trim(), socket: s }), reject)
+    })
+    s.once('error', reject)
+  })
+}
+
+/** Connects, reads the greeting, closes. */
+async function greet(port: number, localAddress?: string): Promise<string> {
+  const { name, socket } = await open(port, localAddress)
+  socket.destroy()
+  return name
+}
+
+/** The i-th client address: 127.1.x.y, y from 1 to 250. */
+const client = (i: number): string => `127.1.${Math.floor(i / 250)}.${(i % 250) + 1}`
+
+async function backends(t: Test, names: string[]): Promise<Map<string, string>> {
+  const out = new Map<string, string>()
+  for (const n of names) out.set(n, (await namedBackend(t, n)).address)
+  return out
+}
+
+function count(names: string[]): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const n of names) out[n] = (out[n] ?? 0) + 1
+  return out
+}
+
+function pool(run: Running, name = 'p'): Pool {
+  const p = run.daemon.pools.get(name)
+  if (p === undefined) throw new TypeError(`no pool ${name}`)
+  return p
+}
+
+async function held(sockets: Socket[], p: Pool): Promise<void> {
+  for (const s of sockets) s.destroy()
+  await eventually(() => p.backends.every((b) => b.active === 0), 'held connections to close')
+}
+
+for (const algorithm of ['consistent-hash', 'maglev']) {
+  t.test(`${algorithm}: each client sticks to one backend; clients spread over all`, async (t) => {
+    const addr = await backends(t, ['a', 'b', 'c'])
+    const run = await startDaemon(t, `
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
+pools:
+  p: { algorithm: ${algorithm}, hash_key: source-ip, backends: [${[...addr.values()].join(', ')}] }
+`)
+    const port = run.port('l')
+    const first: string[] = []
+    for (let i = 0; i < 60; i++) first.push(await greet(port, client(i)))
+    const again: string[] = []
+    for (let i = 0; i < 60; i++) again.push(await greet(port, client(i)))
+    t.same(again, first, 'every client reaches the same backend on its second connection')
+    const c = count(first)
+    t.same(Object.keys(c).sort(), ['a', 'b', 'c'], `60 clients use all three backends (${JSON.stringify(c)})`)
+
+    // Take b out: only b's clients move; the others stay where they were.
+    const p = pool(run)
+    p.setState(p.backends[1] as Backend, 'down')
+    const after: string[] = []
+    for (let i = 0; i < 60; i++) after.push(await greet(port, client(i)))
+    t.notOk(after.includes('b'), 'nobody reaches b while it is down')
+    t.ok(first.every((n, i) => n === 'b' || after[i] === n), "clients of a and c did not move")
+  })
+
+  t.test(`${algorithm}: weights 90/10 send ~10% of clients to the canary, each staying put`, async (t) => {
+    const addr = await backends(t, ['stable', 'canary'])
+    const run = await startDaemon(t, `
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
+pools:
+  p:
+    algorithm: ${algorithm}
+    backends:
+      - { address: ${addr.get('stable')}, weight: 90 }
+      - { address: ${addr.get('canary')}, weight: 10 }
+`)
+    const port = run.port('l')
+    const first: string[] = []
+    for (let i = 0; i < 300; i++) first.push(await greet(port, client(i)))
+    const share = first.filter((n) => n === 'canary').length / first.length
+    t.ok(share > 0.05 && share < 0.15, `canary share over 300 clients: ${(share * 100).toFixed(1)}%`)
+    const again: string[] = []
+    for (let i = 0; i < 300; i += 7) again.push(await greet(port, client(i)))
+    t.same(again, first.filter((_, i) => i % 7 === 0), 'clients reconnecting land where they did before')
+  })
+}
+
+t.test('hash_key source-ip-port: connections of one client spread', async (t) => {
+  const addr = await backends(t, ['a', 'b', 'c'])
+  const run = await startDaemon(t, `
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
+pools:
+  p: { algorithm: maglev, hash_key: source-ip-port, backends: [${[...addr.values()].join(', ')}] }
+`)
+  const names: string[] = []
+  for (let i = 0; i < 60; i++) names.push(await greet(run.port('l'), '127.0.0.1'))
+  t.same(Object.keys(count(names)).sort(), ['a', 'b', 'c'], `one client address, 60 source ports: all backends (${JSON.stringify(count(names))})`)
+})
+
+t.test('consistent-hash with hash_balance_factor: one busy client spills over at the bound', async (t) => {
+  const addr = await backends(t, ['a', 'b', 'c'])
+  const run = await startDaemon(t, `
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
+pools:
+  p: { algorithm: consistent-hash, hash_balance_factor: 1.5, backends: [${[...addr.values()].join(', ')}] }
+`)
+  const conns: { name: string; socket: Socket }[] = []
+  for (let i = 0; i < 12; i++) conns.push(await open(run.port('l'), '127.0.0.9'))
+  const c = count(conns.map((x) => x.name))
+  t.ok(Object.values(c).every((n) => n <= 6), `12 held connections from one client, none above 1.5 × average (6): ${JSON.stringify(c)}`)
+  t.ok(Object.keys(c).length >= 2, 'the excess went to other backends')
+  await held(conns.map((x) => x.socket), pool(run))
+  const home = await greet(run.port('l'), '127.0.0.9')
+  t.ok((c[home] ?? 0) >= 4, `with the load gone the client is back on its own backend (${home})`)
+})
+
+t.test('random: weighted spread', async (t) => {
+  const addr = await backends(t, ['a', 'b'])
+  const run = await startDaemon(t, `
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
+pools:
+  p: { algorithm: random, backends: [{ address: ${addr.get('a')}, weight: 3 }, ${addr.get('b')}] }
+`)
+  const names: string[] = []
+  for (let i = 0; i < 200; i++) names.push(await greet(run.port('l')))
+  const a = names.filter((n) => n === 'a').length
+  // Binomial(200, 0.75): mean 150, sd 6.1; 120..180 is ±4.9 sd.
+  t.ok(a >= 120 && a <= 180, `a (weight 3) took ${a} of 200`)
+})
+
+t.test('power-of-two: held connections stay level across backends', async (t) => {
+  const addr = await backends(t, ['a', 'b', 'c'])
+  const run = await startDaemon(t, `
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
+pools:
+  p: { algorithm: power-of-two, backends: [${[...addr.values()].join(', ')}] }
+`)
+  const conns: { name: string; socket: Socket }[] = []
+  for (let i = 0; i < 30; i++) conns.push(await open(run.port('l')))
+  const loads = Object.values(count(conns.map((x) => x.name)))
+  t.equal(loads.length, 3)
+  // Of any two distinct backends the lighter wins, so the heaviest is never more than 2 ahead.
+  t.ok(Math.max(...loads) - Math.min(...loads) <= 2, `30 held connections: ${loads.join('/')}`)
+  await held(conns.map((x) => x.socket), pool(run))
+})
+
+t.test('first: fills each backend to max_connections, in list order', async (t) => {
+  const addr = await backends(t, ['a', 'b', 'c'])
+  const run = await startDaemon(t, `
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
+pools:
+  p:
+    algorithm: first
+    backends:
+      - { address: ${addr.get('a')}, max_connections: 2 }
+      - { address: ${addr.get('b')}, max_connections: 2 }
+      - ${addr.get('c')}
+`)
+  const port = run.port('l')
+  const conns: { name: string; socket: Socket }[] = []
+  for (let i = 0; i < 6; i++) conns.push(await open(port))
+  t.same(conns.map((x) => x.name), ['a', 'a', 'b', 'b', 'c', 'c'])
+  conns[0]?.socket.destroy()
+  const p = pool(run)
+  await eventually(() => (p.backends[0] as Backend).active === 1, 'a to have a free slot')
+  t.equal(await greet(port), 'a', 'a freed slot on the first backend is used first')
+  await held(conns.map((x) => x.socket), p)
+})
+
+t.test('peak-ewma: sessions report connect latency; a slow backend is avoided', async (t) => {
+  const addr = await backends(t, ['fast', 'slow'])
+  const run = await startDaemon(t, `
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
+pools:
+  p: { algorithm: peak-ewma, ewma_decay: 1h, backends: [${addr.get('fast')}, ${addr.get('slow')}] }
+`)
+  const p = pool(run)
+  const observed: [string, number][] = []
+  const observe = p.observeConnect.bind(p)
+  p.observeConnect = (b, ms) => {
+    observed.push([b.id, ms])
+    observe(b, ms)
+  }
+  const port = run.port('l')
+  for (let i = 0; i < 4; i++) await greet(port)
+  t.equal(observed.length, 4, 'every established connection reported its connect time')
+  t.ok(observed.every(([, ms]) => ms >= 0 && ms < 1000), `loopback connect times: ${observed.map(([, ms]) => ms.toFixed(2)).join(', ')} ms`)
+  // Make "slow" look slow (a loopback connect is always fast): it then gets nothing.
+  observe(p.backends[1] as Backend, 500)
+  const names: string[] = []
+  for (let i = 0; i < 20; i++) names.push(await greet(port))
+  t.same(count(names), { fast: 20 }, 'all new connections go to the faster backend')
+})
+
+t.test('slow_start: a backend coming back up gets a small share at first', async (t) => {
+  const addr = await backends(t, ['a', 'b'])
+  const run = await startDaemon(t, `
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
+pools:
+  p: { algorithm: round-robin, slow_start: 1h, backends: [${addr.get('a')}, ${addr.get('b')}] }
+`)
+  const port = run.port('l')
+  const before: string[] = []
+  for (let i = 0; i < 10; i++) before.push(await greet(port))
+  t.same(count(before), { a: 5, b: 5 }, 'even split at start-up (no slow start for the initial backends)')
+  const p = pool(run)
+  const b = p.backends[1] as Backend
+  p.setState(b, 'down')
+  p.setState(b, 'up')
+  const after: string[] = []
+  for (let i = 0; i < 22; i++) after.push(await greet(port))
+  const got = count(after).b ?? 0
+  t.ok(got >= 1 && got <= 3, `b, back up and at 10% of its weight, took ${got} of 22`)
+})
