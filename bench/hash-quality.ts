@@ -3,6 +3,7 @@ import type { Balancer, PickContext } from '../src/balancer/types.js'
 import { ConsistentHash, DEFAULT_VNODES } from '../src/balancer/consistent-hash.js'
 import { Maglev } from '../src/balancer/maglev.js'
 import { DEFAULT_TABLE_SIZE } from '../src/balancer/maglev-table.js'
+import { Rng } from '../src/balancer/rng.js'
 
 /**
  * Measurements of the hashing algorithms' quality, shared by bench/pick.bench.ts (which
@@ -98,6 +99,22 @@ export function imbalance(alg: HashAlgorithm, n: number, keys: number, p: HashPa
   const members = makeBackends(n)
   const counts = new Float64Array(n)
   for (const i of assign(hashBalancer(alg, members, p), members, keys)) counts[i] = (counts[i] as number) + 1
+  let max = 0
+  for (const c of counts) max = Math.max(max, c)
+  return max / (keys / n)
+}
+
+/**
+ * The same max/mean for keys thrown uniformly at random: the sampling floor that no table can
+ * beat with this many keys (at N = 1000, 1M keys are only 1000 per backend).
+ */
+export function samplingFloor(n: number, keys: number, seed = 1): number {
+  const rng = new Rng(seed)
+  const counts = new Float64Array(n)
+  for (let k = 0; k < keys; k++) {
+    const i = rng.next() % n
+    counts[i] = (counts[i] as number) + 1
+  }
   let max = 0
   for (const c of counts) max = Math.max(max, c)
   return max / (keys / n)
