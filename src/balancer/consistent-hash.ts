@@ -1,4 +1,5 @@
 import type { Backend } from '../upstream/backend.js'
+import type { ConfigReader, MapView } from '../config/reader.js'
 import type { Balancer, BalancerFactory, Exclusion, PickContext } from './types.js'
 import { HashRing } from './hash-ring.js'
 import { keyHash, parseHashKey, type HashKey } from './hash-key.js'
@@ -128,37 +129,30 @@ export const consistentHashFactory: BalancerFactory<ConsistentHashOptions> = {
   optionKeys: ['hash_key', 'hash_vnodes', 'hash_balance_factor'],
   parseOptions(pool, reader, context) {
     const key = parseHashKey(pool, reader, context) ?? 'source-ip'
-    let vnodes = DEFAULT_VNODES
-    if (pool.has('hash_vnodes')) {
-      vnodes = reader.int(pool.get('hash_vnodes'), `${context} hash_vnodes`, 1, MAX_VNODES) ?? DEFAULT_VNODES
-      const { total } = listedWeightTotal(pool, 1)
-      if (vnodes * total > MAX_RING_POINTS) {
-        reader.report(
-          pool.get('hash_vnodes'),
-          `${context}: hash_vnodes ${vnodes} × total weight ${total} makes a ring of ${vnodes * total} points, more than ${MAX_RING_POINTS}; lower hash_vnodes or the weights (only their ratios matter)`,
-        )
-      }
-    } else {
-      const { total } = listedWeightTotal(pool, 1)
-      if (DEFAULT_VNODES * total > MAX_RING_POINTS) {
-        reader.report(
-          pool.get('backends'),
-          `${context}: the backends' weights add up to ${total}, which at ${DEFAULT_VNODES} ring points per unit of weight makes more than ${MAX_RING_POINTS} points; use smaller weights (only their ratios matter) or set hash_vnodes lower`,
-        )
-      }
+    const vnodes = pool.has('hash_vnodes') ? (reader.int(pool.get('hash_vnodes'), `${context} hash_vnodes`, 1, MAX_VNODES) ?? DEFAULT_VNODES) : DEFAULT_VNODES
+    const { total } = listedWeightTotal(pool, 1)
+    if (vnodes * total > MAX_RING_POINTS) {
+      const at = pool.has('hash_vnodes') ? pool.get('hash_vnodes') : pool.get('backends')
+      reader.report(
+        at,
+        `${context}: hash_vnodes ${vnodes} × total weight ${total} makes a ring of ${vnodes * total} points, more than ${MAX_RING_POINTS}; lower hash_vnodes or the weights (only their ratios matter)`,
+      )
     }
-    let balanceFactor = 0
-    if (pool.has('hash_balance_factor')) {
-      const at = pool.get('hash_balance_factor')
-      const f = readDecimal(reader, at, `${context} hash_balance_factor`, 1, 1000)
-      if (f !== undefined && f > MAX_BALANCE_FACTOR) {
-        const haproxy = f >= 100 ? ` (HAProxy's hash-balance-factor ${f} is written ${f / 100} here)` : ''
-        reader.report(at, `${context} hash_balance_factor is ${f}; it is a multiple of the average load from 1 to ${MAX_BALANCE_FACTOR}, such as 1.25${haproxy}`)
-      } else if (f !== undefined) {
-        balanceFactor = f
-      }
-    }
-    return { key, vnodes, balanceFactor }
+    return { key, vnodes, balanceFactor: readBalanceFactor(pool, reader, context) }
   },
   create: (members, options) => new ConsistentHash(members, options),
+}
+
+/** `hash_balance_factor`: a multiple of the average load (0 when absent or invalid). */
+function readBalanceFactor(pool: MapView, reader: ConfigReader, context: string): number {
+  if (!pool.has('hash_balance_factor')) return 0
+  const at = pool.get('hash_balance_factor')
+  const f = readDecimal(reader, at, `${context} hash_balance_factor`, 1, 1000)
+  if (f === undefined) return 0
+  if (f > MAX_BALANCE_FACTOR) {
+    const haproxy = f >= 100 ? ` (HAProxy's hash-balance-factor ${f} is written ${f / 100} here)` : ''
+    reader.report(at, `${context} hash_balance_factor is ${f}; it is a multiple of the average load from 1 to ${MAX_BALANCE_FACTOR}, such as 1.25${haproxy}`)
+    return 0
+  }
+  return f
 }

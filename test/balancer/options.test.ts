@@ -84,3 +84,8 @@ t.test('a ring that would be too large is refused before anything starts', async
   t.match(issues(yaml('algorithm: consistent-hash\nhash_vnodes: 5000', heavy)), [/^6:18 pool "p": hash_vnodes 5000 × total weight 2000 makes a ring of 10000000 points, more than 4000000/])
   t.same(issues(yaml('algorithm: consistent-hash\nhash_vnodes: 100', heavy)), [], '100 × 2000 points is fine')
 })
+
+t.test('the ring-size limit applies to the default hash_vnodes too, reported at the backends', async (t) => {
+  const heavy = `[${Array.from({ length: 30 }, (_, i) => `{ address: 10.0.1.${i}:80, weight: 1000 }`).join(', ')}]`
+  t.match(issues(yaml('algorithm: consistent-hash', heavy)), [/^4:15 pool "p": hash_vnodes 160 × total weight 30000 makes a ring of 4800000 points/])
+})
