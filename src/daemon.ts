@@ -1,9 +1,9 @@
 import { Registry } from 'prom-client'
-import type { Config, ListenerConfig } from './config/types.js'
+import type { AnyListenerConfig, Config } from './config/types.js'
 import type { Logger } from './log.js'
 import { Metrics } from './metrics/metrics.js'
 import { Pool } from './upstream/pool.js'
-import { TcpListener } from './listener/tcp-listener.js'
+import { createListener, type Listener } from './listener/listener.js'
 import { DemoBackend } from './demo/demo-backend.js'
 import { formatDuration } from './config/duration.js'
 
@@ -22,10 +22,10 @@ export class Daemon {
   readonly metrics: Metrics
   readonly registry: Registry
   readonly pools = new Map<string, Pool>()
-  readonly listeners = new Map<string, TcpListener>()
+  readonly listeners = new Map<string, Listener>()
   private readonly demo = new Map<string, DemoBackend>()
   /** Listeners taken out by a reload, still finishing their connections. */
-  private readonly retiring = new Set<TcpListener>()
+  private readonly retiring = new Set<Listener>()
   private stopping: Promise<void> | undefined
 
   private constructor(
@@ -74,7 +74,7 @@ export class Daemon {
    * socket and switch to the new settings, and removed listeners stop accepting and drain.
    */
   async reload(next: Config): Promise<void> {
-    const started: TcpListener[] = []
+    const started: Listener[] = []
     const startedDemo: [string, DemoBackend][] = []
     const newPools = new Map<string, Pool>()
     try {
@@ -91,7 +91,7 @@ export class Daemon {
       for (const lc of next.listeners) {
         const old = this.listeners.get(lc.name)
         if (old !== undefined && sameAddress(old.config, lc)) continue
-        const l = new TcpListener(lc, this.pools.get(lc.pool) ?? (newPools.get(lc.pool) as Pool), this.log, this.metrics, next.log.accessLog)
+        const l = createListener(lc, this.pools.get(lc.pool) ?? (newPools.get(lc.pool) as Pool), this.log, this.metrics, next.log.accessLog)
         await l.listen()
         started.push(l)
       }
@@ -127,9 +127,7 @@ export class Daemon {
         if (old !== undefined) this.retire(old)
         this.listeners.set(lc.name, fresh)
       } else if (old !== undefined) {
-        old.config = lc
-        old.pool = this.pools.get(lc.pool) as Pool
-        old.accessLog = next.log.accessLog
+        old.update(lc, this.pools.get(lc.pool) as Pool, next.log.accessLog)
       }
     }
     for (const [name, l] of this.listeners) {
@@ -189,10 +187,10 @@ export class Daemon {
     this.log.info('sluice stopped')
   }
 
-  private makeListener(lc: ListenerConfig): TcpListener {
+  private makeListener(lc: AnyListenerConfig): Listener {
     const pool = this.pools.get(lc.pool)
     if (pool === undefined) throw new TypeError(`listener ${lc.name}: pool ${lc.pool} passed validation but does not exist`)
-    return new TcpListener(lc, pool, this.log, this.metrics, this.cfg.log.accessLog)
+    return createListener(lc, pool, this.log, this.metrics, this.cfg.log.accessLog)
   }
 
   private async startDemo(listen: string, db: DemoBackend): Promise<void> {
@@ -200,7 +198,7 @@ export class Daemon {
     this.demo.set(listen, db)
   }
 
-  private retire(l: TcpListener): void {
+  private retire(l: Listener): void {
     this.retiring.add(l)
     void l.close().then(() => this.retiring.delete(l))
   }
@@ -226,6 +224,6 @@ export class Daemon {
   }
 }
 
-function sameAddress(a: ListenerConfig, b: ListenerConfig): boolean {
+function sameAddress(a: AnyListenerConfig, b: AnyListenerConfig): boolean {
   return a.host === b.host && a.port === b.port && a.protocol === b.protocol
 }

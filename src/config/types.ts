@@ -11,7 +11,7 @@ export interface Config {
   workers: number
   shutdownTimeoutMs: number
   log: LogConfig
-  listeners: ListenerConfig[]
+  listeners: AnyListenerConfig[]
   pools: Map<string, PoolConfig>
   demoBackends: DemoBackendConfig[]
 }
@@ -21,6 +21,10 @@ export interface LogConfig {
   accessLog: boolean
 }
 
+/** Any listener: switch on `protocol` to reach the TCP or UDP settings. */
+export type AnyListenerConfig = ListenerConfig | UdpListenerConfig
+
+/** A TCP listener (the name predates UDP; `TcpListenerConfig` is the same type). */
 export interface ListenerConfig {
   name: string
   protocol: 'tcp'
@@ -35,6 +39,29 @@ export interface ListenerConfig {
     idleMs: number
     handshakeMs: number
   }
+}
+
+export type TcpListenerConfig = ListenerConfig
+
+/** A UDP listener: one session per client address:port (see docs/udp.md). */
+export interface UdpListenerConfig {
+  name: string
+  protocol: 'udp'
+  host: string
+  port: number
+  /** The listen address as written, for messages. */
+  listen: string
+  pool: string
+  udp: UdpSettings
+}
+
+export interface UdpSettings {
+  /** A session with no datagram either way for this long ends. */
+  sessionTimeoutMs: number
+  /** Replies expected per client datagram; once they have all arrived the session ends. 0 = unlimited. */
+  responses: number
+  /** Sessions held at once; a new client beyond it is dropped and counted. */
+  maxSessions: number
 }
 
 export interface PoolConfig {
@@ -81,4 +108,8 @@ export const DEFAULTS = {
   retries: 2,
   weight: 1,
   maxWeight: 1000,
+  udpSessionTimeoutMs: 30_000,
+  udpMaxSessionTimeoutMs: 86_400_000,
+  udpResponses: 0,
+  udpMaxSessions: 100_000,
 } as const

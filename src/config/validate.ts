@@ -6,12 +6,14 @@ import {
   DEFAULTS,
   type BackendConfig,
   type Config,
+  type AnyListenerConfig,
   type DemoBackendConfig,
   type ListenerConfig,
   type LogLevel,
   type PoolConfig,
 } from './types.js'
 import { algorithmOptionKeys, balancerNames, findBalancer } from '../balancer/registry.js'
+import { readUdpSettings, refuseUdpSettingsOnTcp } from './udp-settings.js'
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
 const NAME_HINT = 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit'
@@ -24,12 +26,12 @@ const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'erro
  */
 const NOT_YET: Readonly<Record<string, readonly string[]>> = {
   top: ['admin'],
-  listener: ['routes', 'tls', 'sni_passthrough', 'proxy_protocol_accept', 'access', 'limits', 'udp'],
+  listener: ['routes', 'tls', 'sni_passthrough', 'proxy_protocol_accept', 'access', 'limits'],
   pool: ['discovery', 'health_check', 'passive', 'proxy_protocol', 'tls'],
 }
 
 const TOP_KEYS = ['workers', 'shutdown_timeout', 'log', 'listeners', 'pools', 'demo_backends']
-const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts']
+const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp']
 const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start']
 const BACKEND_KEYS = ['address', 'weight', 'backup', 'max_connections']
 
@@ -193,13 +195,14 @@ function readListeners(
   pools: Map<string, PoolConfig>,
   declaredPools: ReadonlySet<string>,
   demo: readonly DemoBackendConfig[],
-  out: ListenerConfig[],
+  out: AnyListenerConfig[],
 ): void {
   const items = reader.seq(at, 'listeners')
   if (items === undefined) return
   if (items.length === 0) reader.report(at, 'listeners is empty; sluice needs at least one listener')
   const names = new Set<string>()
-  const bound: { hp: HostPort; what: string }[] = demo.map((d) => ({ hp: d, what: `demo backend "${d.name}"` }))
+  // TCP and UDP have separate port spaces: a udp and a tcp listener may share a port.
+  const bound: { hp: HostPort; what: string; proto: 'tcp' | 'udp' }[] = demo.map((d) => ({ hp: d, what: `demo backend "${d.name}"`, proto: 'tcp' }))
   for (const item of items) {
     const m = readMap(reader, item, LISTENER_KEYS, 'listener', 'a listener')
     if (m === undefined) continue
@@ -211,14 +214,12 @@ function readListeners(
       names.add(name)
     }
     const protocol = m.has('protocol') ? reader.oneOf(m.get('protocol'), `${context} protocol`, ['tcp', 'udp'] as const) : 'tcp'
-    if (protocol === 'udp') {
-      reader.report(m.get('protocol'), `${context}: protocol udp is not available in this version of sluice yet`)
-    }
     const hp = m.require('listen', context) ? reader.address(m.get('listen'), `${context} listen`, true) : undefined
     if (hp !== undefined && hp.port !== 0) {
-      const clash = bound.find((b) => b.hp.port === hp.port && overlaps(b.hp.host, hp.host))
+      const proto = protocol ?? 'tcp'
+      const clash = bound.find((b) => b.proto === proto && b.hp.port === hp.port && overlaps(b.hp.host, hp.host))
       if (clash) reader.report(m.get('listen'), `${context} listens on port ${hp.port}, already taken by ${clash.what}`)
-      bound.push({ hp, what: context })
+      bound.push({ hp, what: context, proto })
     }
     let pool: string | undefined
     if (m.require('pool', context)) {
@@ -233,6 +234,13 @@ function readListeners(
         pool = undefined
       }
     }
+    if (protocol === 'udp') {
+      const udp = readUdpSettings(reader, m, context, NOT_YET.listener ?? [])
+      if (name === undefined || hp === undefined || pool === undefined || udp === undefined) continue
+      out.push({ name, protocol, host: hp.host, port: hp.port, listen: formatAddress(hp.host, hp.port), pool, udp })
+      continue
+    }
+    refuseUdpSettingsOnTcp(reader, m, context)
     const maxConnections = m.has('max_connections')
       ? reader.int(m.get('max_connections'), `${context} max_connections`, 1, 10_000_000)
       : DEFAULTS.maxConnections

@@ -1,5 +1,5 @@
 import { createServer, type Server, type Socket } from 'node:net'
-import type { ListenerConfig } from '../config/types.js'
+import type { AnyListenerConfig, ListenerConfig } from '../config/types.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics/metrics.js'
 import type { Pool } from '../upstream/pool.js'
@@ -9,13 +9,15 @@ import { bindError } from './bind-error.js'
 import { formatAddress } from '../config/address.js'
 import { KEEPALIVE_INITIAL_DELAY_MS, TcpSession, type SessionOwner } from '../proxy/tcp-session.js'
 import { admit } from './admission.js'
+import type { Listener } from './listener.js'
 
 /**
  * A TCP listener: accepts client connections, admits or refuses them, and hands each to a
  * TcpSession bound to the listener's pool. `close()` stops accepting and resolves when the
  * last session has ended; `destroy()` ends every session now.
  */
-export class TcpListener implements SessionOwner {
+export class TcpListener implements SessionOwner, Listener {
+  readonly protocol = 'tcp'
   readonly sessions = new Set<TcpSession>()
   readonly throttle = new LogThrottle()
   private server: Server
@@ -71,6 +73,14 @@ export class TcpListener implements SessionOwner {
     const a = this.server.address()
     if (a === null || typeof a === 'string') return { host: this.config.host, port: this.config.port, text: this.config.listen }
     return { host: a.address, port: a.port, text: formatAddress(a.address, a.port) }
+  }
+
+  /** Takes new settings after a reload that kept this listener's address (see Listener). */
+  update(config: AnyListenerConfig, pool: Pool, accessLog: boolean): void {
+    if (config.protocol !== 'tcp') throw new TypeError(`listener ${config.name}: a tcp listener cannot take ${config.protocol} settings`)
+    this.config = config
+    this.pool = pool
+    this.accessLog = accessLog
   }
 
   get listening(): boolean {

@@ -15,6 +15,8 @@ export class Metrics {
   readonly connectErrorsTotal: Counter<'pool' | 'backend' | 'reason'>
   readonly rejectedConnectionsTotal: Counter<'listener' | 'reason'>
   readonly configReloadsTotal: Counter<'result'>
+  readonly udpSessionsActive: Gauge<'listener'>
+  readonly udpDatagramsTotal: Counter<'listener' | 'direction'>
 
   constructor(readonly registry: Registry, onCollect: () => void = () => {}) {
     const registers = [registry]
@@ -72,6 +74,21 @@ export class Metrics {
       help: 'Configuration reloads, by result (success, failure).',
       labelNames: ['result'],
       registers,
+    })
+    // UDP listeners count in plain numbers on the data path and add them here when scraped.
+    this.udpSessionsActive = new Gauge({
+      name: 'sluice_udp_sessions_active',
+      help: 'UDP sessions (one per client address:port) held by a listener now.',
+      labelNames: ['listener'],
+      registers,
+      collect: onCollect,
+    })
+    this.udpDatagramsTotal = new Counter({
+      name: 'sluice_udp_datagrams_total',
+      help: 'UDP datagrams relayed; direction "in" is client to backend, "out" is backend to client.',
+      labelNames: ['listener', 'direction'],
+      registers,
+      collect: onCollect,
     })
   }
 }

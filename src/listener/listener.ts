@@ -1,0 +1,49 @@
+import type { AnyListenerConfig } from '../config/types.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics/metrics.js'
+import type { Pool } from '../upstream/pool.js'
+import { TcpListener } from './tcp-listener.js'
+import { UdpListener } from './udp-listener.js'
+
+/** A bound listen address: the real port when the configuration said port 0. */
+export interface ListenerAddress {
+  host: string
+  port: number
+  /** `host:port`, `[v6]:port`: for logs and the admin API. */
+  text: string
+}
+
+/**
+ * What the daemon holds of every listener, TCP or UDP. It starts them, applies reloads to
+ * them and stops them only through this.
+ */
+export interface Listener {
+  readonly name: string
+  readonly protocol: 'tcp' | 'udp'
+  readonly config: AnyListenerConfig
+  readonly pool: Pool
+  /** Open connections (TCP) or sessions (UDP). */
+  readonly sessions: { readonly size: number }
+  readonly listening: boolean
+  /** Binds the listen address; rejects with SLUICE_ERR_LISTEN and a reason an operator can act on. */
+  listen(): Promise<void>
+  address(): ListenerAddress
+  /**
+   * Takes new settings after a reload that kept this listener's address and protocol. Open
+   * connections/sessions keep their backend; new ones use the new pool and settings.
+   */
+  update(config: AnyListenerConfig, pool: Pool, accessLog: boolean): void
+  /** Adds the counts of open connections/sessions to the metrics, so /metrics is live. */
+  flushByteCounts(): void
+  /** Stops taking new clients; resolves when every open connection/session has ended. */
+  close(): Promise<void>
+  /** Ends everything now. */
+  destroy(): void
+}
+
+/** The listener for `config.protocol`. */
+export function createListener(config: AnyListenerConfig, pool: Pool, log: Logger, metrics: Metrics, accessLog: boolean): Listener {
+  return config.protocol === 'udp'
+    ? new UdpListener(config, pool, log, metrics, accessLog)
+    : new TcpListener(config, pool, log, metrics, accessLog)
+}

@@ -1,0 +1,242 @@
+import { createSocket, type RemoteInfo, type Socket, type SocketType } from 'node:dgram'
+import { lookup, type LookupOneOptions } from 'node:dns'
+import { lookup as lookupAsync } from 'node:dns/promises'
+import { isIP } from 'node:net'
+import type { AnyListenerConfig, UdpListenerConfig } from '../config/types.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics/metrics.js'
+import type { Pool } from '../upstream/pool.js'
+import type { Backend } from '../upstream/backend.js'
+import type { PickContext } from '../balancer/types.js'
+import type { Listener, ListenerAddress } from './listener.js'
+import { LogThrottle } from '../log-throttle.js'
+import { errnoCode, errorMessage } from '../errors.js'
+import { bindError } from './bind-error.js'
+import { formatAddress } from '../config/address.js'
+import { UdpSession, type UdpSessionOwner } from '../proxy/udp-session.js'
+import { UdpStats } from '../proxy/udp-stats.js'
+import { ExpiryWheel } from '../proxy/udp-expiry.js'
+
+/** Socket buffers asked of the kernel (it caps them at net.core.rmem_max / wmem_max). */
+const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+
+/**
+ * A UDP listener: one socket on the listen address, and a session per client address:port.
+ * A client's first datagram picks a backend; its session relays datagrams both ways until it
+ * is idle for udp.session_timeout, has had its udp.responses replies, or its backends fail.
+ * `close()` takes no new clients and resolves when the last session has ended; `destroy()`
+ * ends them all now. Replies leave from this listener's socket, so clients see the address
+ * they sent to.
+ */
+export class UdpListener implements Listener, UdpSessionOwner {
+  readonly protocol = 'udp'
+  readonly sessions = new Map<string, UdpSession>()
+  readonly stats = new UdpStats()
+  readonly throttle = new LogThrottle()
+  private socket: Socket | undefined
+  private socketOpen = false
+  private closing = false
+  private idleWaiters: (() => void)[] = []
+  private readonly wheel: ExpiryWheel<UdpSession>
+  /** Reused for every pick: the balancers read it and keep nothing of it. */
+  private readonly ctx: PickContext = { protocol: 'udp', remoteAddress: '', remotePort: 0 }
+
+  constructor(
+    public config: UdpListenerConfig,
+    public pool: Pool,
+    readonly log: Logger,
+    readonly metrics: Metrics,
+    public accessLog: boolean,
+  ) {
+    this.wheel = new ExpiryWheel<UdpSession>(config.udp.sessionTimeoutMs, (s) => s.end('timeout'))
+  }
+
+  get name(): string {
+    return this.config.name
+  }
+
+  get listening(): boolean {
+    return this.socketOpen
+  }
+
+  async listen(): Promise<void> {
+    const { host, port, name, listen } = this.config
+    let socket: Socket
+    try {
+      socket = await bindUdp(host, port)
+    } catch (err) {
+      throw bindError('SLUICE_ERR_LISTEN', `listener "${name}"`, listen, err instanceof Error ? err : new Error(errorMessage(err)))
+    }
+    try {
+      socket.setRecvBufferSize(SOCKET_BUFFER_BYTES)
+      socket.setSendBufferSize(SOCKET_BUFFER_BYTES)
+    } catch {
+      // The defaults work; bigger buffers only absorb bursts better.
+    }
+    socket.on('message', this.onMessage)
+    socket.on('error', (err) => {
+      const suppressed = this.throttle.take('socket')
+      if (suppressed !== false) {
+        this.log.error({ code: 'SLUICE_ERR_LISTEN', listener: this.name, errno: errnoCode(err), suppressed }, `udp listener socket error: ${err.message}`)
+      }
+    })
+    this.socket = socket
+    this.socketOpen = true
+  }
+
+  address(): ListenerAddress {
+    if (this.socket !== undefined && this.socketOpen) {
+      const a = this.socket.address()
+      return { host: a.address, port: a.port, text: formatAddress(a.address, a.port) }
+    }
+    return { host: this.config.host, port: this.config.port, text: this.config.listen }
+  }
+
+  update(config: AnyListenerConfig, pool: Pool, accessLog: boolean): void {
+    if (config.protocol !== 'udp') throw new TypeError(`listener ${config.name}: a udp listener cannot take ${config.protocol} settings`)
+    this.config = config
+    this.pool = pool
+    this.accessLog = accessLog
+    this.wheel.configure(config.udp.sessionTimeoutMs)
+  }
+
+  flushByteCounts(): void {
+    this.stats.flush(this.metrics, this.name)
+  }
+
+  close(): Promise<void> {
+    this.closing = true
+    if (this.sessions.size === 0) {
+      this.closeSocket()
+      return Promise.resolve()
+    }
+    return new Promise((resolve) => this.idleWaiters.push(resolve))
+  }
+
+  destroy(): void {
+    this.closing = true
+    for (const s of [...this.sessions.values()]) s.end('shutdown')
+    this.closeSocket()
+  }
+
+  pickFor(session: UdpSession, avoid: ReadonlySet<Backend> | undefined): Backend | undefined {
+    return this.pick(session.pool, session.clientAddress, session.clientPort, avoid)
+  }
+
+  toClient(msg: Buffer, session: UdpSession): void {
+    if (this.socketOpen) this.socket?.send(msg, session.clientPort, session.clientAddress)
+  }
+
+  sessionEnded(session: UdpSession): void {
+    if (this.sessions.get(session.key) === session) this.sessions.delete(session.key)
+    this.wheel.remove(session)
+    this.stats.sessions--
+    if (this.closing && this.sessions.size === 0) this.closeSocket()
+  }
+
+  private readonly onMessage = (msg: Buffer, rinfo: RemoteInfo): void => {
+    const now = Date.now()
+    const key = rinfo.address + ' ' + rinfo.port
+    const s = this.sessions.get(key) ?? this.open(key, rinfo.address, rinfo.port, now)
+    if (s !== undefined) s.fromClient(msg, now)
+  }
+
+  /** A session for a new client, or undefined when it is refused (counted, logged throttled). */
+  private open(key: string, address: string, port: number, now: number): UdpSession | undefined {
+    if (this.closing) {
+      this.stats.refuse('shutdown')
+      return undefined
+    }
+    const { udp, name } = this.config
+    if (this.sessions.size >= udp.maxSessions) {
+      this.stats.refuse('max_sessions')
+      const suppressed = this.throttle.take('max_sessions')
+      if (suppressed !== false) {
+        this.log.warn(
+          { code: 'SLUICE_ERR_UDP_MAX_SESSIONS', listener: name, max_sessions: udp.maxSessions, client: formatAddress(address, port), suppressed },
+          `datagram dropped: listener ${name} already holds max_sessions (${udp.maxSessions}) udp sessions`,
+        )
+      }
+      return undefined
+    }
+    const pool = this.pool
+    const b = this.pick(pool, address, port, undefined)
+    if (b === undefined) {
+      this.stats.refuse('no_backend')
+      const suppressed = this.throttle.take('no_backend')
+      if (suppressed !== false) {
+        this.log.warn(
+          { code: 'SLUICE_ERR_NO_BACKEND', listener: name, pool: pool.name, client: formatAddress(address, port), suppressed },
+          `datagram dropped: no usable backend in pool ${pool.name}`,
+        )
+      }
+      return undefined
+    }
+    const s = new UdpSession(this, pool, key, address, port, now)
+    this.sessions.set(key, s)
+    this.stats.sessions++
+    this.wheel.add(s)
+    s.start(b)
+    return s
+  }
+
+  private pick(pool: Pool, address: string, port: number, avoid: ReadonlySet<Backend> | undefined): Backend | undefined {
+    const ctx = this.ctx
+    ctx.remoteAddress = address
+    ctx.remotePort = port
+    return pool.pick(ctx, avoid)
+  }
+
+  private closeSocket(): void {
+    if (this.socketOpen) {
+      this.socketOpen = false
+      this.socket?.close()
+    }
+    this.wheel.stop()
+    this.flushByteCounts()
+    const waiters = this.idleWaiters
+    this.idleWaiters = []
+    for (const w of waiters) w()
+  }
+}
+
+/** Calls back at once for IP literals (every reply goes to one), so a send costs no DNS tick. */
+function literalLookup(hostname: string, options: LookupOneOptions, cb: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void {
+  const family = isIP(hostname)
+  if (family !== 0) cb(null, hostname, family)
+  else lookup(hostname, options, cb)
+}
+
+/** Binds `host:port`; an empty host is every address, IPv6 and IPv4 where the host has both. */
+async function bindUdp(host: string, port: number): Promise<Socket> {
+  if (host === '') {
+    try {
+      return await bindOnce('udp6', '::', port)
+    } catch (err) {
+      const errno = errnoCode(err)
+      if (errno !== 'EAFNOSUPPORT' && errno !== 'EADDRNOTAVAIL') throw err
+      return bindOnce('udp4', '0.0.0.0', port)
+    }
+  }
+  const family = isIP(host) || (await lookupAsync(host)).family
+  return bindOnce(family === 6 ? 'udp6' : 'udp4', host, port)
+}
+
+function bindOnce(type: SocketType, address: string, port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = createSocket({ type, ipv6Only: false, lookup: literalLookup })
+    const onError = (err: Error): void => {
+      try {
+        s.close()
+      } catch {
+        // A failed bind may already have closed it.
+      }
+      reject(err)
+    }
+    s.once('error', onError)
+    s.bind({ port, address, exclusive: true }, () => {
+      s.off('error', onError)
+      resolve(s)
+    })
+  })
+}

@@ -1,0 +1,271 @@
+import { createSocket, type Socket } from 'node:dgram'
+import { isIP } from 'node:net'
+import type { Backend } from '../upstream/backend.js'
+import type { Pool } from '../upstream/pool.js'
+import type { UdpListenerConfig } from '../config/types.js'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics/metrics.js'
+import type { LogThrottle } from '../log-throttle.js'
+import type { Expiring } from './udp-expiry.js'
+import type { UdpStats } from './udp-stats.js'
+import { errnoCode } from '../errors.js'
+import { formatAddress } from '../config/address.js'
+
+export type UdpCloseReason =
+  | 'timeout' // no datagram either way for udp.session_timeout
+  | 'responses' // every reply expected (udp.responses per client datagram) has arrived
+  | 'backend_error' // the backends tried were unreachable, or the upstream socket failed
+  | 'no_backend' // after a failure there was no other backend left to try
+  | 'shutdown' // sluice stopped and shutdown_timeout ran out (or the listener was destroyed)
+
+/** What a session needs from the listener that owns it. */
+export interface UdpSessionOwner {
+  readonly config: UdpListenerConfig
+  readonly log: Logger
+  readonly metrics: Metrics
+  readonly throttle: LogThrottle
+  readonly accessLog: boolean
+  readonly stats: UdpStats
+  /** A backend of the session's pool for its client, skipping `avoid`. */
+  pickFor(session: UdpSession, avoid: ReadonlySet<Backend> | undefined): Backend | undefined
+  /** Sends a reply to the session's client from the listener's own socket. */
+  toClient(msg: Buffer, session: UdpSession): void
+  sessionEnded(session: UdpSession): void
+}
+
+/** Datagrams held while the upstream socket is still binding/connecting (a few ticks at most). */
+const MAX_PENDING = 64
+
+/** Errors on a connected UDP socket that are ICMP unreachable messages about the backend. */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN'])
+
+/**
+ * One client address:port of a UDP listener and the backend it is pinned to, over a connected
+ * upstream socket of its own (so the kernel only lets that backend's replies in, and reports
+ * ICMP unreachable back to us). The data path per datagram only counts and sends: no
+ * closures, no object literals, no timers. Nothing that happens here escapes it.
+ */
+export class UdpSession implements Expiring {
+  lastSeen: number
+  expiryPrev: Expiring | undefined = undefined
+  expiryNext: Expiring | undefined = undefined
+  expirySlot = -1
+  readonly startedAt: number
+  backend: Backend | undefined
+  datagramsIn = 0
+  datagramsOut = 0
+  bytesIn = 0
+  bytesOut = 0
+  reason: UdpCloseReason | undefined
+  private upstream: Socket | undefined
+  private connected = false
+  private pending: Buffer[] | undefined
+  /** Backends that failed for this session; allocated on the first failure only. */
+  private failed: Set<Backend> | undefined
+  private attempts = 0
+  /** Replies still expected before the session ends (udp.responses per datagram sent). */
+  private awaiting = 0
+  private lastBackendId: string | null = null
+  private ended = false
+
+  constructor(
+    private readonly owner: UdpSessionOwner,
+    readonly pool: Pool,
+    readonly key: string,
+    readonly clientAddress: string,
+    readonly clientPort: number,
+    now: number,
+  ) {
+    this.startedAt = now
+    this.lastSeen = now
+  }
+
+  get client(): string {
+    return formatAddress(this.clientAddress, this.clientPort)
+  }
+
+  get isEnded(): boolean {
+    return this.ended
+  }
+
+  /** Opens the upstream socket to `b`, the listener's pick for this new session. */
+  start(b: Backend): void {
+    this.attach(b)
+  }
+
+  /** A datagram from the client: relay it, or hold it while the upstream socket connects. */
+  fromClient(msg: Buffer, now: number): void {
+    this.lastSeen = now
+    const up = this.upstream
+    if (up !== undefined && this.connected) {
+      this.counted(msg)
+      up.send(msg)
+      return
+    }
+    if (up === undefined && !this.repick()) {
+      // Unreachable backends and nothing else to try: drop it, end the session; the client's
+      // next datagram starts afresh.
+      this.owner.stats.refusedNoBackend++
+      this.end(this.attempts > this.pool.retries ? 'backend_error' : 'no_backend')
+      return
+    }
+    const q = (this.pending ??= [])
+    if (q.length >= MAX_PENDING) {
+      this.owner.stats.droppedNotReady++
+      return
+    }
+    this.counted(msg)
+    q.push(msg)
+  }
+
+  /** Ends the session now: closes its upstream socket, frees its backend, logs it. */
+  end(reason: UdpCloseReason): void {
+    if (this.ended) return
+    this.ended = true
+    // Waiting out the timeout after every backend failed is a backend problem, not idleness.
+    this.reason = reason === 'timeout' && this.upstream === undefined && this.failed !== undefined ? 'backend_error' : reason
+    this.pending = undefined
+    this.detach()
+    const owner = this.owner
+    owner.sessionEnded(this)
+    if (owner.accessLog) {
+      owner.log.info(
+        {
+          access: true,
+          protocol: 'udp',
+          listener: owner.config.name,
+          client: this.client,
+          pool: this.pool.name,
+          backend: this.lastBackendId,
+          bytes_in: this.bytesIn,
+          bytes_out: this.bytesOut,
+          datagrams_in: this.datagramsIn,
+          datagrams_out: this.datagramsOut,
+          duration_ms: Date.now() - this.startedAt,
+          attempts: this.attempts,
+          close_reason: this.reason,
+        },
+        'udp session ended',
+      )
+    }
+  }
+
+  private counted(msg: Buffer): void {
+    const n = msg.length
+    this.datagramsIn++
+    this.bytesIn += n
+    const stats = this.owner.stats
+    stats.datagramsIn++
+    stats.bytesIn += n
+    this.awaiting += this.owner.config.udp.responses
+  }
+
+  private readonly onReply = (msg: Buffer): void => {
+    if (this.ended) return
+    this.lastSeen = Date.now()
+    const n = msg.length
+    this.datagramsOut++
+    this.bytesOut += n
+    const owner = this.owner
+    owner.stats.datagramsOut++
+    owner.stats.bytesOut += n
+    const b = this.backend
+    if (b !== undefined && b.consecutiveFailures !== 0) b.consecutiveFailures = 0
+    owner.toClient(msg, this)
+    if (owner.config.udp.responses > 0 && --this.awaiting <= 0) this.end('responses')
+  }
+
+  private attach(b: Backend): void {
+    this.attempts++
+    this.pool.acquire(b)
+    this.backend = b
+    this.lastBackendId = b.id
+    this.connected = false
+    // Datagrams still held from a failed connect now wait for this backend's replies.
+    this.awaiting = this.pending === undefined ? 0 : this.pending.length * this.owner.config.udp.responses
+    const up = createSocket(isIP(b.host) === 6 ? 'udp6' : 'udp4')
+    this.upstream = up
+    up.on('message', this.onReply)
+    up.on('error', (err: Error) => {
+      if (up === this.upstream) this.onUpstreamError(b, err)
+    })
+    up.connect(b.port, b.host, (err?: Error) => {
+      if (up === this.upstream) this.onConnect(up, b, err)
+    })
+  }
+
+  private onConnect(up: Socket, b: Backend, err: Error | undefined): void {
+    if (err !== undefined) {
+      this.backendFailed(b, err, 'SLUICE_ERR_CONNECT')
+      return
+    }
+    this.connected = true
+    const q = this.pending
+    if (q === undefined) return
+    this.pending = undefined
+    for (const msg of q) up.send(msg)
+  }
+
+  private onUpstreamError(b: Backend, err: Error): void {
+    if (UNREACHABLE.has(errnoCode(err) ?? '')) {
+      this.backendFailed(b, err, 'SLUICE_ERR_UDP_UNREACHABLE')
+      return
+    }
+    const { log, config } = this.owner
+    log.warn(
+      { code: 'SLUICE_ERR_BACKEND_SOCKET', listener: config.name, pool: this.pool.name, backend: b.id, errno: errnoCode(err), client: this.client },
+      `udp backend socket failed: ${err.message}`,
+    )
+    this.end('backend_error')
+  }
+
+  /**
+   * `b` failed this session: count it against the backend, and move on. Datagrams still held
+   * (the connect failed) go to the next backend now; otherwise the next datagram re-picks.
+   */
+  private backendFailed(b: Backend, err: Error, code: 'SLUICE_ERR_CONNECT' | 'SLUICE_ERR_UDP_UNREACHABLE'): void {
+    const errno = errnoCode(err)
+    b.consecutiveFailures++
+    const { metrics, log, config, throttle } = this.owner
+    const reason = errno === 'ECONNREFUSED' ? 'refused' : errno === 'ENOTFOUND' || errno === 'EAI_AGAIN' ? 'dns' : UNREACHABLE.has(errno ?? '') ? 'unreachable' : 'other'
+    metrics.connectErrorsTotal.inc({ pool: this.pool.name, backend: b.id, reason })
+    const suppressed = throttle.take(`udp:${this.pool.name}:${b.id}`)
+    if (suppressed !== false) {
+      log.warn(
+        { code, listener: config.name, pool: this.pool.name, backend: b.id, errno, client: this.client, attempt: this.attempts, suppressed },
+        `udp backend ${b.id} failed: ${err.message}`,
+      )
+    }
+    ;(this.failed ??= new Set()).add(b)
+    const held = this.pending
+    this.detach()
+    if (held !== undefined && !this.repick()) this.end(this.attempts > this.pool.retries ? 'backend_error' : 'no_backend')
+  }
+
+  /** Another backend, avoiding those that failed, within the pool's retries. */
+  private repick(): boolean {
+    if (this.attempts > this.pool.retries) return false
+    const b = this.owner.pickFor(this, this.failed)
+    if (b === undefined) return false
+    this.attach(b)
+    return true
+  }
+
+  private detach(): void {
+    const up = this.upstream
+    if (up !== undefined) {
+      this.upstream = undefined
+      this.connected = false
+      try {
+        up.close()
+      } catch {
+        // Already closed by a failed bind: nothing is left to release.
+      }
+    }
+    const b = this.backend
+    if (b !== undefined) {
+      this.backend = undefined
+      this.pool.release(b)
+    }
+  }
+}

@@ -1,0 +1,50 @@
+import type { Metrics } from '../metrics/metrics.js'
+
+/** Why a datagram from a client without a session was dropped instead of starting one. */
+export type UdpRefusal = 'max_sessions' | 'no_backend' | 'shutdown'
+
+/** Why a datagram of an existing session was dropped. */
+export type UdpDrop = 'backend_not_ready'
+
+/**
+ * A UDP listener's counters as plain numbers: the data path adds to fields (no label lookup,
+ * no allocation per datagram) and `flush` moves what changed into the prom-client metrics
+ * when they are scraped. Deltas, not absolute values, so a listener being retired by a
+ * reload and its replacement (same name) add up instead of overwriting each other.
+ */
+export class UdpStats {
+  datagramsIn = 0
+  datagramsOut = 0
+  bytesIn = 0
+  bytesOut = 0
+  sessions = 0
+  refusedMaxSessions = 0
+  refusedNoBackend = 0
+  refusedShutdown = 0
+  droppedNotReady = 0
+  private flushed = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, sessions: 0, maxSessions: 0, noBackend: 0, shutdown: 0, notReady: 0 }
+
+  refuse(reason: UdpRefusal): void {
+    if (reason === 'max_sessions') this.refusedMaxSessions++
+    else if (reason === 'no_backend') this.refusedNoBackend++
+    else this.refusedShutdown++
+  }
+
+  flush(metrics: Metrics, listener: string): void {
+    const f = this.flushed
+    const inc = (n: number, was: number, add: (d: number) => void): number => {
+      if (n !== was) add(n - was)
+      return n
+    }
+    f.datagramsIn = inc(this.datagramsIn, f.datagramsIn, (d) => metrics.udpDatagramsTotal.inc({ listener, direction: 'in' }, d))
+    f.datagramsOut = inc(this.datagramsOut, f.datagramsOut, (d) => metrics.udpDatagramsTotal.inc({ listener, direction: 'out' }, d))
+    f.bytesIn = inc(this.bytesIn, f.bytesIn, (d) => metrics.bytesTotal.inc({ listener, direction: 'in' }, d))
+    f.bytesOut = inc(this.bytesOut, f.bytesOut, (d) => metrics.bytesTotal.inc({ listener, direction: 'out' }, d))
+    f.sessions = inc(this.sessions, f.sessions, (d) => metrics.udpSessionsActive.inc({ listener }, d))
+    const rejected = (reason: string) => (d: number): void => metrics.rejectedConnectionsTotal.inc({ listener, reason }, d)
+    f.maxSessions = inc(this.refusedMaxSessions, f.maxSessions, rejected('max_sessions'))
+    f.noBackend = inc(this.refusedNoBackend, f.noBackend, rejected('no_backend'))
+    f.shutdown = inc(this.refusedShutdown, f.shutdown, rejected('shutdown'))
+    f.notReady = inc(this.droppedNotReady, f.notReady, rejected('backend_not_ready'))
+  }
+}
