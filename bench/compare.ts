@@ -1,0 +1,245 @@
+/**
+ * Side-by-side data-path benchmark (see BENCH.md): the same load generators against direct,
+ * HAProxy, nginx (stream) and sluice, in one run, each proxy with one worker/thread.
+ * Prints a markdown table of medians and writes bench/results/compare.json.
+ *
+ *   npm run bench                       # 3 sweeps
+ *   BENCH_SWEEPS=1 BENCH_ONLY=redis npm run bench
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { connect, createServer, type AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+const SWEEPS = Number(process.env.BENCH_SWEEPS ?? 3)
+const ONLY = process.env.BENCH_ONLY
+const TICKS = Number(run('getconf', ['CLK_TCK']).trim() || 100)
+const MAIN = new URL('../../dist/main.js', import.meta.url).pathname
+const work = mkdtempSync(join(tmpdir(), 'sluice-bench-'))
+
+interface Proc { child: ChildProcess; port: number }
+interface Candidate { name: string; host: string; start(target: number, host: string): Promise<Proc | undefined> }
+interface Scenario { name: string; unit: string; backend: 'redis' | 'iperf3'; measure(port: number): number; p99?: boolean }
+interface Row { scenario: string; unit: string; candidate: string; value: number; cpu: number; p99?: number }
+
+function run(cmd: string, args: string[], timeoutMs = 120_000): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', timeout: timeoutMs, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 })
+}
+
+function has(cmd: string): boolean {
+  try {
+    run('sh', ['-c', `command -v ${cmd}`])
+    return true
+  } catch {
+    return false
+  }
+}
+
+async function freePort(): Promise<number> {
+  const s = createServer()
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
+  const { port } = s.address() as AddressInfo
+  await new Promise<void>((r) => s.close(() => r()))
+  return port
+}
+
+async function waitPort(port: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect({ port, host: '127.0.0.1' }, () => {
+        s.destroy()
+        resolve(true)
+      })
+      s.on('error', () => resolve(false))
+    })
+    if (ok) return
+    if (Date.now() > deadline) throw new Error(`nothing listening on ${port} after ${timeoutMs}ms`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+const children = new Set<ChildProcess>()
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGKILL')
+})
+
+async function startProc(cmd: string, args: string[], port: number): Promise<Proc> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+  children.add(child)
+  let err = ''
+  child.stderr?.on('data', (d: Buffer) => (err += d.toString()))
+  child.on('exit', () => children.delete(child))
+  try {
+    await waitPort(port)
+  } catch (e) {
+    child.kill('SIGKILL')
+    throw new Error(`${cmd} did not start: ${err.trim() || String(e)}`)
+  }
+  return { child, port }
+}
+
+/** CPU seconds (user + system) used so far by a process. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(f[11]) + Number(f[12])) / TICKS
+}
+
+const candidates: Candidate[] = [
+  // Each candidate reaches the backend on its own loopback address, so the TIME_WAIT
+  // sockets one leaves behind never slow another's ephemeral-port search.
+  { name: 'direct', host: '127.0.0.1', start: async (target) => ({ child: undefined as unknown as ChildProcess, port: target }) },
+  {
+    name: 'HAProxy',
+    host: '127.0.0.2',
+    start: async (target, host) => {
+      if (!has('haproxy')) return undefined
+      const port = await freePort()
+      const cfg = join(work, `haproxy-${port}.cfg`)
+      writeFileSync(cfg, `global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten l\n  bind 127.0.0.1:${port}\n  server s1 ${host}:${target}\n`)
+      return startProc('haproxy', ['-f', cfg, '-db'], port)
+    },
+  },
+  {
+    name: 'nginx',
+    host: '127.0.0.3',
+    start: async (target, host) => {
+      if (!has('nginx')) return undefined
+      const port = await freePort()
+      const cfg = join(work, `nginx-${port}.conf`)
+      writeFileSync(cfg, `load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 100000;\npid ${work}/nginx-${port}.pid;\nerror_log stderr error;\nevents { worker_connections 50000; }\nstream { server { listen 127.0.0.1:${port}; proxy_pass ${host}:${target}; } }\n`)
+      return startProc('nginx', ['-c', cfg, '-p', work], port)
+    },
+  },
+  {
+    name: 'sluice',
+    host: '127.0.0.4',
+    start: async (target, host) => {
+      const port = await freePort()
+      const cfg = join(work, `sluice-${port}.yaml`)
+      writeFileSync(cfg, `log: { level: warn, access_log: false }\nlisteners: [{ name: b, listen: 127.0.0.1:${port}, pool: p, max_connections: 100000 }]\npools: { p: { backends: [${host}:${target}] } }\n`)
+      return startProc(process.execPath, [MAIN, 'run', '-c', cfg], port)
+    },
+  },
+]
+
+function redisBenchmark(port: number, extra: string[]): { rps: number; p99: number } {
+  const out = run('redis-benchmark', ['-h', '127.0.0.1', '-p', String(port), '-t', 'get', '--csv', ...extra], 300_000)
+  const line = out.trim().split('\n').find((l) => l.startsWith('"GET"'))
+  if (!line) throw new Error(`no GET line in redis-benchmark output: ${out}`)
+  const f = line.split(',').map((x) => Number(x.replace(/"/g, '')))
+  return { rps: f[1] ?? 0, p99: f[6] ?? 0 }
+}
+
+let lastP99 = 0
+const scenarios: Scenario[] = [
+  {
+    name: 'redis-benchmark GET -c 50', unit: 'req/s', backend: 'redis', p99: true,
+    measure: (port) => {
+      const r = redisBenchmark(port, ['-c', '50', '-n', '200000'])
+      lastP99 = r.p99
+      return r.rps
+    },
+  },
+  {
+    name: 'redis-benchmark -k 0 (new connection per request)', unit: 'conn/s', backend: 'redis',
+    measure: (port) => redisBenchmark(port, ['-c', '50', '-n', '10000', '-k', '0']).rps,
+  },
+  {
+    name: 'iperf3, 1 stream', unit: 'Gbit/s', backend: 'iperf3',
+    measure: (port) => iperf(port, 1),
+  },
+  {
+    name: 'iperf3, 4 streams', unit: 'Gbit/s', backend: 'iperf3',
+    measure: (port) => iperf(port, 4),
+  },
+]
+
+function iperf(port: number, streams: number): number {
+  const out = run('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', '4', '-P', String(streams), '-J'], 60_000)
+  const j = JSON.parse(out) as { error?: string; end: { sum_received?: { bits_per_second: number } } }
+  if (j.error !== undefined || j.end.sum_received === undefined) throw new Error(`iperf3 through port ${port}: ${j.error ?? 'no result'}`)
+  return j.end.sum_received.bits_per_second / 1e9
+}
+
+async function startBackend(kind: 'redis' | 'iperf3'): Promise<Proc | undefined> {
+  const port = await freePort()
+  if (kind === 'redis') {
+    if (!has('redis-server') || !has('redis-benchmark')) return undefined
+    return startProc('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '127.0.0.2', '127.0.0.3', '127.0.0.4', '--save', '', '--appendonly', 'no', '--maxclients', '50000'], port)
+  }
+  if (!has('iperf3')) return undefined
+  return startProc('iperf3', ['-s', '-p', String(port)], port)
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.floor(s.length / 2)] ?? 0
+}
+
+async function main(): Promise<void> {
+  const rows: Row[] = []
+  for (const sc of scenarios) {
+    if (ONLY && !sc.name.includes(ONLY)) continue
+    const be = await startBackend(sc.backend)
+    if (!be) {
+      console.error(`skipping "${sc.name}": ${sc.backend} tools are not installed`)
+      continue
+    }
+    const samples = new Map<string, { v: number[]; cpu: number[]; p99: number[] }>()
+    for (let sweep = 0; sweep < SWEEPS; sweep++) {
+      // Rotate the order each sweep so no candidate always runs on the busiest machine state.
+      const order = candidates.map((_, i) => candidates[(i + sweep) % candidates.length] as Candidate)
+      for (const c of order) {
+        const p = await c.start(be.port, c.host)
+        if (!p) continue
+        const pid = p.child?.pid
+        const cpu0 = pid ? cpuSeconds(pid) : 0
+        const v = sc.measure(p.port)
+        const cpu = pid ? cpuSeconds(pid) - cpu0 : 0
+        p.child?.kill('SIGKILL')
+        const s = samples.get(c.name) ?? { v: [], cpu: [], p99: [] }
+        s.v.push(v)
+        s.cpu.push(cpu)
+        s.p99.push(lastP99)
+        samples.set(c.name, s)
+        console.error(`${sc.name} | ${c.name} | sweep ${sweep + 1}: ${v.toFixed(2)} ${sc.unit}, proxy CPU ${cpu.toFixed(2)} s`)
+      }
+    }
+    be.child.kill('SIGKILL')
+    for (const [name, s] of samples) {
+      rows.push({ scenario: sc.name, unit: sc.unit, candidate: name, value: median(s.v), cpu: median(s.cpu), p99: sc.p99 ? median(s.p99) : undefined })
+    }
+  }
+  printTable(rows)
+  mkdirSync(new URL('../../bench/results/', import.meta.url), { recursive: true })
+  const file = new URL('../../bench/results/compare.json', import.meta.url)
+  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, sweeps: SWEEPS, workers: 1, rows }, null, 2))
+  console.error(`wrote ${file.pathname}`)
+}
+
+function printTable(rows: Row[]): void {
+  console.log(`Medians of ${SWEEPS} sweep(s); every proxy with 1 worker/thread; Node ${process.version}.\n`)
+  console.log('| scenario | candidate | figure | × direct | × HAProxy | proxy CPU s | per proxy CPU-second | p99 ms |')
+  console.log('|---|---|---:|---:|---:|---:|---:|---:|')
+  for (const r of rows) {
+    const direct = rows.find((x) => x.scenario === r.scenario && x.candidate === 'direct')
+    const ha = rows.find((x) => x.scenario === r.scenario && x.candidate === 'HAProxy')
+    const ratio = (base: Row | undefined): string => (base && base.value > 0 ? (r.value / base.value).toFixed(2) : '–')
+    const perCpu = r.candidate !== 'direct' && r.cpu > 0 && r.unit !== 'Gbit/s' ? Math.round(requestsOf(r) / r.cpu).toLocaleString('en-US') : '–'
+    const fig = r.unit === 'Gbit/s' ? r.value.toFixed(1) : Math.round(r.value).toLocaleString('en-US')
+    console.log(`| ${r.scenario} | ${r.candidate} | ${fig} ${r.unit} | ${ratio(direct)} | ${ratio(ha)} | ${r.candidate === 'direct' ? '–' : r.cpu.toFixed(2)} | ${perCpu} | ${r.p99 !== undefined ? r.p99.toFixed(3) : '–'} |`)
+  }
+}
+
+/** Requests one measured run made (the -n of its scenario). */
+function requestsOf(r: Row): number {
+  return r.scenario.includes('-k 0') ? 10000 : 200000
+}
+
+main().catch((err: unknown) => {
+  console.error(err)
+  process.exit(1)
+})
