@@ -1,9 +1,11 @@
 import { Command, CommanderError } from 'commander'
 import { loadConfig } from './config/load.js'
 import { ConfigError, SluiceError, errorMessage } from './errors.js'
-import { createLogger, type Logger } from './log.js'
+import { createLogger } from './log.js'
 import { Daemon } from './daemon.js'
 import type { Config } from './config/types.js'
+import { reloadFromFile } from './reload.js'
+import { addAdminCommands } from './admin/admin-commands.js'
 
 export const DEFAULT_CONFIG = '/etc/sluice/sluice.yaml'
 
@@ -48,6 +50,8 @@ export async function main(argv: readonly string[], io: Io = stdio): Promise<num
     .action((opts: { config: string }) => {
       code = check(opts.config, io)
     })
+
+  addAdminCommands(program, io, (c) => (code = c))
 
   if (argv.length === 0) {
     program.outputHelp({ error: true })
@@ -120,27 +124,8 @@ async function run(file: string, io: Io): Promise<number> {
     }
     process.on('SIGTERM', onStop)
     process.on('SIGINT', onStop)
-    process.on('SIGHUP', () => void reload(daemon, file, log))
+    process.on('SIGHUP', () => void reloadFromFile(daemon, file, 'signal'))
   }).finally(() => new Promise<void>((done) => log.flush(() => done())))
-}
-
-async function reload(daemon: Daemon, file: string, log: Logger): Promise<void> {
-  let next: Config
-  try {
-    next = loadConfig(file)
-  } catch (err) {
-    daemon.metrics.configReloadsTotal.inc({ result: 'failure' })
-    const detail = err instanceof ConfigError ? err.format() : errorMessage(err)
-    log.error({ code: err instanceof SluiceError ? err.code : undefined, file }, `reload refused, the running configuration stays: ${detail}`)
-    return
-  }
-  try {
-    await daemon.reload(next)
-    daemon.metrics.configReloadsTotal.inc({ result: 'success' })
-  } catch (err) {
-    daemon.metrics.configReloadsTotal.inc({ result: 'failure' })
-    log.error({ code: err instanceof SluiceError ? err.code : undefined, file }, `reload failed, the running configuration stays: ${errorMessage(err)}`)
-  }
 }
 
 function plural(n: number, word: string): string {

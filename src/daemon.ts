@@ -1,11 +1,12 @@
 import { Registry } from 'prom-client'
-import type { AnyListenerConfig, Config } from './config/types.js'
+import type { AdminConfig, AnyListenerConfig, Config } from './config/types.js'
 import type { Logger } from './log.js'
 import { Metrics } from './metrics/metrics.js'
 import { Pool } from './upstream/pool.js'
 import { createListener, type Listener } from './listener/listener.js'
 import { DemoBackend } from './demo/demo-backend.js'
 import { formatDuration } from './config/duration.js'
+import { AdminServer } from './admin/admin-server.js'
 
 export interface DaemonOptions {
   log: Logger
@@ -27,6 +28,9 @@ export class Daemon {
   /** Listeners taken out by a reload, still finishing their connections. */
   private readonly retiring = new Set<Listener>()
   private stopping: Promise<void> | undefined
+  /** The admin HTTP API, when the configuration has `admin`. Started last, closed first. */
+  private admin: AdminServer | undefined
+  readonly startedAt = Date.now()
 
   private constructor(
     private cfg: Config,
@@ -52,6 +56,11 @@ export class Daemon {
         await l.listen()
         d.listeners.set(lc.name, l)
       }
+      if (config.admin !== undefined) {
+        const admin = new AdminServer(config.admin, d)
+        await admin.listen()
+        d.admin = admin
+      }
     } catch (err) {
       d.destroy()
       throw err
@@ -67,6 +76,18 @@ export class Daemon {
     return l.address()
   }
 
+  /** The admin API's bound address, when it runs. */
+  adminAddress(): { host: string; port: number; text: string } | undefined {
+    return this.admin?.address()
+  }
+
+  /** Listeners bound, configuration loaded, not stopping: what GET /readyz reports. */
+  get ready(): boolean {
+    if (this.stopping !== undefined) return false
+    for (const l of this.listeners.values()) if (!l.listening) return false
+    return true
+  }
+
   /**
    * Applies `next` as a diff. New listeners are bound first; if any cannot bind, nothing
    * changes and the error is thrown. Then pools update in place (backends that stay keep
@@ -77,6 +98,7 @@ export class Daemon {
     const started: Listener[] = []
     const startedDemo: [string, DemoBackend][] = []
     const newPools = new Map<string, Pool>()
+    let newAdmin: AdminServer | undefined
     try {
       for (const dc of next.demoBackends) {
         if (!this.demo.has(dc.listen)) {
@@ -95,7 +117,12 @@ export class Daemon {
         await l.listen()
         started.push(l)
       }
+      if (next.admin !== undefined && (this.admin === undefined || !sameAdminAddress(this.admin.config, next.admin))) {
+        newAdmin = new AdminServer(next.admin, this)
+        await newAdmin.listen()
+      }
     } catch (err) {
+      newAdmin?.destroy()
       for (const l of started) l.destroy()
       for (const [, db] of startedDemo) db.close()
       throw err
@@ -136,6 +163,16 @@ export class Daemon {
         this.retire(l)
       }
     }
+    if (newAdmin !== undefined) {
+      // The old server finishes the request in flight (perhaps this very POST /api/reload).
+      void this.admin?.close()
+      this.admin = newAdmin
+    } else if (next.admin === undefined) {
+      void this.admin?.close()
+      this.admin = undefined
+    } else {
+      this.admin?.update(next.admin)
+    }
     this.cfg = next
     this.logSummary('configuration reloaded')
   }
@@ -151,6 +188,8 @@ export class Daemon {
 
   /** Closes everything now. */
   destroy(): void {
+    this.admin?.destroy()
+    this.admin = undefined
     for (const l of [...this.listeners.values(), ...this.retiring]) l.destroy()
     for (const db of this.demo.values()) db.close()
     this.listeners.clear()
@@ -165,6 +204,9 @@ export class Daemon {
   }
 
   private async gracefulStop(): Promise<void> {
+    const admin = this.admin
+    this.admin = undefined
+    await admin?.close()
     const all = [...this.listeners.values(), ...this.retiring]
     const open = this.openConnections
     const limit = this.cfg.shutdownTimeoutMs
@@ -220,8 +262,13 @@ export class Daemon {
       backends: p.backends.map((b) => b.id),
     }))
     const demo = [...this.demo.values()].map((d) => d.config.listen)
-    this.log.info({ file: this.cfg.file, listeners, pools, demo_backends: demo.length > 0 ? demo : undefined }, msg)
+    const admin = this.admin?.address().text
+    this.log.info({ file: this.cfg.file, listeners, pools, demo_backends: demo.length > 0 ? demo : undefined, admin }, msg)
   }
+}
+
+function sameAdminAddress(a: AdminConfig, b: AdminConfig): boolean {
+  return a.host === b.host && a.port === b.port
 }
 
 function sameAddress(a: AnyListenerConfig, b: AnyListenerConfig): boolean {

@@ -16,6 +16,12 @@ export const ERROR_CODES = {
   SLUICE_ERR_DEMO_BACKEND: 'A demo backend could not start.',
   SLUICE_ERR_UDP_MAX_SESSIONS: 'A UDP listener dropped a datagram from a new client because it already holds udp.max_sessions sessions.',
   SLUICE_ERR_UDP_UNREACHABLE: 'A UDP backend answered with ICMP unreachable (ECONNREFUSED: nothing listens on its port); the client\'s next datagram goes to another backend.',
+  SLUICE_ERR_ADMIN_LISTEN: 'The admin API could not bind admin.listen (port in use, permission denied, address not on this host).',
+  SLUICE_ERR_ADMIN_AUTH: 'An admin API call had no bearer token or the wrong one (HTTP 401).',
+  SLUICE_ERR_ADMIN_NOT_FOUND: 'An admin API call named a path, pool or backend that does not exist (HTTP 404).',
+  SLUICE_ERR_ADMIN_REQUEST: 'An admin API call was malformed (wrong method, bad address) or the API refused it (HTTP 4xx/5xx).',
+  SLUICE_ERR_ADMIN_UNREACHABLE: 'A command could not reach the admin API (nothing listening at --admin, timeout, not sluice).',
+  SLUICE_ERR_RELOAD: 'A reload was refused or could not be applied; the running configuration stays.',
 } as const
 
 export type ErrorCode = keyof typeof ERROR_CODES

@@ -14,6 +14,18 @@ export interface Config {
   listeners: AnyListenerConfig[]
   pools: Map<string, PoolConfig>
   demoBackends: DemoBackendConfig[]
+  /** The admin HTTP API; absent when the file has no `admin` key (the API is off). */
+  admin?: AdminConfig
+}
+
+/** `admin: { listen, token }`: the admin HTTP API (docs/operations.md). */
+export interface AdminConfig {
+  host: string
+  port: number
+  /** The listen address as written (normalized), for messages. */
+  listen: string
+  /** When set, every call but /healthz needs `Authorization: Bearer TOKEN`. */
+  token: string | undefined
 }
 
 export interface LogConfig {

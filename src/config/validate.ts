@@ -14,6 +14,7 @@ import {
 } from './types.js'
 import { algorithmOptionKeys, balancerNames, findBalancer } from '../balancer/registry.js'
 import { readUdpSettings, refuseUdpSettingsOnTcp } from './udp-settings.js'
+import { readAdmin } from '../admin/admin-config.js'
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
 const NAME_HINT = 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit'
@@ -25,12 +26,12 @@ const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'erro
  * security setting such as `access` that did nothing would be worse than an error.
  */
 const NOT_YET: Readonly<Record<string, readonly string[]>> = {
-  top: ['admin'],
+  top: [],
   listener: ['routes', 'tls', 'sni_passthrough', 'proxy_protocol_accept', 'access', 'limits'],
   pool: ['discovery', 'health_check', 'passive', 'proxy_protocol', 'tls'],
 }
 
-const TOP_KEYS = ['workers', 'shutdown_timeout', 'log', 'listeners', 'pools', 'demo_backends']
+const TOP_KEYS = ['workers', 'shutdown_timeout', 'log', 'admin', 'listeners', 'pools', 'demo_backends']
 const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp']
 const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start']
 const BACKEND_KEYS = ['address', 'weight', 'backup', 'max_connections']
@@ -50,6 +51,7 @@ export function validate(doc: Document, reader: ConfigReader): Config | undefine
     ? reader.duration(root.get('shutdown_timeout'), 'shutdown_timeout', { allowOff: true })
     : DEFAULTS.shutdownTimeoutMs
   const log = readLog(reader, root)
+  const admin = root.has('admin') ? readAdmin(reader, root.get('admin')) : undefined
 
   const pools = new Map<string, PoolConfig>()
   const declaredPools = new Set<string>()
@@ -63,7 +65,7 @@ export function validate(doc: Document, reader: ConfigReader): Config | undefine
   if (reader.issues.length > 0 || workers === undefined || shutdownTimeoutMs === undefined || log === undefined) {
     return undefined
   }
-  return { file: reader.file, workers, shutdownTimeoutMs, log, listeners, pools, demoBackends }
+  return { file: reader.file, workers, shutdownTimeoutMs, log, listeners, pools, demoBackends, ...(admin !== undefined ? { admin } : {}) }
 }
 
 /** `reader.map` with the not-yet-available keys explained instead of called unknown. */

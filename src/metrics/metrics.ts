@@ -1,4 +1,4 @@
-import { Counter, Gauge, type Registry } from 'prom-client'
+import { Counter, Gauge, collectDefaultMetrics, type Registry } from 'prom-client'
 
 /**
  * Every metric sluice exports, registered on an injected Registry (so two daemons can share a
@@ -20,6 +20,8 @@ export class Metrics {
 
   constructor(readonly registry: Registry, onCollect: () => void = () => {}) {
     const registers = [registry]
+    // Process metrics (CPU, memory, event-loop lag, file descriptors), once per registry.
+    if (registry.getSingleMetric('process_cpu_seconds_total') === undefined) collectDefaultMetrics({ register: registry })
     this.connectionsActive = new Gauge({
       name: 'sluice_connections_active',
       help: 'Client connections open on a listener now.',
