@@ -23,6 +23,7 @@ export class AdminServer {
   private readonly server: Server
   private tokenDigest: Buffer | undefined
   private readonly throttle = new LogThrottle(10_000)
+  private closing = false
 
   constructor(
     private cfg: AdminConfig,
@@ -78,6 +79,7 @@ export class AdminServer {
 
   /** Stops accepting; requests in flight finish, idle keep-alive connections close now. */
   close(): Promise<void> {
+    this.closing = true
     return new Promise((resolve) => {
       this.server.close(() => resolve())
       this.server.closeIdleConnections()
@@ -85,12 +87,15 @@ export class AdminServer {
   }
 
   destroy(): void {
+    this.closing = true
     this.server.close()
     this.server.closeAllConnections()
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     req.resume()
+    // Closing (moved by a reload, or stopping): answer, then end the connection.
+    if (this.closing) res.shouldKeepAlive = false
     const path = (req.url ?? '/').split('?')[0] ?? '/'
     const method = req.method ?? 'GET'
     if (path === '/healthz') {
@@ -136,6 +141,7 @@ export class AdminServer {
     if (path === '/api/reload') {
       if (!this.onlyPost(method, res)) return
       const outcome = await reloadFromFile(this.daemon, this.daemon.config.file, 'api')
+      if (this.closing) res.shouldKeepAlive = false
       sendJson(res, outcome.ok ? 200 : 422, outcome)
       return
     }
