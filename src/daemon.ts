@@ -6,6 +6,7 @@ import { Pool } from './upstream/pool.js'
 import { createListener, type Listener } from './listener/listener.js'
 import { DemoBackend } from './demo/demo-backend.js'
 import { formatDuration } from './config/duration.js'
+import { PoolHealth } from './health/pool-health.js'
 import { AdminServer } from './admin/admin-server.js'
 
 export interface DaemonOptions {
@@ -25,6 +26,8 @@ export class Daemon {
   readonly pools = new Map<string, Pool>()
   readonly listeners = new Map<string, Listener>()
   private readonly demo = new Map<string, DemoBackend>()
+  /** Active checks and passive ejection per pool (docs/health-checks.md). */
+  private readonly health = new Map<string, PoolHealth>()
   /** Listeners taken out by a reload, still finishing their connections. */
   private readonly retiring = new Set<Listener>()
   private stopping: Promise<void> | undefined
@@ -51,6 +54,8 @@ export class Daemon {
     try {
       for (const dc of config.demoBackends) await d.startDemo(dc.listen, new DemoBackend(dc))
       for (const pc of config.pools.values()) d.pools.set(pc.name, new Pool(pc, d.metrics))
+      // Every checked backend gets its first probe (bounded by its timeout) before any listener accepts.
+      await d.syncHealth()
       for (const lc of config.listeners) {
         const l = d.makeListener(lc)
         await l.listen()
@@ -174,6 +179,7 @@ export class Daemon {
       this.admin?.update(next.admin)
     }
     this.cfg = next
+    await this.syncHealth()
     this.logSummary('configuration reloaded')
   }
 
@@ -188,6 +194,8 @@ export class Daemon {
 
   /** Closes everything now. */
   destroy(): void {
+    for (const h of this.health.values()) h.close()
+    this.health.clear()
     this.admin?.destroy()
     this.admin = undefined
     for (const l of [...this.listeners.values(), ...this.retiring]) l.destroy()
@@ -233,6 +241,28 @@ export class Daemon {
     const pool = this.pools.get(lc.pool)
     if (pool === undefined) throw new TypeError(`listener ${lc.name}: pool ${lc.pool} passed validation but does not exist`)
     return createListener(lc, pool, this.log, this.metrics, this.cfg.log.accessLog)
+  }
+
+  /** Starts, updates or stops each pool's health checking to match the pools; resolves after new backends' first probes. */
+  private syncHealth(): Promise<void> {
+    for (const [name, h] of this.health) {
+      if (!this.pools.has(name)) {
+        h.close()
+        this.health.delete(name)
+      }
+    }
+    const firsts: Promise<void>[] = []
+    for (const pool of this.pools.values()) {
+      const h = this.health.get(pool.name)
+      if (h !== undefined) {
+        firsts.push(h.update())
+        continue
+      }
+      const fresh = new PoolHealth(pool, this.log, this.metrics)
+      this.health.set(pool.name, fresh)
+      firsts.push(fresh.start())
+    }
+    return Promise.all(firsts).then(() => undefined)
   }
 
   private async startDemo(listen: string, db: DemoBackend): Promise<void> {

@@ -14,6 +14,8 @@ export const ERROR_CODES = {
   SLUICE_ERR_IDLE_TIMEOUT: 'A proxied connection saw no traffic in either direction for the listener\'s idle timeout.',
   SLUICE_ERR_MAX_CONNECTIONS: 'A listener refused a connection because it already holds max_connections.',
   SLUICE_ERR_DEMO_BACKEND: 'A demo backend could not start.',
+  SLUICE_ERR_HEALTH_CHECK: 'A backend failed its active health check (fall consecutive failures, or its first check) and was taken out of rotation.',
+  SLUICE_ERR_BACKEND_EJECTED: 'Passive health checking ejected a backend after passive.max_failures consecutive connect failures, for passive.ejection_time.',
   SLUICE_ERR_UDP_MAX_SESSIONS: 'A UDP listener dropped a datagram from a new client because it already holds udp.max_sessions sessions.',
   SLUICE_ERR_UDP_UNREACHABLE: 'A UDP backend answered with ICMP unreachable (ECONNREFUSED: nothing listens on its port); the client\'s next datagram goes to another backend.',
   SLUICE_ERR_ADMIN_LISTEN: 'The admin API could not bind admin.listen (port in use, permission denied, address not on this host).',

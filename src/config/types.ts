@@ -86,6 +86,34 @@ export interface PoolConfig {
   retries: number
   /** Slow start: a backend joining the rotation ramps to its full weight over this long. 0 = off. */
   slowStartMs: number
+  /** Active health checks (docs/health-checks.md); absent = none. */
+  healthCheck?: HealthCheckConfig
+  /** Passive ejection after consecutive connect failures; absent = none. */
+  passive?: PassiveConfig
+}
+
+/** A pool's `health_check`: one probe per backend every interval (docs/health-checks.md). */
+export interface HealthCheckConfig {
+  /** The probe type (`tcp`, `redis`, ...): src/health/registry.ts. */
+  type: string
+  intervalMs: number
+  timeoutMs: number
+  /** Consecutive passes that bring a down backend up. */
+  rise: number
+  /** Consecutive failures that take an up backend down. */
+  fall: number
+  /** A random extra delay of 0 to this added to each interval. 0 = none. */
+  jitterMs: number
+  /** Probe this port instead of each backend's own. 0 = the backend's port. */
+  port: number
+  /** Parsed by the type's probe factory; opaque to everything else. */
+  options: unknown
+}
+
+/** A pool's `passive`: eject a backend after max_failures consecutive failed connects. */
+export interface PassiveConfig {
+  maxFailures: number
+  ejectionTimeMs: number
 }
 
 export interface BackendConfig {

@@ -14,6 +14,7 @@ import {
 } from './types.js'
 import { algorithmOptionKeys, balancerNames, findBalancer } from '../balancer/registry.js'
 import { readUdpSettings, refuseUdpSettingsOnTcp } from './udp-settings.js'
+import { readHealthCheck, readPassive } from '../health/health-config.js'
 import { readAdmin } from '../admin/admin-config.js'
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
@@ -28,12 +29,12 @@ const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'erro
 const NOT_YET: Readonly<Record<string, readonly string[]>> = {
   top: [],
   listener: ['routes', 'tls', 'sni_passthrough', 'proxy_protocol_accept', 'access', 'limits'],
-  pool: ['discovery', 'health_check', 'passive', 'proxy_protocol', 'tls'],
+  pool: ['discovery', 'proxy_protocol', 'tls'],
 }
 
 const TOP_KEYS = ['workers', 'shutdown_timeout', 'log', 'admin', 'listeners', 'pools', 'demo_backends']
 const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp']
-const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start']
+const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start', 'health_check', 'passive']
 const BACKEND_KEYS = ['address', 'weight', 'backup', 'max_connections']
 
 /** Checks a whole parsed document, reporting every problem to `reader`. */
@@ -128,8 +129,11 @@ function readPools(reader: ConfigReader, at: Located, out: Map<string, PoolConfi
       reader.report(pool.keyAt('slow_start'), `${context}: slow_start ramps backends' weights, which algorithm ${factory.name} does not use; remove slow_start or pick a weighted algorithm`)
     }
     const backends = pool.require('backends', context) ? readBackends(reader, pool.get('backends'), context) : undefined
+    const healthCheck = pool.has('health_check') ? readHealthCheck(reader, pool.get('health_check'), context) : undefined
+    const passive = pool.has('passive') ? readPassive(reader, pool.get('passive'), context) : undefined
+    if ((pool.has('health_check') && healthCheck === undefined) || (pool.has('passive') && passive === undefined)) continue
     if (algorithm === undefined || connectTimeoutMs === undefined || retries === undefined || backends === undefined || slowStartMs === undefined) continue
-    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries, slowStartMs })
+    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries, slowStartMs, healthCheck, passive })
   }
 }
 

@@ -17,6 +17,8 @@ export class Metrics {
   readonly configReloadsTotal: Counter<'result'>
   readonly udpSessionsActive: Gauge<'listener'>
   readonly udpDatagramsTotal: Counter<'listener' | 'direction'>
+  readonly healthChecksTotal: Counter<'pool' | 'backend' | 'result'>
+  readonly backendEjectionsTotal: Counter<'pool' | 'backend'>
 
   constructor(readonly registry: Registry, onCollect: () => void = () => {}) {
     const registers = [registry]
@@ -69,6 +71,18 @@ export class Metrics {
       name: 'sluice_rejected_connections_total',
       help: 'Client connections closed without being proxied, by reason (max_connections, no_backend, connect_failed).',
       labelNames: ['listener', 'reason'],
+      registers,
+    })
+    this.healthChecksTotal = new Counter({
+      name: 'sluice_health_checks_total',
+      help: 'Active health-check probes of a backend, by result (success, failure).',
+      labelNames: ['pool', 'backend', 'result'],
+      registers,
+    })
+    this.backendEjectionsTotal = new Counter({
+      name: 'sluice_backend_ejections_total',
+      help: 'Times a backend was ejected by passive health checking (passive.max_failures consecutive connect failures).',
+      labelNames: ['pool', 'backend'],
       registers,
     })
     this.configReloadsTotal = new Counter({

@@ -161,6 +161,7 @@ export class TcpSession {
     const errno = errnoCode(err)
     const { metrics, log, config, throttle } = this.owner
     metrics.connectErrorsTotal.inc({ pool: this.pool.name, backend: b.id, reason: connectReason(timeout, errno) })
+    this.pool.onConnectFailure?.(b, timeout ? 'timeout' : (errno ?? err.message))
     const key = `connect:${this.pool.name}:${b.id}`
     const suppressed = throttle.take(key)
     if (suppressed !== false) {

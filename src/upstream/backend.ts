@@ -29,6 +29,10 @@ export class Backend {
   ramp = 1
   /** Its place in the pool's list of backends (config order), which algorithm `first` follows. */
   position = 0
+  /** The active health check's view (true when the pool has none): src/health/pool-health.ts. */
+  healthy = true
+  /** Taken out by passive ejection (consecutive connect failures) until its ejection_time ends. */
+  ejected = false
 
   constructor(cfg: BackendConfig) {
     this.id = cfg.address
@@ -47,6 +51,11 @@ export class Backend {
   /** The weight balancers use: `weight`, scaled down while slow start ramps it up. */
   get effectiveWeight(): number {
     return this.ramp === 1 ? this.weight : this.weight * this.ramp
+  }
+
+  /** The state its health says: what `enable` returns a backend to, and what checks set. */
+  get healthState(): 'up' | 'down' {
+    return this.healthy && !this.ejected ? 'up' : 'down'
   }
 
   get full(): boolean {

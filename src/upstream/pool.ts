@@ -22,6 +22,8 @@ export class Pool {
   private backup: Balancer
   private readonly exclusion = new PickExclusion()
   private readonly slowStart: SlowStart
+  /** Passive health: called after each failed connect to `b` (its consecutiveFailures already counts it). */
+  onConnectFailure: ((b: Backend, reason: string) => void) | undefined
 
   constructor(cfg: PoolConfig, private readonly metrics: Metrics) {
     this.name = cfg.name

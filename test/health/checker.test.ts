@@ -1,0 +1,161 @@
+import t from 'tap'
+import { Registry } from 'prom-client'
+import { Metrics } from '../../src/metrics/metrics.js'
+import { Pool } from '../../src/upstream/pool.js'
+import type { Backend } from '../../src/upstream/backend.js'
+import type { HealthCheckConfig, PoolConfig } from '../../src/config/types.js'
+import { HealthChecker } from '../../src/health/checker.js'
+import { PoolHealth } from '../../src/health/pool-health.js'
+import { RiseFall, type Transition } from '../../src/health/rise-fall.js'
+import type { Probe } from '../../src/health/probe.js'
+import { createLogger } from '../../src/log.js'
+import { LogSink } from '../helpers/daemon.js'
+import { eventually } from '../helpers/net.js'
+import { scripted, lines } from './probe-helpers.js'
+
+function poolOf(ports: number[], extra: Partial<PoolConfig> = {}): { pool: Pool; metrics: Metrics; registry: Registry } {
+  const registry = new Registry()
+  const metrics = new Metrics(registry)
+  const cfg: PoolConfig = {
+    name: 'p',
+    algorithm: 'round-robin',
+    algorithmOptions: undefined,
+    backends: ports.map((port) => ({ address: `127.0.0.1:${port}`, host: '127.0.0.1', port, weight: 1, backup: false, maxConnections: 0 })),
+    connectTimeoutMs: 1000,
+    retries: 0,
+    slowStartMs: 0,
+    ...extra,
+  }
+  return { pool: new Pool(cfg, metrics), metrics, registry }
+}
+
+function check(over: Partial<HealthCheckConfig> = {}): HealthCheckConfig {
+  return { type: 'tcp', intervalMs: 30, timeoutMs: 30, rise: 2, fall: 3, jitterMs: 0, port: 0, options: null, ...over }
+}
+
+const ctx = { protocol: 'tcp' as const, remoteAddress: '127.0.0.1', remotePort: 1 }
+
+t.test('rise/fall: the first result decides alone; then rise passes or fall failures in a row', async (t) => {
+  const rf = new RiseFall(2, 3)
+  const seq = (oks: boolean[]): Transition[] => oks.map((ok) => rf.observe(ok))
+  t.same(seq([false]), ['unchanged'], 'first failure: stays down')
+  t.same(seq([true, true]), ['pending', 'changed'], 'rise 2')
+  t.equal(rf.healthy, true)
+  t.same(seq([false, false, true, false, false, false]), ['pending', 'pending', 'unchanged', 'pending', 'pending', 'changed'], 'a pass resets the fall streak')
+  t.equal(rf.progress(false), 'fall 3/3')
+  t.equal(rf.healthy, false)
+  const fresh = new RiseFall(5, 5)
+  t.equal(fresh.observe(true), 'changed', 'a first pass brings it up at once, whatever rise is')
+})
+
+t.test('checker: never more than one probe in flight per backend; a slow probe delays the next', async (t) => {
+  const { pool, metrics } = poolOf([1, 2])
+  const inFlight = new Map<number, number>()
+  let maxInFlight = 0
+  const calls: number[] = []
+  const probe: Probe = {
+    check: async (target) => {
+      calls.push(target.port)
+      const n = (inFlight.get(target.port) ?? 0) + 1
+      inFlight.set(target.port, n)
+      maxInFlight = Math.max(maxInFlight, n)
+      await new Promise((r) => setTimeout(r, 100)) // 3+ intervals long
+      inFlight.set(target.port, n - 1)
+      return { ok: true, detail: 'slow' }
+    },
+  }
+  const c = new HealthChecker(pool, check({ intervalMs: 30 }), metrics, () => {}, probe)
+  t.teardown(() => c.close())
+  await c.start()
+  await eventually(() => calls.length >= 6, 'six probes')
+  t.equal(maxInFlight, 1, 'one probe in flight per backend at most')
+  t.same(new Set(calls), new Set([1, 2]), 'both backends probed')
+})
+
+t.test('checker: probes follow the interval and stop on close', async (t) => {
+  const { pool, metrics } = poolOf([1])
+  const at: number[] = []
+  const probe: Probe = { check: async () => (at.push(performance.now()), { ok: true, detail: 'ok' }) }
+  const c = new HealthChecker(pool, check({ intervalMs: 40 }), metrics, () => {}, probe)
+  await c.start()
+  await eventually(() => at.length >= 5, 'five probes')
+  c.close()
+  const n = at.length
+  const gaps = at.slice(1).map((x, i) => x - (at[i] as number))
+  t.ok(gaps.every((g) => g >= 38), `no probe earlier than the interval (gaps ${gaps.map((g) => g.toFixed(0)).join(', ')} ms)`)
+  await new Promise((r) => setTimeout(r, 120))
+  t.equal(at.length, n, 'no probe after close')
+})
+
+t.test('checker: jitter spreads probes within interval..interval+jitter', async (t) => {
+  const { pool, metrics } = poolOf([1])
+  const at: number[] = []
+  const probe: Probe = { check: async () => (at.push(performance.now()), { ok: true, detail: 'ok' }) }
+  const c = new HealthChecker(pool, check({ intervalMs: 20, jitterMs: 20 }), metrics, () => {}, probe)
+  t.teardown(() => c.close())
+  await c.start()
+  await eventually(() => at.length >= 8, 'eight probes')
+  const gaps = at.slice(1).map((x, i) => x - (at[i] as number))
+  t.ok(gaps.every((g) => g >= 18 && g < 80), `gaps within bounds: ${gaps.map((g) => g.toFixed(0)).join(', ')}`)
+})
+
+t.test('pool health over a real server: starts down until the first probe, falls after 3, rises after 2', async (t) => {
+  let healthy = true
+  let probes = 0
+  const srv = await scripted(t, (s) => lines(s, (l) => {
+    if (l !== 'STATUS') return
+    probes++
+    s.write(healthy ? 'ok\r\n' : 'sick\r\n')
+  }))
+  const { pool, metrics, registry } = poolOf([srv.port], {
+    healthCheck: check({ type: 'send-expect', intervalMs: 40, timeoutMs: 40, options: { steps: [{ send: 'STATUS\r\n' }, { expect: 'ok' }] } }),
+  })
+  const logs = new LogSink()
+  const h = new PoolHealth(pool, createLogger('debug', logs), metrics)
+  t.teardown(() => h.close())
+  const b = pool.backends[0] as Backend
+  const first = h.start()
+  t.equal(b.state, 'down', 'down before its first probe answers')
+  t.equal(pool.pick(ctx), undefined, 'no traffic before the first probe')
+  await first
+  t.equal(b.state, 'up', 'up after its first probe passed')
+  t.match(logs.lines.find((l) => l.level === 'info' && String(l.msg).includes('is up')), { msg: `backend ${b.id} is up: first check passed: matched "ok"`, pool: 'p', check: 'send-expect' })
+
+  healthy = false
+  const flippedAt = Date.now()
+  const probesAtFlip = probes
+  const down = await logs.waitFor((l) => String(l.msg).includes('is down'), 5000)
+  t.equal(down.msg, `backend ${b.id} is down: fall 3/3: timeout after 40ms waiting for "ok"; got "sick"`)
+  t.equal(down.code, 'SLUICE_ERR_HEALTH_CHECK')
+  t.ok(Date.now() - flippedAt >= 2 * 40, 'not before three probes could run')
+  t.ok(probes - probesAtFlip >= 3, 'three failed probes before the change')
+  t.equal(b.state, 'down')
+  t.equal(pool.pick(ctx), undefined)
+  t.ok(logs.lines.some((l) => String(l.msg).includes('(fall 1/3)')) && logs.lines.some((l) => String(l.msg).includes('(fall 2/3)')), 'pending steps logged at debug')
+  t.equal(logs.lines.filter((l) => String(l.msg).includes('is down')).length, 1, 'the transition logged once')
+
+  healthy = true
+  const up = await logs.waitFor((l) => String(l.msg).includes('is up: rise'), 5000)
+  t.equal(up.msg, `backend ${b.id} is up: rise 2/2: matched "ok"`)
+  t.equal(b.state, 'up')
+  t.equal(pool.pick(ctx), b)
+  const text = await registry.metrics()
+  t.match(text, new RegExp(`sluice_health_checks_total\\{pool="p",backend="${b.id}",result="failure"\\} [3-9]`))
+  t.match(text, new RegExp(`sluice_backend_up\\{pool="p",backend="${b.id}"\\} 1`))
+})
+
+t.test('pool health: draining and disabled are an operator\'s word; checks do not change them', async (t) => {
+  const srv = await scripted(t, () => {})
+  const { pool, metrics } = poolOf([srv.port], { healthCheck: check({ intervalMs: 20, timeoutMs: 20 }) })
+  const logs = new LogSink()
+  const h = new PoolHealth(pool, createLogger('info', logs), metrics)
+  t.teardown(() => h.close())
+  await h.start()
+  const b = pool.backends[0] as Backend
+  pool.setState(b, 'draining')
+  const passes = async (): Promise<number> => (await metrics.healthChecksTotal.get()).values.find((v) => v.labels.result === 'success')?.value ?? 0
+  const before = await passes()
+  await eventually(async () => (await passes()) >= before + 3, 'three more passing probes')
+  t.equal(b.state, 'draining', 'still draining while its checks pass')
+  t.equal(b.healthState, 'up', 'what enable would return it to')
+})
