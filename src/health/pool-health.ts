@@ -100,7 +100,11 @@ export class PoolHealth {
       this.log.debug(fields, `backend ${b.id} check ${r.ok ? 'passed' : 'failed'} (${progress}): ${r.detail}`)
       return
     }
-    if (t === 'unchanged' && !first) return
+    if (t === 'unchanged' && !first) {
+      // Nothing new, but put the state right if something outside moved it (e.g. `enable`).
+      this.refresh(b)
+      return
+    }
     b.healthy = r.ok
     this.refresh(b)
     const why = first ? `first check ${r.ok ? 'passed' : 'failed'}` : progress
