@@ -4,12 +4,17 @@ import { formatDuration } from './duration.js'
 
 const UDP_KEYS = ['session_timeout', 'responses', 'max_sessions']
 
+/** The listener keys a udp listener applies; every other listener key is an error on it. */
+const UDP_LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'udp']
+
 /** Shortest session_timeout accepted: below it the expiry wheel's tick could not resolve it. */
 const MIN_SESSION_TIMEOUT_MS = 10
 
 /**
- * Listener keys that only mean something for a TCP listener, each with what a UDP listener
- * uses instead. Written on a udp listener they are errors, not silently ignored.
+ * Why some listener keys do not apply to a udp listener, and what it uses instead. Any other
+ * listener key it does not apply (routes, access, ... as they are added for TCP) is refused
+ * with a general message: a setting that silently did nothing, such as an access rule, would
+ * be worse than an error.
  */
 const TCP_ONLY: Readonly<Record<string, string>> = {
   max_connections: 'a udp listener limits its sessions with udp.max_sessions',
@@ -21,14 +26,16 @@ const TCP_ONLY: Readonly<Record<string, string>> = {
 
 /**
  * Reads the `udp:` settings of a listener with `protocol: udp` (defaults when absent) and
- * reports the TCP-only keys it must not have. `alreadyRefused` lists keys the caller has
- * reported for another reason, so each problem is told once.
+ * reports the listener keys (of `listenerKeys`) that a udp listener does not apply. A key
+ * already reported for another reason (unknown, not available yet) is not reported again.
  */
-export function readUdpSettings(reader: ConfigReader, m: MapView, context: string, alreadyRefused: readonly string[]): UdpSettings | undefined {
-  for (const [key, instead] of Object.entries(TCP_ONLY)) {
-    if (m.has(key) && !alreadyRefused.includes(key)) {
-      reader.report(m.keyAt(key), `"${key}" does not apply to ${context}, which is protocol udp: ${instead}; remove it`)
-    }
+export function readUdpSettings(reader: ConfigReader, m: MapView, context: string, listenerKeys: readonly string[]): UdpSettings | undefined {
+  for (const key of m.keys()) {
+    if (UDP_LISTENER_KEYS.includes(key) || !listenerKeys.includes(key)) continue
+    const at = m.keyAt(key)
+    if (reader.issues.some((i) => i.path === at.path)) continue
+    const instead = TCP_ONLY[key] ?? 'udp listeners do not apply it in this version of sluice'
+    reader.report(at, `"${key}" does not apply to ${context}, which is protocol udp: ${instead}; remove it`)
   }
   const defaults: UdpSettings = {
     sessionTimeoutMs: DEFAULTS.udpSessionTimeoutMs,

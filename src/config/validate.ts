@@ -241,7 +241,7 @@ function readListeners(
       }
     }
     if (protocol === 'udp') {
-      const udp = readUdpSettings(reader, m, context, NOT_YET.listener ?? [])
+      const udp = readUdpSettings(reader, m, context, LISTENER_KEYS)
       if (name === undefined || hp === undefined || pool === undefined || udp === undefined) continue
       out.push({ name, protocol, host: hp.host, port: hp.port, listen: formatAddress(hp.host, hp.port), pool, udp })
       continue

@@ -1,5 +1,4 @@
 import { createSocket, type RemoteInfo, type Socket, type SocketType } from 'node:dgram'
-import { lookup, type LookupOneOptions } from 'node:dns'
 import { lookup as lookupAsync } from 'node:dns/promises'
 import { isIP } from 'node:net'
 import type { AnyListenerConfig, UdpListenerConfig } from '../config/types.js'
@@ -13,7 +12,7 @@ import { LogThrottle } from '../log-throttle.js'
 import { errnoCode, errorMessage } from '../errors.js'
 import { bindError } from './bind-error.js'
 import { formatAddress } from '../config/address.js'
-import { UdpSession, type UdpSessionOwner } from '../proxy/udp-session.js'
+import { UdpSession, literalLookup, type UdpSessionOwner } from '../proxy/udp-session.js'
 import { UdpStats } from '../proxy/udp-stats.js'
 import { ExpiryWheel } from '../proxy/udp-expiry.js'
 
@@ -200,13 +199,6 @@ export class UdpListener implements Listener, UdpSessionOwner {
   }
 }
 
-/** Calls back at once for IP literals (every reply goes to one), so a send costs no DNS tick. */
-function literalLookup(hostname: string, options: LookupOneOptions, cb: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void {
-  const family = isIP(hostname)
-  if (family !== 0) cb(null, hostname, family)
-  else lookup(hostname, options, cb)
-}
-
 /** Binds `host:port`; an empty host is every address, IPv6 and IPv4 where the host has both. */
 async function bindUdp(host: string, port: number): Promise<Socket> {
   if (host === '') {
@@ -224,6 +216,7 @@ async function bindUdp(host: string, port: number): Promise<Socket> {
 
 function bindOnce(type: SocketType, address: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
+    // literalLookup: every reply is sent to an IP literal (the client's), at no DNS cost.
     const s = createSocket({ type, ipv6Only: false, lookup: literalLookup })
     const onError = (err: Error): void => {
       try {

@@ -1,4 +1,5 @@
 import { createSocket, type Socket } from 'node:dgram'
+import { lookup, type LookupOneOptions } from 'node:dns'
 import { isIP } from 'node:net'
 import type { Backend } from '../upstream/backend.js'
 import type { Pool } from '../upstream/pool.js'
@@ -10,6 +11,7 @@ import type { Expiring } from './udp-expiry.js'
 import type { UdpStats } from './udp-stats.js'
 import { errnoCode } from '../errors.js'
 import { formatAddress } from '../config/address.js'
+import { encodeV2 } from './proxy-header-out.js'
 
 export type UdpCloseReason =
   | 'timeout' // no datagram either way for udp.session_timeout
@@ -28,12 +30,14 @@ export interface UdpSessionOwner {
   readonly stats: UdpStats
   /** A backend of the session's pool for its client, skipping `avoid`. */
   pickFor(session: UdpSession, avoid: ReadonlySet<Backend> | undefined): Backend | undefined
+  /** The listener's bound address: the destination a PROXY v2 header names. */
+  address?(): { host: string; port: number }
   /** Sends a reply to the session's client from the listener's own socket. */
   toClient(msg: Buffer, session: UdpSession): void
   sessionEnded(session: UdpSession): void
 }
 
-/** Datagrams held while the upstream socket is still binding/connecting (a few ticks at most). */
+/** Datagrams held while the upstream socket connects: one tick for an IP backend, a DNS lookup for a named one. */
 const MAX_PENDING = 64
 
 /** Errors on a connected UDP socket that are ICMP unreachable messages about the backend. */
@@ -66,6 +70,8 @@ export class UdpSession implements Expiring {
   /** Replies still expected before the session ends (udp.responses per datagram sent). */
   private awaiting = 0
   private lastBackendId: string | null = null
+  /** PROXY v2 DGRAM header put before every datagram to the backend (pool proxy_protocol: v2). */
+  private header: Buffer | undefined
   private ended = false
 
   constructor(
@@ -99,7 +105,8 @@ export class UdpSession implements Expiring {
     const up = this.upstream
     if (up !== undefined && this.connected) {
       this.counted(msg)
-      up.send(msg)
+      if (this.header === undefined) up.send(msg)
+      else up.send([this.header, msg])
       return
     }
     if (up === undefined && !this.repick()) {
@@ -183,7 +190,9 @@ export class UdpSession implements Expiring {
     this.connected = false
     // Datagrams still held from a failed connect now wait for this backend's replies.
     this.awaiting = this.pending === undefined ? 0 : this.pending.length * this.owner.config.udp.responses
-    const up = createSocket(isIP(b.host) === 6 ? 'udp6' : 'udp4')
+    this.header = this.pool.config.proxyProtocol === 'v2' ? this.proxyHeader() : undefined
+    const family = isIP(b.host)
+    const up = createSocket({ type: family === 6 ? 'udp6' : 'udp4', lookup: literalLookup })
     this.upstream = up
     up.on('message', this.onReply)
     up.on('error', (err: Error) => {
@@ -196,6 +205,7 @@ export class UdpSession implements Expiring {
 
   private onConnect(up: Socket, b: Backend, err: Error | undefined): void {
     if (err !== undefined) {
+      this.connected = false
       this.backendFailed(b, err, 'SLUICE_ERR_CONNECT')
       return
     }
@@ -203,7 +213,16 @@ export class UdpSession implements Expiring {
     const q = this.pending
     if (q === undefined) return
     this.pending = undefined
-    for (const msg of q) up.send(msg)
+    const h = this.header
+    for (const msg of q) up.send(h === undefined ? msg : [h, msg])
+  }
+
+  private proxyHeader(): Buffer {
+    const cfg = this.owner.config
+    const bound = this.owner.address?.() ?? { host: cfg.host, port: cfg.port }
+    const wildcard = bound.host === '' || bound.host === '0.0.0.0' || bound.host === '::'
+    const destAddress = wildcard ? (isIP(this.clientAddress) === 6 ? '::' : '0.0.0.0') : bound.host
+    return encodeV2({ sourceAddress: this.clientAddress, sourcePort: this.clientPort, destAddress, destPort: bound.port }, 'dgram')
   }
 
   private onUpstreamError(b: Backend, err: Error): void {
@@ -229,6 +248,8 @@ export class UdpSession implements Expiring {
     const { metrics, log, config, throttle } = this.owner
     const reason = errno === 'ECONNREFUSED' ? 'refused' : errno === 'ENOTFOUND' || errno === 'EAI_AGAIN' ? 'dns' : UNREACHABLE.has(errno ?? '') ? 'unreachable' : 'other'
     metrics.connectErrorsTotal.inc({ pool: this.pool.name, backend: b.id, reason })
+    // Passive health (the pool's `passive:`) counts it like a failed TCP connect.
+    this.pool.onConnectFailure?.(b, errno ?? err.message)
     const suppressed = throttle.take(`udp:${this.pool.name}:${b.id}`)
     if (suppressed !== false) {
       log.warn(
@@ -268,4 +289,14 @@ export class UdpSession implements Expiring {
       this.pool.release(b)
     }
   }
+}
+
+/**
+ * dgram's lookup, answering at once for IP literals: a send to (or connect to) an address
+ * costs no DNS round and no extra tick. Host names still go through dns.lookup.
+ */
+export function literalLookup(hostname: string, options: LookupOneOptions, cb: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void {
+  const family = isIP(hostname)
+  if (family !== 0) cb(null, hostname, family)
+  else lookup(hostname, options, cb)
 }

@@ -194,6 +194,23 @@ pools: { p: { algorithm: first, backends: [127.0.0.1:${dead}, ${live.address}] }
   t.match(line, { backend: live.address, datagrams_in: 3, datagrams_out: 2, attempts: 2, close_reason: 'shutdown' })
 })
 
+t.test('passive ejection: a refusal on UDP counts, and new clients skip the ejected backend', async (t) => {
+  const dead = await deadUdpPort()
+  const live = await udpBackend(t, 'live')
+  const run = await startDaemon(t, `
+${udpListener('p')}
+pools: { p: { algorithm: first, passive: { max_failures: 1, ejection_time: 1h }, backends: [127.0.0.1:${dead}, ${live.address}] } }
+`)
+  const port = run.port('u')
+  const first = await UdpClient.open(t)
+  first.send(port, 'lost')
+  await run.logs.waitFor((l) => l.code === 'SLUICE_ERR_BACKEND_EJECTED')
+  t.ok(run.daemon.pools.get('p')!.backends[0]!.ejected, 'the dead backend is ejected')
+  const fresh = await UdpClient.open(t)
+  t.equal(await fresh.ask(port, 'hello'), 'live:hello', 'a new client goes straight to the live backend')
+  t.equal(await first.ask(port, 'retry'), 'live:retry', 'and the first client\'s retry too')
+})
+
 t.test('every backend dead: the session ends with backend_error and holds nothing', async (t) => {
   const d1 = await deadUdpPort()
   const d2 = await deadUdpPort()
