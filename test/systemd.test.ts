@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { MAIN } from './helpers/spawn.js'
-import { which } from './helpers/tools.js'
+import { skipWithout, which } from './helpers/tools.js'
 
 const root = join(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '..')
 const UNIT = readFileSync(join(root, 'systemd/sluice.service'), 'utf8')
@@ -39,21 +39,15 @@ t.test('the unit has what docs/install.md promises', async (t) => {
 })
 
 t.test('systemd-analyze verify accepts the unit', async (t) => {
-  if (analyze === undefined) {
-    t.skip('needs systemd-analyze (apt-get install systemd)')
-    return
-  }
-  const r = spawnSync(analyze, ['verify', localUnit()], { encoding: 'utf8', timeout: 60_000 })
+  if (skipWithout(t, { 'systemd-analyze': analyze })) return
+  const r = spawnSync(analyze!, ['verify', localUnit()], { encoding: 'utf8', timeout: 60_000 })
   t.equal(r.status, 0, `exit 0; stderr: ${r.stderr}`)
   t.equal(r.stderr.trim(), '', 'no warnings')
 })
 
 t.test(`systemd-analyze security: overall exposure at most ${MAX_EXPOSURE}`, async (t) => {
-  if (analyze === undefined) {
-    t.skip('needs systemd-analyze (apt-get install systemd)')
-    return
-  }
-  const r = spawnSync(analyze, ['security', '--offline=true', '--no-pager', localUnit()], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, SYSTEMD_COLORS: '0' } })
+  if (skipWithout(t, { 'systemd-analyze': analyze })) return
+  const r = spawnSync(analyze!, ['security', '--offline=true', '--no-pager', localUnit()], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, SYSTEMD_COLORS: '0' } })
   const m = /Overall exposure level for sluice\.service: (\d+\.\d+)/.exec(r.stdout)
   t.ok(m, `an overall score in: ${r.stdout.slice(-300)} ${r.stderr}`)
   const score = Number(m?.[1])

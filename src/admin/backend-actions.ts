@@ -8,8 +8,13 @@ import { backendStatus, type BackendStatus } from './admin-status.js'
 export const BACKEND_ACTIONS = ['drain', 'enable', 'disable'] as const
 export type BackendAction = (typeof BACKEND_ACTIONS)[number]
 
-/** drain: finish open connections, take no new ones. disable: out of rotation. enable: back in. */
-const TARGET: Readonly<Record<BackendAction, BackendState>> = { drain: 'draining', enable: 'up', disable: 'disabled' }
+/**
+ * drain: finish open connections, take no new ones. disable: out of rotation. enable: back to
+ * what its health says (`up`, or `down` while its checks fail or it is ejected).
+ */
+function target(b: Backend, action: BackendAction): BackendState {
+  return action === 'drain' ? 'draining' : action === 'disable' ? 'disabled' : b.healthState
+}
 
 export function isBackendAction(s: string): s is BackendAction {
   return (BACKEND_ACTIONS as readonly string[]).includes(s)
@@ -44,7 +49,7 @@ export function backendAction(daemon: Daemon, poolName: string, address: string,
     return { status: 404, code: 'SLUICE_ERR_ADMIN_NOT_FOUND', error: `pool "${poolName}" has no backend ${address}; its backends: ${known}` }
   }
   const previous = b.state
-  pool.setState(b, TARGET[action])
+  pool.setState(b, target(b, action))
   if (previous !== b.state) {
     daemon.log.info({ pool: poolName, backend: b.id, from: previous, to: b.state, active_connections: b.active }, `backend ${action}: ${b.id} is now ${b.state}`)
   }

@@ -69,3 +69,16 @@ t.test('drain state survives a reload that keeps the backend', async (t) => {
   t.equal((await s.fetch('/api/reload', { method: 'POST' })).status, 200)
   t.same(s.daemon.pools.get('p')?.backends.map((x) => x.state), ['draining', 'up', 'up'])
 })
+
+t.test('enable returns a backend to what its health says: down while its check fails', async (t) => {
+  const a = await namedBackend(t, 'a')
+  const { deadPort } = await import('../helpers/net.js')
+  const dead = `127.0.0.1:${await deadPort()}`
+  const s = await startWithAdmin(t, adminYaml([a.address, dead]).replace('algorithm: round-robin,', 'algorithm: round-robin, health_check: { type: tcp, interval: 1s, timeout: 500ms, rise: 1, fall: 1 },'))
+  t.equal(s.daemon.pools.get('p')?.find(dead)?.state, 'down', 'the first check failed')
+  await s.fetch(`/api/pools/p/backends/${encodeURIComponent(dead)}/disable`, { method: 'POST' })
+  const en = (await (await s.fetch(`/api/pools/p/backends/${encodeURIComponent(dead)}/enable`, { method: 'POST' })).json()) as Done
+  t.same([en.previous_state, en.backend.state], ['disabled', 'down'])
+  const up = (await (await s.fetch(`/api/pools/p/backends/${encodeURIComponent(a.address)}/enable`, { method: 'POST' })).json()) as Done
+  t.same([up.previous_state, up.backend.state], ['up', 'up'])
+})

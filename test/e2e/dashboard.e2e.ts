@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { parseConfig } from '../../src/config/load.js'
 import { dial, namedBackend, readUntil } from '../helpers/net.js'
 import { startSluice, tempFile } from '../helpers/spawn.js'
+import { skipWithout } from '../helpers/tools.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const TOKEN = 'dashboard-e2e-token'
@@ -21,10 +22,7 @@ function healthChecksAvailable(): boolean {
 }
 
 t.test('the dashboard in a real browser: loads, shows a backend going down, drains one', async (t) => {
-  if (!existsSync(CHROMIUM)) {
-    t.skip(`needs ${CHROMIUM} (apt-get install chromium; .ci/run installs it)`)
-    return
-  }
+  if (skipWithout(t, { chromium: existsSync(CHROMIUM) ? CHROMIUM : undefined })) return
   const { chromium } = await import('playwright-core')
   const a = await namedBackend(t, 'a')
   const b = await namedBackend(t, 'b')
@@ -84,7 +82,7 @@ ${health ? '    health_check: { type: tcp, interval: 100ms, timeout: 100ms, rise
   t.equal(await page.locator('tr[data-listener="web"] td').nth(2).textContent(), `127.0.0.1:${port}`, 'the listener and its bound address')
   t.equal(await page.locator('#sum-up').textContent(), '2 / 2')
   t.equal(await page.locator('#sum-active').textContent(), '2', 'two active connections')
-  t.equal(await page.evaluate(() => sessionStorage.getItem('sluice-admin-token')), TOKEN, 'the token is kept in sessionStorage')
+  t.equal(await page.evaluate("sessionStorage.getItem('sluice-admin-token')"), TOKEN, 'the token is kept in sessionStorage')
 
   // Traffic while the page watches: the throughput figure and chart move.
   let pumping = true
@@ -95,7 +93,7 @@ ${health ? '    health_check: { type: tcp, interval: 100ms, timeout: 100ms, rise
       await readUntil(s, 64 * 1024)
     }
   })()
-  await page.waitForFunction(() => !/^0 B\/s$/.test(document.getElementById('sum-bytes')?.textContent ?? ''), null, { timeout: 15_000 })
+  await page.locator('#sum-bytes').filter({ hasNotText: /^0 B\/s$/ }).waitFor({ timeout: 15_000 })
   pumping = false
   await pump
   t.match(await page.locator('#sum-bytes').textContent(), /^[\d.]+ (B|KiB|MiB|GiB)\/s$/, 'throughput shown')
