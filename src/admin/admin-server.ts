@@ -77,11 +77,19 @@ export class AdminServer {
     this.tokenDigest = digest(cfg.token)
   }
 
-  /** Stops accepting; requests in flight finish, idle keep-alive connections close now. */
-  close(): Promise<void> {
+  /**
+   * Stops accepting; requests in flight get their answer (then their connection closes), idle
+   * keep-alive connections close now, and whatever is still open after `graceMs` is cut.
+   */
+  close(graceMs = 2000): Promise<void> {
     this.closing = true
     return new Promise((resolve) => {
-      this.server.close(() => resolve())
+      const timer = setTimeout(() => this.server.closeAllConnections(), graceMs)
+      timer.unref()
+      this.server.close(() => {
+        clearTimeout(timer)
+        resolve()
+      })
       this.server.closeIdleConnections()
     })
   }

@@ -117,3 +117,20 @@ t.test('an admin port in use fails the start with SLUICE_ERR_ADMIN_LISTEN', asyn
   const port = first.daemon.adminAddress()?.port ?? 0
   await t.rejects(startWithAdmin(t, adminYaml([a.address], `{ listen: "127.0.0.1:${port}" }`)), { code: 'SLUICE_ERR_ADMIN_LISTEN', message: /the admin API cannot listen on 127\.0\.0\.1:\d+: address already in use/ })
 })
+
+t.test('stop: not ready any more, the admin API closes first, a stuck admin client does not hold the stop', async (t) => {
+  const a = await namedBackend(t, 'a')
+  const s = await startWithAdmin(t, adminYaml([a.address], '{ listen: "127.0.0.1:0" }', 'shutdown_timeout: 5s'))
+  const { dial } = await import('../helpers/net.js')
+  // A client that sends half a request and waits.
+  const stuck = await dial(s.daemon.adminAddress()?.port ?? 0)
+  t.teardown(() => stuck.destroy())
+  stuck.write('GET /api/status HTTP/1.1\r\nHost: x\r\n')
+  t.equal(s.daemon.ready, true)
+  const started = Date.now()
+  const stopping = s.daemon.stop()
+  t.equal(s.daemon.ready, false, 'not ready once stopping')
+  await stopping
+  t.ok(Date.now() - started < 4000, `stopped in ${Date.now() - started}ms, not held by the admin client`)
+  await t.rejects(fetch(`${s.url}/healthz`), 'the admin API is closed')
+})
