@@ -1,10 +1,11 @@
 import { Registry } from 'prom-client'
-import type { AdminConfig, AnyListenerConfig, Config } from './config/types.js'
+import type { AdminConfig, AnyListenerConfig, Config, DemoBackendConfig } from './config/types.js'
 import type { Logger } from './log.js'
 import { Metrics } from './metrics/metrics.js'
 import { Pool } from './upstream/pool.js'
 import { createListener, type Listener } from './listener/listener.js'
-import { DemoBackend } from './demo/demo-backend.js'
+import { TcpListener } from './listener/tcp-listener.js'
+import { createDemoBackend, type DemoServer } from './demo/demo-backend.js'
 import { formatDuration } from './config/duration.js'
 import { PoolHealth } from './health/pool-health.js'
 import { AdminServer } from './admin/admin-server.js'
@@ -25,7 +26,7 @@ export class Daemon {
   readonly registry: Registry
   readonly pools = new Map<string, Pool>()
   readonly listeners = new Map<string, Listener>()
-  private readonly demo = new Map<string, DemoBackend>()
+  private readonly demo = new Map<string, DemoServer>()
   /** Active checks and passive ejection per pool (docs/health-checks.md). */
   private readonly health = new Map<string, PoolHealth>()
   /** Listeners taken out by a reload, still finishing their connections. */
@@ -52,7 +53,7 @@ export class Daemon {
   static async start(config: Config, opts: DaemonOptions): Promise<Daemon> {
     const d = new Daemon(config, opts.log, opts.registry ?? new Registry())
     try {
-      for (const dc of config.demoBackends) await d.startDemo(dc.listen, new DemoBackend(dc))
+      for (const dc of config.demoBackends) await d.startDemo(demoKey(dc), createDemoBackend(dc))
       for (const pc of config.pools.values()) d.pools.set(pc.name, new Pool(pc, d.metrics))
       // Every checked backend gets its first probe (bounded by its timeout) before any listener accepts.
       await d.syncHealth()
@@ -101,15 +102,15 @@ export class Daemon {
    */
   async reload(next: Config): Promise<void> {
     const started: Listener[] = []
-    const startedDemo: [string, DemoBackend][] = []
+    const startedDemo: [string, DemoServer][] = []
     const newPools = new Map<string, Pool>()
     let newAdmin: AdminServer | undefined
     try {
       for (const dc of next.demoBackends) {
-        if (!this.demo.has(dc.listen)) {
-          const db = new DemoBackend(dc)
+        if (!this.demo.has(demoKey(dc))) {
+          const db = createDemoBackend(dc)
           await db.listen()
-          startedDemo.push([dc.listen, db])
+          startedDemo.push([demoKey(dc), db])
         }
       }
       for (const pc of next.pools.values()) {
@@ -119,6 +120,8 @@ export class Daemon {
         const old = this.listeners.get(lc.name)
         if (old !== undefined && sameAddress(old.config, lc)) continue
         const l = createListener(lc, this.pools.get(lc.pool) ?? (newPools.get(lc.pool) as Pool), this.log, this.metrics, next.log.accessLog)
+        // Until the switch-over below, a route may name a pool that only this reload creates.
+        if (l instanceof TcpListener) l.poolLookup = (name) => this.pools.get(name) ?? newPools.get(name)
         await l.listen()
         started.push(l)
       }
@@ -136,7 +139,7 @@ export class Daemon {
     // Everything that can fail has succeeded: switch over.
     this.log.level = next.log.level
     for (const [listen, db] of startedDemo) this.demo.set(listen, db)
-    const wantedDemo = new Set(next.demoBackends.map((d) => d.listen))
+    const wantedDemo = new Set(next.demoBackends.map(demoKey))
     for (const [listen, db] of this.demo) {
       if (!wantedDemo.has(listen)) {
         db.close()
@@ -240,7 +243,10 @@ export class Daemon {
   private makeListener(lc: AnyListenerConfig): Listener {
     const pool = this.pools.get(lc.pool)
     if (pool === undefined) throw new TypeError(`listener ${lc.name}: pool ${lc.pool} passed validation but does not exist`)
-    return createListener(lc, pool, this.log, this.metrics, this.cfg.log.accessLog)
+    const l = createListener(lc, pool, this.log, this.metrics, this.cfg.log.accessLog)
+    // Routes find their pools in the daemon's live map (reloads update it in place).
+    if (l instanceof TcpListener) l.poolLookup = (name) => this.pools.get(name)
+    return l
   }
 
   /** Starts, updates or stops each pool's health checking to match the pools; resolves after new backends' first probes. */
@@ -265,7 +271,7 @@ export class Daemon {
     return Promise.all(firsts).then(() => undefined)
   }
 
-  private async startDemo(listen: string, db: DemoBackend): Promise<void> {
+  private async startDemo(listen: string, db: DemoServer): Promise<void> {
     await db.listen()
     this.demo.set(listen, db)
   }
@@ -291,7 +297,7 @@ export class Daemon {
       algorithm: p.config.algorithm,
       backends: p.backends.map((b) => b.id),
     }))
-    const demo = [...this.demo.values()].map((d) => d.config.listen)
+    const demo = [...this.demo.values()].map((d) => `${d.config.protocol} ${d.config.listen}`)
     const admin = this.admin?.address().text
     this.log.info({ file: this.cfg.file, listeners, pools, demo_backends: demo.length > 0 ? demo : undefined, admin }, msg)
   }
@@ -303,4 +309,8 @@ function sameAdminAddress(a: AdminConfig, b: AdminConfig): boolean {
 
 function sameAddress(a: AnyListenerConfig, b: AnyListenerConfig): boolean {
   return a.host === b.host && a.port === b.port && a.protocol === b.protocol
+}
+
+function demoKey(d: DemoBackendConfig): string {
+  return `${d.protocol}:${d.listen}`
 }

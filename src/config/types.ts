@@ -51,7 +51,62 @@ export interface ListenerConfig {
     idleMs: number
     handshakeMs: number
   }
+  /** TLS termination (docs/tls.md); absent: the listener relays the bytes as they come. */
+  tls?: ListenerTlsConfig
+  /** Read the ClientHello's server name for routing without decrypting (docs/tls.md). */
+  sniPassthrough?: boolean
+  /** With sniPassthrough: a client silent this long is a server-first protocol; use the default pool. */
+  sniPeekTimeoutMs?: number
+  /** Ordered rules choosing a pool by SNI and source address; `pool` when none matches. */
+  routes?: RouteConfig[]
+  /** Expect a PROXY protocol v1/v2 header first (docs/proxy-protocol.md). */
+  proxyProtocolAccept?: boolean
+  /** With proxyProtocolAccept: the sources allowed to send it (CIDRs); undefined = any. */
+  proxyProtocolTrusted?: string[]
 }
+
+/** One `routes` item: every condition given must match; the first matching route wins. */
+export interface RouteConfig {
+  /** Lower-case exact name, or `*.suffix` (one or more labels before the suffix). */
+  sni?: string
+  /** A CIDR (`10.0.0.0/8`, `2001:db8::/32`) the client address must be in. */
+  source?: string
+  pool: string
+}
+
+/** A certificate and its key, as files and as the bytes read from them at load time. */
+export interface TlsKeyPair {
+  certFile: string
+  keyFile: string
+  cert: Buffer
+  key: Buffer
+}
+
+/** `tls:` of a listener: TLS termination. */
+export interface ListenerTlsConfig {
+  /** The default certificate (no SNI, or no certificate matched the name). */
+  defaultPair: TlsKeyPair
+  /** Extra certificates chosen by SNI: exact names first, then wildcards. */
+  certificates: { names: string[]; pair: TlsKeyPair }[]
+  minVersion: 'TLSv1.2' | 'TLSv1.3'
+  ciphers?: string
+  alpn?: string[]
+  /** mTLS: request a client certificate and verify it against this CA bundle. */
+  clientCa?: { file: string; pem: Buffer }
+  /** How often certificate files are checked for changes; 0 = never (SIGHUP still reloads). */
+  watchIntervalMs: number
+}
+
+/** `tls:` of a pool: TLS towards its backends. */
+export interface PoolTlsConfig {
+  verify: boolean
+  /** Trusted CAs instead of the system store. */
+  ca?: { file: string; pem: Buffer }
+  /** SNI and the name verified; default: the backend's host when it is a name. */
+  servername?: string
+}
+
+export type ProxyProtocolVersion = 'off' | 'v1' | 'v2'
 
 export type TcpListenerConfig = ListenerConfig
 
@@ -86,6 +141,10 @@ export interface PoolConfig {
   retries: number
   /** Slow start: a backend joining the rotation ramps to its full weight over this long. 0 = off. */
   slowStartMs: number
+  /** PROXY protocol header sent first on each backend connection (UDP: on each datagram, v2). */
+  proxyProtocol?: ProxyProtocolVersion
+  /** TLS towards the backends; absent = plain TCP. */
+  tls?: PoolTlsConfig
   /** Active health checks (docs/health-checks.md); absent = none. */
   healthCheck?: HealthCheckConfig
   /** Passive ejection after consecutive connect failures; absent = none. */
@@ -133,6 +192,8 @@ export interface DemoBackendConfig {
   host: string
   port: number
   listen: string
+  /** tcp: greets then echoes; udp: answers DNS queries with a TXT record naming itself. */
+  protocol: 'tcp' | 'udp'
 }
 
 export const DEFAULTS = {
@@ -152,4 +213,6 @@ export const DEFAULTS = {
   udpMaxSessionTimeoutMs: 86_400_000,
   udpResponses: 0,
   udpMaxSessions: 100_000,
+  sniPeekTimeoutMs: 1_000,
+  tlsWatchIntervalMs: 5_000,
 } as const

@@ -14,6 +14,8 @@ import {
 } from './types.js'
 import { algorithmOptionKeys, balancerNames, findBalancer } from '../balancer/registry.js'
 import { readUdpSettings, refuseUdpSettingsOnTcp } from './udp-settings.js'
+import { OPENING_KEYS, readOpening, readProxyProtocol } from '../proxy/proxy-settings.js'
+import { readPoolTls } from './tls-settings.js'
 import { readHealthCheck, readPassive } from '../health/health-config.js'
 import { readAdmin } from '../admin/admin-config.js'
 
@@ -28,13 +30,13 @@ const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'erro
  */
 const NOT_YET: Readonly<Record<string, readonly string[]>> = {
   top: [],
-  listener: ['routes', 'tls', 'sni_passthrough', 'proxy_protocol_accept', 'access', 'limits'],
-  pool: ['discovery', 'proxy_protocol', 'tls'],
+  listener: ['access', 'limits'],
+  pool: ['discovery'],
 }
 
 const TOP_KEYS = ['workers', 'shutdown_timeout', 'log', 'admin', 'listeners', 'pools', 'demo_backends']
-const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp']
-const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start', 'health_check', 'passive']
+const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp', ...OPENING_KEYS]
+const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start', 'health_check', 'passive', 'proxy_protocol', 'tls']
 const BACKEND_KEYS = ['address', 'weight', 'backup', 'max_connections']
 
 /** Checks a whole parsed document, reporting every problem to `reader`. */
@@ -132,8 +134,11 @@ function readPools(reader: ConfigReader, at: Located, out: Map<string, PoolConfi
     const healthCheck = pool.has('health_check') ? readHealthCheck(reader, pool.get('health_check'), context) : undefined
     const passive = pool.has('passive') ? readPassive(reader, pool.get('passive'), context) : undefined
     if ((pool.has('health_check') && healthCheck === undefined) || (pool.has('passive') && passive === undefined)) continue
+    const proxyProtocol = readProxyProtocol(reader, pool, context)
+    const tls = pool.has('tls') ? readPoolTls(reader, pool.get('tls'), context) : undefined
+    if (proxyProtocol === undefined || tls === false) continue
     if (algorithm === undefined || connectTimeoutMs === undefined || retries === undefined || backends === undefined || slowStartMs === undefined) continue
-    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries, slowStartMs, healthCheck, passive })
+    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries, slowStartMs, healthCheck, passive, proxyProtocol, ...(tls !== undefined ? { tls } : {}) })
   }
 }
 
@@ -184,13 +189,14 @@ function readDemoBackends(reader: ConfigReader, at: Located): DemoBackendConfig[
   const items = reader.seq(at, 'demo_backends') ?? []
   const out: DemoBackendConfig[] = []
   for (const item of items) {
-    const m = reader.map(item, ['name', 'listen'], 'a demo backend')
+    const m = reader.map(item, ['name', 'listen', 'protocol'], 'a demo backend')
     if (m === undefined || !m.require('listen', 'a demo backend')) continue
     const hp = reader.address(m.get('listen'), 'demo backend listen', true)
     const name = m.has('name') ? reader.string(m.get('name'), 'demo backend name', { nonEmpty: true }) : undefined
-    if (hp === undefined) continue
+    const protocol = m.has('protocol') ? reader.oneOf(m.get('protocol'), 'demo backend protocol', ['tcp', 'udp'] as const) : 'tcp'
+    if (hp === undefined || protocol === undefined) continue
     const listen = formatAddress(hp.host, hp.port)
-    out.push({ name: name ?? listen, host: hp.host === '' ? '127.0.0.1' : hp.host, port: hp.port, listen })
+    out.push({ name: name ?? listen, host: hp.host === '' ? '127.0.0.1' : hp.host, port: hp.port, listen, protocol })
   }
   return out
 }
@@ -208,7 +214,7 @@ function readListeners(
   if (items.length === 0) reader.report(at, 'listeners is empty; sluice needs at least one listener')
   const names = new Set<string>()
   // TCP and UDP have separate port spaces: a udp and a tcp listener may share a port.
-  const bound: { hp: HostPort; what: string; proto: 'tcp' | 'udp' }[] = demo.map((d) => ({ hp: d, what: `demo backend "${d.name}"`, proto: 'tcp' }))
+  const bound: { hp: HostPort; what: string; proto: 'tcp' | 'udp' }[] = demo.map((d) => ({ hp: d, what: `demo backend "${d.name}"`, proto: d.protocol }))
   for (const item of items) {
     const m = readMap(reader, item, LISTENER_KEYS, 'listener', 'a listener')
     if (m === undefined) continue
@@ -241,6 +247,7 @@ function readListeners(
       }
     }
     if (protocol === 'udp') {
+      refuseOpeningOnUdp(reader, m, context, pool === undefined ? undefined : pools.get(pool))
       const udp = readUdpSettings(reader, m, context, LISTENER_KEYS)
       if (name === undefined || hp === undefined || pool === undefined || udp === undefined) continue
       out.push({ name, protocol, host: hp.host, port: hp.port, listen: formatAddress(hp.host, hp.port), pool, udp })
@@ -251,7 +258,8 @@ function readListeners(
       ? reader.int(m.get('max_connections'), `${context} max_connections`, 1, 10_000_000)
       : DEFAULTS.maxConnections
     const timeouts = readTimeouts(reader, m, context)
-    if (name === undefined || protocol !== 'tcp' || hp === undefined || pool === undefined || maxConnections === undefined || timeouts === undefined) continue
+    const opening = readOpening(reader, m, context, declaredPools)
+    if (name === undefined || protocol !== 'tcp' || hp === undefined || pool === undefined || maxConnections === undefined || timeouts === undefined || opening === undefined) continue
     out.push({
       name,
       protocol,
@@ -261,7 +269,21 @@ function readListeners(
       pool,
       maxConnections,
       timeouts,
+      ...opening,
     })
+  }
+}
+
+/** Opening keys that only mean something on TCP, and pool settings a UDP listener cannot honour. */
+function refuseOpeningOnUdp(reader: ConfigReader, m: MapView, context: string, pool: PoolConfig | undefined): void {
+  for (const key of ['routes', 'sni_peek_timeout', 'proxy_protocol_trusted']) {
+    if (m.has(key)) reader.report(m.keyAt(key), `"${key}" does not apply to ${context}, which is protocol udp; remove it`)
+  }
+  if (pool?.proxyProtocol === 'v1') {
+    reader.report(m.get('pool'), `${context} is udp, but its pool "${pool.name}" sends proxy_protocol v1, which exists only for TCP; use v2 (it has a DGRAM form)`)
+  }
+  if (pool?.tls !== undefined) {
+    reader.report(m.get('pool'), `${context} is udp, but its pool "${pool.name}" has tls; sluice does not speak DTLS to backends`)
   }
 }
 

@@ -1,13 +1,25 @@
 import { createServer, type Server, type Socket } from 'node:net'
 import type { DemoBackendConfig } from '../config/types.js'
 import { bindError } from '../listener/bind-error.js'
+import { DemoDns } from './demo-dns.js'
+
+/** A demo server of either kind, as the daemon starts and stops it. */
+export interface DemoServer {
+  readonly config: DemoBackendConfig
+  listen(): Promise<number>
+  close(): void
+}
+
+export function createDemoBackend(config: DemoBackendConfig): DemoServer {
+  return config.protocol === 'udp' ? new DemoDns(config) : new DemoBackend(config)
+}
 
 /**
  * A tiny TCP server for trying sluice on a bare machine: it greets each connection with its
  * name, then echoes what it receives. `nc 127.0.0.1 4000` through the default configuration
  * shows the greeting change from one connection to the next as sluice balances them.
  */
-export class DemoBackend {
+export class DemoBackend implements DemoServer {
   private readonly server: Server
   private readonly sockets = new Set<Socket>()
 

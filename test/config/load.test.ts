@@ -13,6 +13,7 @@ t.test('defaults are filled in', async (t) => {
   t.equal(c.shutdownTimeoutMs, 30_000)
   t.same(c.log, { level: 'info', accessLog: true })
   const l = c.listeners[0]!
+  if (l.protocol !== 'tcp') throw new Error('expected a tcp listener')
   t.equal(l.protocol, 'tcp')
   t.equal(l.maxConnections, 10_000)
   t.equal(l.timeouts.idleMs, 0, 'no idle timeout by default')
@@ -54,8 +55,10 @@ listeners: [{ name: l, listen: 127.0.0.1:7000, pool: p, timeouts: { idle: off, h
 pools: { p: { connect_timeout: 2s, backends: [10.0.0.1:80] } }
 `, 'x.yaml', {})
   t.equal(c.shutdownTimeoutMs, 90_000)
-  t.equal(c.listeners[0]!.timeouts.idleMs, 0)
-  t.equal(c.listeners[0]!.timeouts.handshakeMs, 250)
+  const l = c.listeners[0]!
+  if (l.protocol !== 'tcp') throw new Error('expected a tcp listener')
+  t.equal(l.timeouts.idleMs, 0)
+  t.equal(l.timeouts.handshakeMs, 250)
   t.equal(c.pools.get('p')!.connectTimeoutMs, 2000)
   t.throws(() => parseConfig(minimal().replace('backends', 'connect_timeout: off, backends'), 'x.yaml', {}), ConfigError, 'connect_timeout cannot be off')
 })

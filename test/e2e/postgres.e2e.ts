@@ -17,11 +17,11 @@ t.test('psql against PostgreSQL through sluice', async (t) => {
   try {
     uid = Number(run('id', ['-u', 'postgres']).trim())
   } catch {
-    t.skip('needs the postgres system user (Debian package postgresql creates it)')
+    t.skip('needs the postgres system user (Debian package postgresql creates it)', () => {})
     return
   }
   if (process.getuid?.() !== 0) {
-    t.skip('needs root to run PostgreSQL as the postgres user')
+    t.skip('needs root to run PostgreSQL as the postgres user', () => {})
     return
   }
   const dir = mkdtempSync(join(tmpdir(), 'sluice-pg-'))
