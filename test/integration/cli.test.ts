@@ -15,7 +15,7 @@ pools:
 t.test('check: a good file prints a one-line summary and exits 0', async (t) => {
   const r = await runCli(['check', '--config', 'config/sluice.yaml'])
   t.equal(r.code, 0)
-  t.match(r.stdout, /^config\/sluice\.yaml: OK \(1 listener, 1 pool, 3 backends\)\n$/)
+  t.match(r.stdout, /^config\/sluice\.yaml: OK \(2 listeners, 2 pools, 5 backends\)\n$/)
 })
 
 t.test('check: a bad file prints every problem as FILE:LINE:COL and exits 1', async (t) => {
