@@ -46,6 +46,7 @@ t.test('the default configuration\'s shape: TCP greetings and DNS answers rotate
   const yaml = readFileSync('config/sluice.yaml', 'utf8')
     .replace('127.0.0.1:4000', '127.0.0.1:0')
     .replace('127.0.0.1:4053', '127.0.0.1:0')
+    .replace('127.0.0.1:9090', '127.0.0.1:0')
     .replaceAll('127.0.0.1:4101', `127.0.0.1:${b1}`)
     .replaceAll('127.0.0.1:4102', `127.0.0.1:${b2}`)
     .replace(/.*4103.*\n/g, '')
