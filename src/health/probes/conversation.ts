@@ -21,7 +21,8 @@ export class Conversation {
   private ended = false
   private wake: (() => void) | undefined
 
-  constructor(readonly socket: Socket) {
+  constructor(readonly socket: Socket, connectOnly = false) {
+    if (connectOnly) return
     socket.on('data', (chunk: Buffer) => {
       this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk])
       this.wake?.()
@@ -81,14 +82,16 @@ export function parseLine(buf: Buffer): { value: string; used: number } | undefi
  * socket. The whole probe (connect, handshake, exchange) is bounded by `target.timeoutMs`.
  * `talk` returns the success detail or throws a ProbeFailure.
  */
-export function converse(target: ProbeTarget, talk: (c: Conversation) => Promise<string>, tls?: ConnectionOptions): Promise<ProbeResult> {
+export function converse(target: ProbeTarget, talk: ((c: Conversation) => Promise<string>) | 'connect-only', tls?: ConnectionOptions): Promise<ProbeResult> {
   return new Promise((resolve) => {
     let done = false
     let connected = false
+    // No TCP_NODELAY: probes write one request and wait for its answer, so Nagle never holds
+    // a write back, and the setsockopt would cost a syscall per probe.
     const socket: Socket = tls === undefined
-      ? netConnect({ host: target.host, port: target.port, noDelay: true })
+      ? netConnect({ host: target.host, port: target.port })
       : tlsConnect({ ...tls, host: target.host, port: target.port })
-    const conv = new Conversation(socket)
+    const conv = new Conversation(socket, talk === 'connect-only')
     const finish = (r: ProbeResult): void => {
       if (done) return
       done = true
@@ -105,6 +108,10 @@ export function converse(target: ProbeTarget, talk: (c: Conversation) => Promise
       if (tls !== undefined) conv.waitingFor = 'the TLS handshake'
     })
     socket.once(tls === undefined ? 'connect' : 'secureConnect', () => {
+      if (talk === 'connect-only') {
+        finish({ ok: true, detail: 'connected' })
+        return
+      }
       conv.waitingFor = 'the first reply'
       talk(conv).then(
         (detail) => finish({ ok: true, detail }),

@@ -7,6 +7,6 @@ export const tcpProbe: ProbeFactory<null> = {
   optionKeys: [],
   parseOptions: () => null,
   create: () => ({
-    check: (target) => converse(target, async () => 'connected'),
+    check: (target) => converse(target, 'connect-only'),
   }),
 }
