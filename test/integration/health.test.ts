@@ -231,3 +231,26 @@ ${check}`
   await run.daemon.reload(parseConfig(yaml(`${a.address}, 127.0.0.1:${dead}`, ''), 'test.yaml', {}))
   t.equal(pool.find(`127.0.0.1:${dead}`)?.state, 'up', 'without checks every backend is up')
 })
+
+t.test('a UDP pool with a dns check: a backend answering SERVFAIL gets no clients', async (t) => {
+  const { udpDns } = await import('../health/probe-helpers.js')
+  const { UdpClient } = await import('../helpers/udp.js')
+  const good = await udpDns(t, 0)
+  const sick = await udpDns(t, 2)
+  const run = await startDaemon(t, `
+listeners: [{ name: u, protocol: udp, listen: 127.0.0.1:0, pool: d }]
+pools:
+  d:
+    backends: [127.0.0.1:${good}, 127.0.0.1:${sick}]
+    health_check: { type: dns, query: example.com, interval: 1s, timeout: 300ms }
+`)
+  const down = run.logs.lines.find((l) => l.code === 'SLUICE_ERR_HEALTH_CHECK')
+  t.equal(down?.msg, `backend 127.0.0.1:${sick} is down: first check failed: answered SERVFAIL, expected NOERROR`)
+  const query = Buffer.from('abcd01000001000000000000076578616d706c6503636f6d0000010001', 'hex')
+  for (let i = 0; i < 4; i++) {
+    const c = await UdpClient.open(t)
+    c.send(run.port('u'), query)
+    const answer = (await c.next()).msg
+    t.equal(answer.readUInt16BE(2) & 0x0f, 0, `client ${i} answered NOERROR by the healthy backend`)
+  }
+})
