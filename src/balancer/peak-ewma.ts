@@ -1,6 +1,6 @@
 import type { Backend } from '../upstream/backend.js'
-import type { Balancer, BalancerFactory, Exclusion, PickContext } from './types.js'
-import { WeightedSet } from './weighted-set.js'
+import type { BalancerFactory, Exclusion, PickContext } from './types.js'
+import { WeightedSetBalancer } from './weighted-set-balancer.js'
 import { Rng, type RandomSource } from './rng.js'
 
 export interface PeakEwmaOptions {
@@ -31,16 +31,14 @@ interface Latency {
  * so an idle backend is tried again. Backends never measured cost 0 while idle (they are
  * tried first) and are avoided while they have connections in flight and no answer yet.
  */
-export class PeakEwma implements Balancer {
-  private readonly set = new WeightedSet<Latency>(() => ({ ewma: -1, stamp: 0 }))
-
+export class PeakEwma extends WeightedSetBalancer<Latency> {
   constructor(
     members: readonly Backend[],
     private readonly options: PeakEwmaOptions,
     private readonly random: RandomSource = new Rng(),
     private readonly now: () => number = () => performance.now(),
   ) {
-    for (const b of members) this.onBackendUp(b)
+    super(members, () => ({ ewma: -1, stamp: 0 }))
   }
 
   pick(_ctx: PickContext, avoid?: Exclusion): Backend | undefined {
@@ -107,17 +105,6 @@ export class PeakEwma implements Balancer {
     return best < 0 ? undefined : items[best]
   }
 
-  onBackendUp(b: Backend): void {
-    this.set.add(b)
-  }
-
-  onBackendDown(b: Backend): void {
-    this.set.remove(b)
-  }
-
-  onWeightChange(b: Backend): void {
-    this.set.reweigh(b)
-  }
 }
 
 export const peakEwmaFactory: BalancerFactory<PeakEwmaOptions> = {

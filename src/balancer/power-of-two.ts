@@ -1,6 +1,6 @@
 import type { Backend } from '../upstream/backend.js'
-import type { Balancer, BalancerFactory, Exclusion, PickContext } from './types.js'
-import { WeightedSet } from './weighted-set.js'
+import type { BalancerFactory, Exclusion, PickContext } from './types.js'
+import { WeightedSetBalancer } from './weighted-set-balancer.js'
 import { Rng, type RandomSource } from './rng.js'
 
 /**
@@ -9,11 +9,9 @@ import { Rng, type RandomSource } from './rng.js'
  * least-connections, O(1) per pick, and it does not herd: several processes that each see
  * only their own counts do not all pile onto the same "least loaded" backend at once.
  */
-export class PowerOfTwo implements Balancer {
-  private readonly set = new WeightedSet<undefined>(() => undefined)
-
+export class PowerOfTwo extends WeightedSetBalancer {
   constructor(members: readonly Backend[], private readonly random: RandomSource = new Rng()) {
-    for (const b of members) this.onBackendUp(b)
+    super(members, () => undefined)
   }
 
   pick(_ctx: PickContext, avoid?: Exclusion): Backend | undefined {
@@ -43,17 +41,6 @@ export class PowerOfTwo implements Balancer {
     return best
   }
 
-  onBackendUp(b: Backend): void {
-    this.set.add(b)
-  }
-
-  onBackendDown(b: Backend): void {
-    this.set.remove(b)
-  }
-
-  onWeightChange(b: Backend): void {
-    this.set.reweigh(b)
-  }
 }
 
 /** Whether `x` holds fewer active connections per unit of weight than `y`. */

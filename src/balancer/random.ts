@@ -1,6 +1,6 @@
 import type { Backend } from '../upstream/backend.js'
-import type { Balancer, BalancerFactory, Exclusion, PickContext } from './types.js'
-import { WeightedSet } from './weighted-set.js'
+import type { BalancerFactory, Exclusion, PickContext } from './types.js'
+import { WeightedSetBalancer } from './weighted-set-balancer.js'
 import { Rng, type RandomSource } from './rng.js'
 
 /** Draws to try before scanning for a backend outside the exclusion set. */
@@ -13,11 +13,9 @@ export const REDRAWS = 3
  * need to know what the others did. Excluded backends are redrawn, then skipped by a scan
  * that keeps the draw weighted among the rest.
  */
-export class RandomBalancer implements Balancer {
-  private readonly set = new WeightedSet<undefined>(() => undefined)
-
+export class RandomBalancer extends WeightedSetBalancer {
   constructor(members: readonly Backend[], private readonly random: RandomSource = new Rng()) {
-    for (const b of members) this.onBackendUp(b)
+    super(members, () => undefined)
   }
 
   pick(_ctx: PickContext, avoid?: Exclusion): Backend | undefined {
@@ -31,17 +29,6 @@ export class RandomBalancer implements Balancer {
     return i < 0 ? undefined : set.items[i]
   }
 
-  onBackendUp(b: Backend): void {
-    this.set.add(b)
-  }
-
-  onBackendDown(b: Backend): void {
-    this.set.remove(b)
-  }
-
-  onWeightChange(b: Backend): void {
-    this.set.reweigh(b)
-  }
 }
 
 export const randomFactory: BalancerFactory<null> = {
