@@ -24,6 +24,13 @@ export const ERROR_CODES = {
   SLUICE_ERR_ADMIN_REQUEST: 'An admin API call was malformed (wrong method, bad address) or the API refused it (HTTP 4xx/5xx).',
   SLUICE_ERR_ADMIN_UNREACHABLE: 'A command could not reach the admin API (nothing listening at --admin, timeout, not sluice).',
   SLUICE_ERR_RELOAD: 'A reload was refused or could not be applied; the running configuration stays.',
+  SLUICE_ERR_PROXY_PROTOCOL: 'A connection on a proxy_protocol_accept listener did not start with a valid PROXY protocol v1/v2 header; it was closed.',
+  SLUICE_ERR_PROXY_UNTRUSTED: 'A connection on a proxy_protocol_accept listener came from a source outside proxy_protocol_trusted; it was closed.',
+  SLUICE_ERR_CLIENT_HELLO: 'A connection on an sni_passthrough listener sent first bytes that are not a well-formed TLS ClientHello; it was closed.',
+  SLUICE_ERR_TLS_HANDSHAKE: 'The TLS handshake with a client failed (protocol or cipher mismatch, bad or missing client certificate); it was closed.',
+  SLUICE_ERR_HANDSHAKE_TIMEOUT: 'A connection did not finish its opening (PROXY header, ClientHello, TLS handshake) within timeouts.handshake; it was closed.',
+  SLUICE_ERR_TLS_CERT: 'A changed certificate or key file could not be loaded; the certificates already loaded keep serving.',
+  SLUICE_ERR_BACKEND_TLS: 'The TLS handshake with a backend failed (certificate not trusted, wrong name, protocol error); the next backend is tried.',
 } as const
 
 export type ErrorCode = keyof typeof ERROR_CODES

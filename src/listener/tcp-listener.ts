@@ -10,6 +10,8 @@ import { formatAddress } from '../config/address.js'
 import { KEEPALIVE_INITIAL_DELAY_MS, TcpSession, type SessionOwner } from '../proxy/tcp-session.js'
 import { admit } from './admission.js'
 import type { Listener } from './listener.js'
+import { OpeningStage } from '../proxy/proxy-opening.js'
+import { TlsTerminator } from '../proxy/tls.js'
 
 /**
  * A TCP listener: accepts client connections, admits or refuses them, and hands each to a
@@ -23,6 +25,11 @@ export class TcpListener implements SessionOwner, Listener {
   private server: Server
   private closing = false
   private idleWaiters: (() => void)[] = []
+  /** PROXY header in, SNI peek or TLS, routes; undefined on a plain listener (sessions skip it). */
+  opening: OpeningStage | undefined
+  private tls: TlsTerminator | undefined
+  /** Where route pools are found: the daemon's live pools (set by the daemon). */
+  poolLookup: ((name: string) => Pool | undefined) | undefined
 
   constructor(
     public config: ListenerConfig,
@@ -40,6 +47,7 @@ export class TcpListener implements SessionOwner, Listener {
       keepAlive: true,
       keepAliveInitialDelay: KEEPALIVE_INITIAL_DELAY_MS,
     })
+    this.configureOpening(config)
     this.server.on('connection', this.onConnection)
     this.server.on('error', (err) => {
       log.error({ code: 'SLUICE_ERR_LISTEN', listener: config.name, errno: errnoCode(err) }, `listener error: ${errorMessage(err)}`)
@@ -81,6 +89,24 @@ export class TcpListener implements SessionOwner, Listener {
     this.config = config
     this.pool = pool
     this.accessLog = accessLog
+    this.configureOpening(config)
+  }
+
+  poolNamed(name: string): Pool | undefined {
+    return this.poolLookup?.(name)
+  }
+
+  /** Builds (or rebuilds, on reload) the opening stage; open connections keep theirs. */
+  private configureOpening(config: ListenerConfig): void {
+    if (config.tls !== undefined) {
+      if (this.tls === undefined) this.tls = new TlsTerminator(config.tls, config.timeouts.handshakeMs, this.log, config.name)
+      else this.tls.update(config.tls)
+    } else if (this.tls !== undefined) {
+      this.tls.close()
+      this.tls = undefined
+    }
+    const stage = new OpeningStage(config, this.tls)
+    this.opening = stage.needed ? stage : undefined
   }
 
   get listening(): boolean {
@@ -105,6 +131,7 @@ export class TcpListener implements SessionOwner, Listener {
   /** Stops accepting; resolves when every open session has ended on its own. */
   close(): Promise<void> {
     this.closing = true
+    this.tls?.close()
     if (this.server.listening) this.server.close()
     if (this.sessions.size === 0) return Promise.resolve()
     return new Promise((resolve) => this.idleWaiters.push(resolve))
@@ -113,6 +140,7 @@ export class TcpListener implements SessionOwner, Listener {
   /** Ends every open session now. */
   destroy(): void {
     this.closing = true
+    this.tls?.close()
     if (this.server.listening) this.server.close()
     for (const s of [...this.sessions]) s.destroy('shutdown')
   }

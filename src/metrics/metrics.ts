@@ -69,7 +69,7 @@ export class Metrics {
     })
     this.rejectedConnectionsTotal = new Counter({
       name: 'sluice_rejected_connections_total',
-      help: 'Client connections closed without being proxied, by reason (max_connections, no_backend, connect_failed).',
+      help: 'Client connections closed without being proxied, by reason (max_connections, no_backend, connect_failed, bad_proxy_header, proxy_untrusted, bad_client_hello, tls_handshake, handshake_timeout).',
       labelNames: ['listener', 'reason'],
       registers,
     })

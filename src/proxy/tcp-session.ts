@@ -1,4 +1,5 @@
-import { connect, type Socket } from 'node:net'
+import { connect, isIP, type Socket } from 'node:net'
+import { connect as tlsConnect, type TLSSocket } from 'node:tls'
 import type { Backend } from '../upstream/backend.js'
 import type { Pool } from '../upstream/pool.js'
 import type { ListenerConfig } from '../config/types.js'
@@ -8,6 +9,9 @@ import type { LogThrottle } from '../log-throttle.js'
 import type { PickContext } from '../balancer/types.js'
 import { SluiceError, errnoCode } from '../errors.js'
 import { formatAddress } from '../config/address.js'
+import type { Opened, OpeningFailure, OpeningRefusal, OpeningStage } from './proxy-opening.js'
+import type { PendingRead } from './sni-peek.js'
+import { encodeProxyHeader } from './proxy-header-out.js'
 
 /** TCP keep-alive probes start after this much silence, so dead peers of idle connections are found. */
 export const KEEPALIVE_INITIAL_DELAY_MS = 60_000
@@ -22,6 +26,7 @@ export type CloseReason =
   | 'connect_failed' // every attempt (1 + retries) failed to connect
   | 'client_aborted' // the client left while sluice was still connecting to a backend
   | 'shutdown' // sluice stopped and shutdown_timeout ran out
+  | OpeningRefusal // refused during the opening: bad PROXY header or ClientHello, TLS handshake failed, too slow
 
 /** What a session needs from the listener that accepted it. */
 export interface SessionOwner {
@@ -30,6 +35,10 @@ export interface SessionOwner {
   readonly metrics: Metrics
   readonly throttle: LogThrottle
   readonly accessLog: boolean
+  /** PROXY header in, SNI peek or TLS handshake, routes: undefined on a plain listener. */
+  readonly opening?: OpeningStage | undefined
+  /** A pool named by a route. */
+  poolNamed?(name: string): Pool | undefined
   sessionEnded(session: TcpSession): void
 }
 
@@ -56,11 +65,15 @@ export class TcpSession {
   private countedIn = 0
   private countedOut = 0
   private readonly ctx: PickContext
+  /** The opening in progress; undefined before and after it (and always on a plain listener). */
+  private pending: PendingRead | undefined
+  private opened: Opened | undefined
 
   constructor(
-    readonly client: Socket,
+    /** The accepted socket; after TLS termination, the TLSSocket over it. */
+    public client: Socket,
     private readonly owner: SessionOwner,
-    private readonly pool: Pool,
+    private pool: Pool,
   ) {
     this.ctx = { protocol: 'tcp', remoteAddress: client.remoteAddress ?? '', remotePort: client.remotePort ?? 0 }
     client.on('error', this.onClientError)
@@ -72,7 +85,59 @@ export class TcpSession {
   }
 
   start(): void {
+    const stage = this.owner.opening
+    if (stage === undefined) this.connectNext()
+    else this.pending = stage.open(this.client, this.onOpened)
+  }
+
+  private readonly onOpened = (r: Opened | OpeningFailure): void => {
+    this.pending = undefined
+    if ('reason' in r) {
+      this.refuseOpening(r)
+      return
+    }
+    this.opened = r
+    if (r.socket !== this.client) {
+      this.client = r.socket
+      r.socket.on('error', this.onClientError)
+      r.socket.on('close', this.onClientClose)
+    }
+    const ctx = this.ctx
+    ctx.remoteAddress = r.remoteAddress
+    ctx.remotePort = r.remotePort
+    if (r.sni !== undefined) ctx.sni = r.sni
+    if (r.pool !== undefined) this.pool = this.owner.poolNamed?.(r.pool) ?? this.pool
+    if (this.clientClosed) {
+      this.reason ??= 'client_aborted'
+      this.finish()
+      return
+    }
     this.connectNext()
+  }
+
+  private refuseOpening(f: OpeningFailure): void {
+    this.reason ??= f.reason
+    const { metrics, log, config, throttle } = this.owner
+    metrics.rejectedConnectionsTotal.inc({ listener: config.name, reason: f.reason })
+    const suppressed = throttle.take(`opening:${config.name}:${f.reason}`)
+    if (suppressed !== false) {
+      log.warn({ code: f.error.code, listener: config.name, client: this.clientAddress, suppressed }, `connection closed during its opening: ${f.error.message}`)
+    }
+    this.client.destroy()
+    if (this.clientClosed) this.finish()
+  }
+
+  /** The PROXY protocol header the pool wants before any byte of data, or undefined. */
+  private proxyHeader(): Buffer | undefined {
+    const version = this.pool.config.proxyProtocol
+    if (version === undefined || version === 'off') return undefined
+    const o = this.opened
+    return encodeProxyHeader(version, {
+      sourceAddress: this.ctx.remoteAddress,
+      sourcePort: this.ctx.remotePort,
+      destAddress: o?.destAddress ?? this.client.localAddress ?? '',
+      destPort: o?.destPort ?? this.client.localPort ?? 0,
+    })
   }
 
   /** Closes both sides now (shutdown deadline, operator action). */
@@ -117,12 +182,44 @@ export class TcpSession {
     this.upstreamClosed = false
     this.connectTimer = setTimeout(() => {
       const err = new SluiceError('SLUICE_ERR_CONNECT_TIMEOUT', `no connection to ${b.id} within ${pool.connectTimeoutMs}ms`)
-      this.onConnectFailed(up, b, err)
+      // After a TLS wrap the attempt is the TLS socket over `up`.
+      this.onConnectFailed(this.upstream ?? up, b, err)
     }, pool.connectTimeoutMs)
-    up.once('connect', () => this.onConnected(up, b))
+    const pc = pool.config
+    const plain = (pc.proxyProtocol === undefined || pc.proxyProtocol === 'off') && pc.tls === undefined
+    up.once('connect', () => (plain ? this.onConnected(up, b) : this.onTcpConnected(up, b)))
     up.on('error', (err) => (this.connected && up === this.upstream ? this.onUpstreamError(err) : this.onConnectFailed(up, b, err)))
     up.on('close', () => {
       if (up === this.upstream) this.onUpstreamClose()
+    })
+  }
+
+  /** Connected with a pool that sends a PROXY header and/or speaks TLS: header first, then TLS. */
+  private onTcpConnected(up: Socket, b: Backend): void {
+    if (up !== this.upstream) return
+    const header = this.proxyHeader()
+    if (header !== undefined) up.write(header)
+    const tls = this.pool.config.tls
+    if (tls === undefined) {
+      this.onConnected(up, b)
+      return
+    }
+    const servername = tls.servername ?? (isIP(b.host) === 0 ? b.host : undefined)
+    const secure: TLSSocket = tlsConnect({
+      socket: up,
+      host: b.host,
+      ...(servername !== undefined ? { servername } : {}),
+      ...(tls.ca !== undefined ? { ca: tls.ca.pem } : {}),
+      rejectUnauthorized: tls.verify,
+    })
+    this.upstream = secure
+    secure.once('secureConnect', () => this.onConnected(secure, b))
+    secure.on('error', (err) => {
+      if (this.connected && secure === this.upstream) this.onUpstreamError(err)
+      else this.onConnectFailed(secure, b, new SluiceError('SLUICE_ERR_BACKEND_TLS', `TLS with backend ${b.id} failed: ${err.message}`, { cause: err }))
+    })
+    secure.on('close', () => {
+      if (secure === this.upstream) this.onUpstreamClose()
     })
   }
 
@@ -142,6 +239,9 @@ export class TcpSession {
     }
     client.once('end', () => (this.reason ??= 'client_closed'))
     up.once('end', () => (this.reason ??= 'backend_closed'))
+    const opened = this.opened
+    // The peeked ClientHello goes first, untouched (after the PROXY header, if any).
+    if (opened?.replay !== undefined) up.write(opened.replay)
     // pipe() carries backpressure both ways (a slow reader pauses the fast writer) and ends
     // the other side's writable on FIN, which is the half-close a TCP proxy must pass on.
     client.pipe(up)
@@ -167,7 +267,7 @@ export class TcpSession {
     if (suppressed !== false) {
       log.warn(
         {
-          code: timeout ? 'SLUICE_ERR_CONNECT_TIMEOUT' : 'SLUICE_ERR_CONNECT',
+          code: err instanceof SluiceError ? err.code : 'SLUICE_ERR_CONNECT',
           listener: config.name,
           pool: this.pool.name,
           backend: b.id,
@@ -221,6 +321,12 @@ export class TcpSession {
 
   private readonly onClientClose = (): void => {
     this.clientClosed = true
+    if (this.pending !== undefined) {
+      // Gone during the opening (PROXY header, ClientHello, TLS handshake).
+      this.pending.cancel()
+      this.pending = undefined
+      this.reason ??= 'client_aborted'
+    }
     if (!this.connected) {
       // Still connecting (or refused): stop the attempt; the client is gone.
       if (this.upstream !== undefined) {
@@ -286,6 +392,7 @@ export class TcpSession {
 
 function connectReason(timeout: boolean, errno: string | undefined): string {
   if (timeout) return 'timeout'
+  if (errno === 'SLUICE_ERR_BACKEND_TLS') return 'tls'
   if (errno === 'ECONNREFUSED') return 'refused'
   if (errno === 'EHOSTUNREACH' || errno === 'ENETUNREACH') return 'unreachable'
   if (errno === 'ENOTFOUND' || errno === 'EAI_AGAIN') return 'dns'

@@ -11,6 +11,7 @@ import type { Expiring } from './udp-expiry.js'
 import type { UdpStats } from './udp-stats.js'
 import { errnoCode } from '../errors.js'
 import { formatAddress } from '../config/address.js'
+import { encodeV2 } from './proxy-header-out.js'
 
 export type UdpCloseReason =
   | 'timeout' // no datagram either way for udp.session_timeout
@@ -29,6 +30,8 @@ export interface UdpSessionOwner {
   readonly stats: UdpStats
   /** A backend of the session's pool for its client, skipping `avoid`. */
   pickFor(session: UdpSession, avoid: ReadonlySet<Backend> | undefined): Backend | undefined
+  /** The listener's bound address: the destination a PROXY v2 header names. */
+  address?(): { host: string; port: number }
   /** Sends a reply to the session's client from the listener's own socket. */
   toClient(msg: Buffer, session: UdpSession): void
   sessionEnded(session: UdpSession): void
@@ -67,6 +70,8 @@ export class UdpSession implements Expiring {
   /** Replies still expected before the session ends (udp.responses per datagram sent). */
   private awaiting = 0
   private lastBackendId: string | null = null
+  /** PROXY v2 DGRAM header put before every datagram to the backend (pool proxy_protocol: v2). */
+  private header: Buffer | undefined
   private ended = false
 
   constructor(
@@ -100,7 +105,8 @@ export class UdpSession implements Expiring {
     const up = this.upstream
     if (up !== undefined && this.connected) {
       this.counted(msg)
-      up.send(msg)
+      if (this.header === undefined) up.send(msg)
+      else up.send([this.header, msg])
       return
     }
     if (up === undefined && !this.repick()) {
@@ -184,6 +190,7 @@ export class UdpSession implements Expiring {
     this.connected = false
     // Datagrams still held from a failed connect now wait for this backend's replies.
     this.awaiting = this.pending === undefined ? 0 : this.pending.length * this.owner.config.udp.responses
+    this.header = this.pool.config.proxyProtocol === 'v2' ? this.proxyHeader() : undefined
     const family = isIP(b.host)
     const up = createSocket({ type: family === 6 ? 'udp6' : 'udp4', lookup: literalLookup })
     this.upstream = up
@@ -206,7 +213,16 @@ export class UdpSession implements Expiring {
     const q = this.pending
     if (q === undefined) return
     this.pending = undefined
-    for (const msg of q) up.send(msg)
+    const h = this.header
+    for (const msg of q) up.send(h === undefined ? msg : [h, msg])
+  }
+
+  private proxyHeader(): Buffer {
+    const cfg = this.owner.config
+    const bound = this.owner.address?.() ?? { host: cfg.host, port: cfg.port }
+    const wildcard = bound.host === '' || bound.host === '0.0.0.0' || bound.host === '::'
+    const destAddress = wildcard ? (isIP(this.clientAddress) === 6 ? '::' : '0.0.0.0') : bound.host
+    return encodeV2({ sourceAddress: this.clientAddress, sourcePort: this.clientPort, destAddress, destPort: bound.port }, 'dgram')
   }
 
   private onUpstreamError(b: Backend, err: Error): void {
