@@ -104,14 +104,14 @@ t.test('redis: PING with AUTH against redis-server', async (t) => {
 t.test('postgres: SSLRequest against PostgreSQL', async (t) => {
   if (skipWithout(t, { initdb, pg_ctl: pgCtl, runuser })) return
   if (!isRoot) {
-    t.skip('needs root to run PostgreSQL as the postgres user')
+    t.skip('needs root to run PostgreSQL as the postgres user', () => {})
     return
   }
   let uid: number
   try {
     uid = Number(run('id', ['-u', 'postgres']).trim())
   } catch {
-    t.skip('needs the postgres system user (Debian package postgresql creates it)')
+    t.skip('needs the postgres system user (Debian package postgresql creates it)', () => {})
     return
   }
   const dir = mkdtempSync(join(tmpdir(), 'sluice-health-pg-'))
@@ -139,7 +139,7 @@ t.test('postgres: SSLRequest against PostgreSQL', async (t) => {
 t.test('smtp: banner and EHLO against OpenSMTPD', async (t) => {
   if (skipWithout(t, { 'smtpd (Debian package opensmtpd)': smtpd })) return
   if (!isRoot) {
-    t.skip('needs root: OpenSMTPD drops privileges to its own user')
+    t.skip('needs root: OpenSMTPD drops privileges to its own user', () => {})
     return
   }
   const dir = mkdtempSync(join(tmpdir(), 'sluice-health-smtpd-'))
@@ -198,7 +198,7 @@ service anvil {
 t.test('imap and pop3: greetings from Dovecot', async (t) => {
   if (skipWithout(t, { 'dovecot (Debian packages dovecot-imapd, dovecot-pop3d)': dovecot })) return
   if (!isRoot) {
-    t.skip('needs root: Dovecot runs its login processes as its own users')
+    t.skip('needs root: Dovecot runs its login processes as its own users', () => {})
     return
   }
   const dir = mkdtempSync(join(tmpdir(), 'sluice-health-dovecot-'))
