@@ -114,7 +114,7 @@ backend report
 t.test('dovecot with haproxy_trusted_networks logs the true client address', async (t) => {
   if (skipWithout(t, { dovecot })) return
   if (userInfo().uid !== 0) {
-    t.skip('dovecot needs to start as root (it drops to its own users)')
+    t.skip('dovecot needs to start as root (it drops to its own users)', () => {})
     return
   }
   const dir = mkdtempSync(join(tmpdir(), 'sluice-dovecot-'))
