@@ -1,5 +1,4 @@
-import { connect, isIP, type Socket } from 'node:net'
-import { connect as tlsConnect, type TLSSocket } from 'node:tls'
+import { connect, type Socket } from 'node:net'
 import type { Backend } from '../upstream/backend.js'
 import type { Pool } from '../upstream/pool.js'
 import type { ListenerConfig } from '../config/types.js'
@@ -11,7 +10,8 @@ import { SluiceError, errnoCode } from '../errors.js'
 import { formatAddress } from '../config/address.js'
 import type { Opened, OpeningFailure, OpeningRefusal, OpeningStage } from './proxy-opening.js'
 import type { PendingRead } from './sni-peek.js'
-import { encodeProxyHeader } from './proxy-header-out.js'
+import { isPlainPool, proxyHeaderFor, secureUpstream } from './upstream-secure.js'
+import { reportConnectFailure, reportRefusal, writeAccessLine } from './session-report.js'
 
 /** TCP keep-alive probes start after this much silence, so dead peers of idle connections are found. */
 export const KEEPALIVE_INITIAL_DELAY_MS = 60_000
@@ -117,27 +117,9 @@ export class TcpSession {
 
   private refuseOpening(f: OpeningFailure): void {
     this.reason ??= f.reason
-    const { metrics, log, config, throttle } = this.owner
-    metrics.rejectedConnectionsTotal.inc({ listener: config.name, reason: f.reason })
-    const suppressed = throttle.take(`opening:${config.name}:${f.reason}`)
-    if (suppressed !== false) {
-      log.warn({ code: f.error.code, listener: config.name, client: this.clientAddress, suppressed }, `connection closed during its opening: ${f.error.message}`)
-    }
+    reportRefusal(this.owner, f.reason, f.error.code, `connection closed during its opening: ${f.error.message}`, { client: this.clientAddress })
     this.client.destroy()
     if (this.clientClosed) this.finish()
-  }
-
-  /** The PROXY protocol header the pool wants before any byte of data, or undefined. */
-  private proxyHeader(): Buffer | undefined {
-    const version = this.pool.config.proxyProtocol
-    if (version === undefined || version === 'off') return undefined
-    const o = this.opened
-    return encodeProxyHeader(version, {
-      sourceAddress: this.ctx.remoteAddress,
-      sourcePort: this.ctx.remotePort,
-      destAddress: o?.destAddress ?? this.client.localAddress ?? '',
-      destPort: o?.destPort ?? this.client.localPort ?? 0,
-    })
   }
 
   /** Closes both sides now (shutdown deadline, operator action). */
@@ -185,8 +167,7 @@ export class TcpSession {
       // After a TLS wrap the attempt is the TLS socket over `up`.
       this.onConnectFailed(this.upstream ?? up, b, err)
     }, pool.connectTimeoutMs)
-    const pc = pool.config
-    const plain = (pc.proxyProtocol === undefined || pc.proxyProtocol === 'off') && pc.tls === undefined
+    const plain = isPlainPool(pool.config)
     up.once('connect', () => (plain ? this.onConnected(up, b) : this.onTcpConnected(up, b)))
     up.on('error', (err) => (this.connected && up === this.upstream ? this.onUpstreamError(err) : this.onConnectFailed(up, b, err)))
     up.on('close', () => {
@@ -197,21 +178,14 @@ export class TcpSession {
   /** Connected with a pool that sends a PROXY header and/or speaks TLS: header first, then TLS. */
   private onTcpConnected(up: Socket, b: Backend): void {
     if (up !== this.upstream) return
-    const header = this.proxyHeader()
+    const header = proxyHeaderFor(this.pool.config, this.ctx, this.opened, this.client)
     if (header !== undefined) up.write(header)
     const tls = this.pool.config.tls
     if (tls === undefined) {
       this.onConnected(up, b)
       return
     }
-    const servername = tls.servername ?? (isIP(b.host) === 0 ? b.host : undefined)
-    const secure: TLSSocket = tlsConnect({
-      socket: up,
-      host: b.host,
-      ...(servername !== undefined ? { servername } : {}),
-      ...(tls.ca !== undefined ? { ca: tls.ca.pem } : {}),
-      rejectUnauthorized: tls.verify,
-    })
+    const secure = secureUpstream(up, b, tls)
     this.upstream = secure
     secure.once('secureConnect', () => this.onConnected(secure, b))
     secure.on('error', (err) => {
@@ -258,26 +232,8 @@ export class TcpSession {
     this.backend = undefined
     b.consecutiveFailures++
     const timeout = err instanceof SluiceError && err.code === 'SLUICE_ERR_CONNECT_TIMEOUT'
-    const errno = errnoCode(err)
-    const { metrics, log, config, throttle } = this.owner
-    metrics.connectErrorsTotal.inc({ pool: this.pool.name, backend: b.id, reason: connectReason(timeout, errno) })
-    this.pool.onConnectFailure?.(b, timeout ? 'timeout' : (errno ?? err.message))
-    const key = `connect:${this.pool.name}:${b.id}`
-    const suppressed = throttle.take(key)
-    if (suppressed !== false) {
-      log.warn(
-        {
-          code: err instanceof SluiceError ? err.code : 'SLUICE_ERR_CONNECT',
-          listener: config.name,
-          pool: this.pool.name,
-          backend: b.id,
-          errno,
-          attempt: this.attempts,
-          suppressed,
-        },
-        `connect to backend ${b.id} failed: ${err.message}`,
-      )
-    }
+    this.pool.onConnectFailure?.(b, timeout ? 'timeout' : (errnoCode(err) ?? err.message))
+    reportConnectFailure(this.owner, this.pool.name, b, err, this.attempts)
     if (this.clientClosed) {
       this.reason ??= 'client_aborted'
       this.finish()
@@ -289,16 +245,9 @@ export class TcpSession {
 
   private refuse(reason: 'no_backend' | 'connect_failed'): void {
     this.reason ??= reason
-    const { metrics, log, config, throttle } = this.owner
-    metrics.rejectedConnectionsTotal.inc({ listener: config.name, reason })
-    const suppressed = throttle.take(`refuse:${config.name}:${reason}`)
-    if (suppressed !== false) {
-      const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : 'SLUICE_ERR_CONNECT'
-      const why = reason === 'no_backend'
-        ? `no usable backend in pool ${this.pool.name}`
-        : `all ${this.attempts} connect attempts in pool ${this.pool.name} failed`
-      log.warn({ code, listener: config.name, pool: this.pool.name, client: this.clientAddress, suppressed }, `connection refused: ${why}`)
-    }
+    const why = reason === 'no_backend' ? `no usable backend in pool ${this.pool.name}` : `all ${this.attempts} connect attempts in pool ${this.pool.name} failed`
+    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : 'SLUICE_ERR_CONNECT'
+    reportRefusal(this.owner, reason, code, `connection refused: ${why}`, { pool: this.pool.name, client: this.clientAddress })
     // A reset tells the client at once that nothing is there, as a refused connect would.
     this.client.resetAndDestroy()
     if (this.clientClosed) this.finish()
@@ -369,32 +318,19 @@ export class TcpSession {
     this.flushByteCounts()
     const owner = this.owner
     if (owner.accessLog) {
-      owner.log.info(
-        {
-          access: true,
-          listener: owner.config.name,
-          client: this.clientAddress,
-          pool: this.pool.name,
-          backend: this.connected ? (b?.id ?? null) : null,
-          bytes_in: this.client.bytesRead,
-          bytes_out: this.client.bytesWritten,
-          duration_ms: Date.now() - this.startedAt,
-          connect_ms: this.connected ? this.connectedAt - this.startedAt : null,
-          attempts: this.attempts,
-          close_reason: this.reason ?? 'client_closed',
-        },
-        'connection closed',
-      )
+      const connected = this.connected
+      writeAccessLine(owner, {
+        client: this.clientAddress,
+        pool: this.pool.name,
+        backend: connected ? (b?.id ?? null) : null,
+        bytes_in: this.client.bytesRead,
+        bytes_out: this.client.bytesWritten,
+        duration_ms: Date.now() - this.startedAt,
+        connect_ms: connected ? this.connectedAt - this.startedAt : null,
+        attempts: this.attempts,
+        close_reason: this.reason ?? 'client_closed',
+      })
     }
     owner.sessionEnded(this)
   }
-}
-
-function connectReason(timeout: boolean, errno: string | undefined): string {
-  if (timeout) return 'timeout'
-  if (errno === 'SLUICE_ERR_BACKEND_TLS') return 'tls'
-  if (errno === 'ECONNREFUSED') return 'refused'
-  if (errno === 'EHOSTUNREACH' || errno === 'ENETUNREACH') return 'unreachable'
-  if (errno === 'ENOTFOUND' || errno === 'EAI_AGAIN') return 'dns'
-  return 'other'
 }
