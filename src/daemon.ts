@@ -42,7 +42,7 @@ export class Daemon {
     registry: Registry,
   ) {
     this.registry = registry
-    this.metrics = new Metrics(registry, () => this.flushByteCounts())
+    this.metrics = new Metrics(registry, () => this.flushCounters())
   }
 
   get config(): Config {
@@ -281,9 +281,10 @@ export class Daemon {
     void l.close().then(() => this.retiring.delete(l))
   }
 
-  private flushByteCounts(): void {
-    for (const l of this.listeners.values()) l.flushByteCounts()
-    for (const l of this.retiring) l.flushByteCounts()
+  private flushCounters(): void {
+    for (const l of this.listeners.values()) l.flushCounters()
+    for (const l of this.retiring) l.flushCounters()
+    for (const p of this.pools.values()) p.flushCounters()
   }
 
   private logSummary(msg: string): void {

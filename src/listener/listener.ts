@@ -34,7 +34,7 @@ export interface Listener {
    */
   update(config: AnyListenerConfig, pool: Pool, accessLog: boolean): void
   /** Adds the counts of open connections/sessions to the metrics, so /metrics is live. */
-  flushByteCounts(): void
+  flushCounters(): void
   /** Stops taking new clients; resolves when every open connection/session has ended. */
   close(): Promise<void>
   /** Ends everything now. */

@@ -21,6 +21,10 @@ import { TlsTerminator } from '../proxy/tls.js'
 export class TcpListener implements SessionOwner, Listener {
   readonly protocol = 'tcp'
   readonly sessions = new Set<TcpSession>()
+  /** Connections accepted, and how many of them /metrics has counted (see flushCounters). */
+  private accepted = 0
+  private countedAccepted = 0
+  readonly uncountedBytes = { in: 0, out: 0 }
   readonly throttle = new LogThrottle()
   private server: Server
   private closing = false
@@ -115,7 +119,6 @@ export class TcpListener implements SessionOwner, Listener {
 
   sessionEnded(session: TcpSession): void {
     this.sessions.delete(session)
-    this.metrics.connectionsActive.dec({ listener: this.config.name })
     if (this.sessions.size === 0 && this.idleWaiters.length > 0) {
       const waiters = this.idleWaiters
       this.idleWaiters = []
@@ -124,8 +127,19 @@ export class TcpListener implements SessionOwner, Listener {
   }
 
   /** Adds the bytes of open sessions to the counters, so /metrics is live for long connections. */
-  flushByteCounts(): void {
-    for (const s of this.sessions) s.flushByteCounts()
+  flushCounters(): void {
+    const listener = this.config.name
+    this.metrics.connectionsActive.set({ listener }, this.sessions.size)
+    if (this.accepted > this.countedAccepted) {
+      this.metrics.connectionsTotal.inc({ listener }, this.accepted - this.countedAccepted)
+      this.countedAccepted = this.accepted
+    }
+    for (const s of this.sessions) s.flushCounters()
+    const bytes = this.uncountedBytes
+    if (bytes.in > 0) this.metrics.bytesTotal.inc({ listener, direction: 'in' }, bytes.in)
+    if (bytes.out > 0) this.metrics.bytesTotal.inc({ listener, direction: 'out' }, bytes.out)
+    bytes.in = 0
+    bytes.out = 0
   }
 
   /** Stops accepting; resolves when every open session has ended on its own. */
@@ -147,7 +161,7 @@ export class TcpListener implements SessionOwner, Listener {
 
   private readonly onConnection = (socket: Socket): void => {
     const { metrics, config } = this
-    metrics.connectionsTotal.inc({ listener: config.name })
+    this.accepted++
     if (this.closing) {
       // Accepted in the instant before the server closed: refuse it quietly, it is counted.
       this.refuse(socket, 'shutdown')
@@ -167,7 +181,6 @@ export class TcpListener implements SessionOwner, Listener {
     }
     const session = new TcpSession(socket, this, this.pool)
     this.sessions.add(session)
-    metrics.connectionsActive.inc({ listener: config.name })
     session.start()
   }
 

@@ -99,7 +99,7 @@ export class UdpListener implements Listener, UdpSessionOwner {
     this.wheel.configure(config.udp.sessionTimeoutMs)
   }
 
-  flushByteCounts(): void {
+  flushCounters(): void {
     this.stats.flush(this.metrics, this.name)
   }
 
@@ -192,7 +192,7 @@ export class UdpListener implements Listener, UdpSessionOwner {
       this.socket?.close()
     }
     this.wheel.stop()
-    this.flushByteCounts()
+    this.flushCounters()
     const waiters = this.idleWaiters
     this.idleWaiters = []
     for (const w of waiters) w()

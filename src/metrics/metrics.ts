@@ -24,11 +24,15 @@ export class Metrics {
     const registers = [registry]
     // Process metrics (CPU, memory, event-loop lag, file descriptors), once per registry.
     if (registry.getSingleMetric('process_cpu_seconds_total') === undefined) collectDefaultMetrics({ register: registry })
+    // The data path keeps plain counters; `onCollect` copies them into these metrics when
+    // /metrics is read. It hangs on the first of sluice's metrics, so every later one is
+    // up to date when it is written out.
     this.connectionsActive = new Gauge({
       name: 'sluice_connections_active',
       help: 'Client connections open on a listener now.',
       labelNames: ['listener'],
       registers,
+      collect: onCollect,
     })
     this.connectionsTotal = new Counter({
       name: 'sluice_connections_total',
@@ -41,7 +45,6 @@ export class Metrics {
       help: 'Bytes relayed; direction "in" is client to backend, "out" is backend to client.',
       labelNames: ['listener', 'direction'],
       registers,
-      collect: onCollect,
     })
     this.backendConnectionsActive = new Gauge({
       name: 'sluice_backend_connections_active',
@@ -97,14 +100,12 @@ export class Metrics {
       help: 'UDP sessions (one per client address:port) held by a listener now.',
       labelNames: ['listener'],
       registers,
-      collect: onCollect,
     })
     this.udpDatagramsTotal = new Counter({
       name: 'sluice_udp_datagrams_total',
       help: 'UDP datagrams relayed; direction "in" is client to backend, "out" is backend to client.',
       labelNames: ['listener', 'direction'],
       registers,
-      collect: onCollect,
     })
   }
 }

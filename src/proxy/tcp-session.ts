@@ -35,6 +35,8 @@ export interface SessionOwner {
   readonly metrics: Metrics
   readonly throttle: LogThrottle
   readonly accessLog: boolean
+  /** Bytes relayed and not yet added to sluice_bytes_total: the listener adds them when /metrics is read. */
+  readonly uncountedBytes: { in: number; out: number }
   /** PROXY header in, SNI peek or TLS handshake, routes: undefined on a plain listener. */
   readonly opening?: OpeningStage | undefined
   /** A pool named by a route. */
@@ -129,13 +131,13 @@ export class TcpSession {
     this.client.destroy()
   }
 
-  /** Adds bytes relayed since the last call to the byte counters (for live /metrics). */
-  flushByteCounts(): void {
-    const name = this.owner.config.name
+  /** Hands the bytes relayed since the last call to the listener's tally (for live /metrics). */
+  flushCounters(): void {
     const inNow = this.client.bytesRead
     const outNow = this.client.bytesWritten
-    if (inNow > this.countedIn) this.owner.metrics.bytesTotal.inc({ listener: name, direction: 'in' }, inNow - this.countedIn)
-    if (outNow > this.countedOut) this.owner.metrics.bytesTotal.inc({ listener: name, direction: 'out' }, outNow - this.countedOut)
+    const tally = this.owner.uncountedBytes
+    tally.in += inNow - this.countedIn
+    tally.out += outNow - this.countedOut
     this.countedIn = inNow
     this.countedOut = outNow
   }
@@ -205,7 +207,7 @@ export class TcpSession {
     this.pool.observeConnect(b, performance.now() - this.connectStartedAt)
     b.consecutiveFailures = 0
     const { metrics, config } = this.owner
-    metrics.backendConnectionsTotal.inc({ pool: this.pool.name, backend: b.id })
+    b.established++
     const client = this.client
     if (config.timeouts.idleMs > 0) {
       client.setTimeout(config.timeouts.idleMs)
@@ -315,7 +317,7 @@ export class TcpSession {
     clearTimeout(this.connectTimer)
     const b = this.backend
     if (b !== undefined) this.pool.release(b)
-    this.flushByteCounts()
+    this.flushCounters()
     const owner = this.owner
     if (owner.accessLog) {
       const connected = this.connected

@@ -21,6 +21,9 @@ export class Backend {
   active = 0
   /** Connections handed to this backend since start (this worker). */
   total = 0
+  /** Connections established to this backend since start (this worker), and how many of them /metrics has counted. */
+  established = 0
+  countedEstablished = 0
   /** Consecutive failed connects; reset by a successful one. */
   consecutiveFailures = 0
   /** Removed from its pool by a reload; its open connections finish, it takes no new ones. */

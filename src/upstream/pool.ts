@@ -71,7 +71,6 @@ export class Pool {
     b.active++
     b.total++
     this.balancerOf(b).onConnectionOpen?.(b)
-    this.metrics.backendConnectionsActive.inc({ pool: this.name, backend: b.id })
   }
 
   /** A connection to `b` (opened with acquire) is over, whether it ever connected or not. */
@@ -79,7 +78,22 @@ export class Pool {
     b.active--
     if (b.retired) return
     this.balancerOf(b).onConnectionClose?.(b)
-    this.metrics.backendConnectionsActive.dec({ pool: this.name, backend: b.id })
+  }
+
+  /**
+   * Brings the per-backend connection metrics up to date from the plain counters the data
+   * path keeps (called when /metrics is read, so a connection costs no label lookups).
+   */
+  flushCounters(): void {
+    const m = this.metrics
+    for (const b of this.members) {
+      const labels = { pool: this.name, backend: b.id }
+      m.backendConnectionsActive.set(labels, b.active)
+      if (b.established > b.countedEstablished) {
+        m.backendConnectionsTotal.inc(labels, b.established - b.countedEstablished)
+        b.countedEstablished = b.established
+      }
+    }
   }
 
   /** A connection to `b` was established `ms` after it was started (for latency-aware algorithms). */
