@@ -197,7 +197,16 @@ async function main(): Promise<void> {
         if (!p) continue
         const pid = p.child?.pid
         const cpu0 = pid ? cpuSeconds(pid) : 0
-        const v = sc.measure(p.port)
+        let v: number
+        try {
+          v = sc.measure(p.port)
+        } catch (err) {
+          // A load generator that fails once (iperf3's control connection, say) costs that
+          // sample, not the whole run; the median is taken over the samples that completed.
+          console.error(`${sc.name} | ${c.name} | sweep ${sweep + 1}: failed: ${err instanceof Error ? err.message : String(err)}`)
+          p.child?.kill('SIGKILL')
+          continue
+        }
         const cpu = pid ? cpuSeconds(pid) - cpu0 : 0
         p.child?.kill('SIGKILL')
         const s = samples.get(c.name) ?? { v: [], cpu: [], p99: [] }
