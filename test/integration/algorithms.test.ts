@@ -92,12 +92,15 @@ pools:
       - { address: ${addr.get('canary')}, weight: 10 }
 `)
     const port = run.port('l')
+    // 1000 clients: the share's standard deviation is about 1%, so 6-14% is four of them
+    // (backend ports, and so the hashes, change from run to run).
+    const n = 1000
     const first: string[] = []
-    for (let i = 0; i < 300; i++) first.push(await greet(port, client(i)))
+    for (let i = 0; i < n; i++) first.push(await greet(port, client(i)))
     const share = first.filter((n) => n === 'canary').length / first.length
-    t.ok(share > 0.05 && share < 0.15, `canary share over 300 clients: ${(share * 100).toFixed(1)}%`)
+    t.ok(share > 0.06 && share < 0.14, `canary share over ${n} clients: ${(share * 100).toFixed(1)}%`)
     const again: string[] = []
-    for (let i = 0; i < 300; i += 7) again.push(await greet(port, client(i)))
+    for (let i = 0; i < n; i += 7) again.push(await greet(port, client(i)))
     t.same(again, first.filter((_, i) => i % 7 === 0), 'clients reconnecting land where they did before')
   })
 }
