@@ -1,6 +1,5 @@
 import type { Counter } from 'prom-client'
 import type { HealthCheckConfig } from '../config/types.js'
-import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics/metrics.js'
 import type { Backend } from '../upstream/backend.js'
 import type { Pool } from '../upstream/pool.js'

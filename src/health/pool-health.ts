@@ -45,7 +45,6 @@ export class PoolHealth {
   }
 
   private apply(): Promise<void> {
-    const cfg = this.pool.config
     const done = this.applyConfig()
     for (const b of this.pool.backends) this.known.add(b)
     return done

@@ -160,7 +160,7 @@ export class TcpListener implements SessionOwner, Listener {
   }
 
   private readonly onConnection = (socket: Socket): void => {
-    const { metrics, config } = this
+    const config = this.config
     this.accepted++
     if (this.closing) {
       // Accepted in the instant before the server closed: refuse it quietly, it is counted.

@@ -206,7 +206,7 @@ export class TcpSession {
     this.connectedAt = Date.now()
     this.pool.observeConnect(b, performance.now() - this.connectStartedAt)
     b.consecutiveFailures = 0
-    const { metrics, config } = this.owner
+    const config = this.owner.config
     b.established++
     const client = this.client
     if (config.timeouts.idleMs > 0) {

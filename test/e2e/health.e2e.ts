@@ -1,12 +1,13 @@
 import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startDaemon } from '../helpers/daemon.js'
 import { deadPort, eventually } from '../helpers/net.js'
-import { postgresBin, run, skipWithout, which } from '../helpers/tools.js'
+import { skipWithout, which } from '../helpers/tools.js'
+import { postgresCluster } from '../helpers/servers.js'
 
 /**
  * Each health-check type against the real server it speaks to: the check marks the backend
@@ -14,9 +15,6 @@ import { postgresBin, run, skipWithout, which } from '../helpers/tools.js'
  */
 
 const redisServer = which('redis-server')
-const initdb = postgresBin('initdb')
-const pgCtl = postgresBin('pg_ctl')
-const runuser = which('runuser')
 const smtpd = which('smtpd', ['/usr/sbin'])
 const dovecot = which('dovecot', ['/usr/sbin'])
 const dnsmasq = which('dnsmasq', ['/usr/sbin'])
@@ -102,37 +100,10 @@ t.test('redis: PING with AUTH against redis-server', async (t) => {
 })
 
 t.test('postgres: SSLRequest against PostgreSQL', async (t) => {
-  if (skipWithout(t, { initdb, pg_ctl: pgCtl, runuser })) return
-  if (!isRoot) {
-    t.skip('needs root to run PostgreSQL as the postgres user', () => {})
-    return
-  }
-  let uid: number
-  try {
-    uid = Number(run('id', ['-u', 'postgres']).trim())
-  } catch {
-    t.skip('needs the postgres system user (Debian package postgresql creates it)', () => {})
-    return
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'sluice-health-pg-'))
-  chownSync(dir, uid, uid)
-  const data = join(dir, 'data')
-  const port = await deadPort()
-  const asPostgres = (cmd: string, args: string[]): string => run(runuser!, ['-u', 'postgres', '--', cmd, ...args], { timeoutMs: 120_000 })
-  asPostgres(initdb!, ['-D', data, '--auth=trust', '-U', 'postgres', '--no-sync'])
-  const pgServer: Server = {
-    start: async () => void asPostgres(pgCtl!, ['-D', data, '-l', join(dir, 'log'), '-w', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`, 'start']),
-    stop: async () => void asPostgres(pgCtl!, ['-D', data, '-m', 'fast', '-w', 'stop']),
-  }
-  t.teardown(() => {
-    try {
-      asPostgres(pgCtl!, ['-D', data, '-m', 'immediate', 'stop'])
-    } catch {
-      // already stopped
-    } finally {
-      rmSync(dir, { recursive: true, force: true })
-    }
-  })
+  const pg = await postgresCluster(t)
+  if (pg === undefined) return
+  const port = pg.port
+  const pgServer: Server = { start: async () => pg.start(), stop: async () => pg.stop() }
   await upDownUp(t, port, `{ type: postgres, ${timing} }`, pgServer, /^SSLRequest answered [SN]$/)
 })
 

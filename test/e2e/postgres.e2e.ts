@@ -1,43 +1,16 @@
 import t from 'tap'
-import { chownSync, mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { deadPort } from '../helpers/net.js'
 import { startSluice, tempFile } from '../helpers/spawn.js'
-import { postgresBin, run, skipWithout, which } from '../helpers/tools.js'
+import { run, skipWithout, which } from '../helpers/tools.js'
+import { postgresCluster } from '../helpers/servers.js'
 
-const initdb = postgresBin('initdb')
-const pgCtl = postgresBin('pg_ctl')
 const psql = which('psql')
-const runuser = which('runuser')
 
 t.test('psql against PostgreSQL through sluice', async (t) => {
-  if (skipWithout(t, { initdb, pg_ctl: pgCtl, psql, runuser })) return
-  let uid: number
-  try {
-    uid = Number(run('id', ['-u', 'postgres']).trim())
-  } catch {
-    t.skip('needs the postgres system user (Debian package postgresql creates it)', () => {})
-    return
-  }
-  if (process.getuid?.() !== 0) {
-    t.skip('needs root to run PostgreSQL as the postgres user', () => {})
-    return
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'sluice-pg-'))
-  chownSync(dir, uid, uid)
-  const data = join(dir, 'data')
-  const port = await deadPort()
-  const asPostgres = (cmd: string, args: string[]): string => run(runuser!, ['-u', 'postgres', '--', cmd, ...args], { timeoutMs: 120_000 })
-  asPostgres(initdb!, ['-D', data, '--auth=trust', '-U', 'postgres', '--no-sync'])
-  asPostgres(pgCtl!, ['-D', data, '-l', join(dir, 'log'), '-w', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`, 'start'])
-  t.teardown(() => {
-    try {
-      asPostgres(pgCtl!, ['-D', data, '-m', 'immediate', 'stop'])
-    } finally {
-      rmSync(dir, { recursive: true, force: true })
-    }
-  })
+  if (skipWithout(t, { psql })) return
+  const pg = await postgresCluster(t)
+  if (pg === undefined) return
+  pg.start()
+  const port = pg.port
 
   const sluice = startSluice(t, tempFile('pg.yaml', `
 listeners: [{ name: pg, listen: 127.0.0.1:0, pool: pg }]

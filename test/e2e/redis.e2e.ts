@@ -1,27 +1,13 @@
 import t from 'tap'
-import { deadPort, eventually } from '../helpers/net.js'
 import { startSluice, tempFile } from '../helpers/spawn.js'
-import { daemon, run, skipWithout, which } from '../helpers/tools.js'
+import { run, skipWithout, which } from '../helpers/tools.js'
+import { redisCli, redisServer, startRedisServers } from '../helpers/servers.js'
 
-const redisServer = which('redis-server')
 const redisBenchmark = which('redis-benchmark')
-const redisCli = which('redis-cli')
 
 t.test('redis-benchmark through sluice: every request answered', async (t) => {
   if (skipWithout(t, { 'redis-server': redisServer, 'redis-benchmark': redisBenchmark, 'redis-cli': redisCli })) return
-  const ports = [await deadPort(), await deadPort()]
-  for (const port of ports) {
-    daemon(t, redisServer!, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'])
-  }
-  for (const port of ports) {
-    await eventually(() => {
-      try {
-        return run(redisCli!, ['-p', String(port), 'PING']).trim() === 'PONG'
-      } catch {
-        return false
-      }
-    }, `redis-server on ${port}`)
-  }
+  const ports = await startRedisServers(t, 2)
   const sluice = startSluice(t, tempFile('redis.yaml', `
 log: { level: info, access_log: false }
 listeners: [{ name: redis, listen: 127.0.0.1:0, pool: redis }]

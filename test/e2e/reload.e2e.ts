@@ -1,13 +1,12 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
-import { deadPort, eventually } from '../helpers/net.js'
+import { eventually } from '../helpers/net.js'
 import { startSluice, tempFile } from '../helpers/spawn.js'
-import { daemon, run, skipWithout, which } from '../helpers/tools.js'
+import { run, skipWithout, which } from '../helpers/tools.js'
+import { redisCli, redisServer, startRedisServers } from '../helpers/servers.js'
 
-const redisServer = which('redis-server')
 const redisBenchmark = which('redis-benchmark')
-const redisCli = which('redis-cli')
 
 const RELOADS = 10
 
@@ -42,17 +41,7 @@ function bench(name: string, port: number, n: number, extra: string[]): Bench {
 
 t.test(`redis-benchmark through sluice across ${RELOADS} reloads that change the pool: zero failed requests`, async (t) => {
   if (skipWithout(t, { 'redis-server': redisServer, 'redis-benchmark': redisBenchmark, 'redis-cli': redisCli })) return
-  const ports = [await deadPort(), await deadPort()]
-  for (const port of ports) daemon(t, redisServer!, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--maxclients', '10000'])
-  for (const port of ports) {
-    await eventually(() => {
-      try {
-        return run(redisCli!, ['-p', String(port), 'PING']).trim() === 'PONG'
-      } catch {
-        return false
-      }
-    }, `redis-server on ${port}`)
-  }
+  const ports = await startRedisServers(t, 2, ['--maxclients', '10000'])
   const [r1, r2] = ports.map((p) => `127.0.0.1:${p}`)
   // Each reload changes the pool: weights swap, the second server leaves and comes back.
   const variants = [
