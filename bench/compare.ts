@@ -19,8 +19,8 @@ const MAIN = new URL('../../dist/main.js', import.meta.url).pathname
 const work = mkdtempSync(join(tmpdir(), 'sluice-bench-'))
 
 interface Proc { child: ChildProcess; port: number }
-interface Candidate { name: string; host: string; start(target: number, host: string): Promise<Proc | undefined> }
-interface Scenario { name: string; unit: string; backend: 'redis' | 'iperf3'; measure(port: number): number; p99?: boolean }
+interface Candidate { name: string; host: string; start(target: number, host: string, udp: boolean): Promise<Proc | undefined> }
+interface Scenario { name: string; unit: string; backend: 'redis' | 'iperf3' | 'dns'; measure(port: number): number; p99?: boolean }
 interface Row { scenario: string; unit: string; candidate: string; value: number; cpu: number; p99?: number }
 
 function run(cmd: string, args: string[], timeoutMs = 120_000): string {
@@ -60,19 +60,34 @@ async function waitPort(port: number, timeoutMs = 10_000): Promise<void> {
   }
 }
 
+/** Waits until a DNS query to 127.0.0.1:port is answered. */
+async function waitDns(port: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      if (run('dig', ['+short', '+time=1', '+tries=1', '-p', String(port), '@127.0.0.1', 'a.example.test', 'A'], 5000).includes('192.0.2.1')) return
+    } catch {
+      // not answering yet
+    }
+    if (Date.now() > deadline) throw new Error(`no DNS answer on ${port} after ${timeoutMs}ms`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
+}
+
 const children = new Set<ChildProcess>()
 process.on('exit', () => {
   for (const c of children) c.kill('SIGKILL')
 })
 
-async function startProc(cmd: string, args: string[], port: number): Promise<Proc> {
+async function startProc(cmd: string, args: string[], port: number, udp = false): Promise<Proc> {
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] })
   children.add(child)
   let err = ''
   child.stderr?.on('data', (d: Buffer) => (err += d.toString()))
   child.on('exit', () => children.delete(child))
   try {
-    await waitPort(port)
+    if (udp) await waitDns(port)
+    else await waitPort(port)
   } catch (e) {
     child.kill('SIGKILL')
     throw new Error(`${cmd} did not start: ${err.trim() || String(e)}`)
@@ -94,8 +109,8 @@ const candidates: Candidate[] = [
   {
     name: 'HAProxy',
     host: '127.0.0.2',
-    start: async (target, host) => {
-      if (!has('haproxy')) return undefined
+    start: async (target, host, udp) => {
+      if (udp || !has('haproxy')) return undefined // HAProxy has no UDP proxying
       const port = await freePort()
       const cfg = join(work, `haproxy-${port}.cfg`)
       writeFileSync(cfg, `global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten l\n  bind 127.0.0.1:${port}\n  server s1 ${host}:${target}\n`)
@@ -105,22 +120,25 @@ const candidates: Candidate[] = [
   {
     name: 'nginx',
     host: '127.0.0.3',
-    start: async (target, host) => {
+    start: async (target, host, udp) => {
       if (!has('nginx')) return undefined
       const port = await freePort()
       const cfg = join(work, `nginx-${port}.conf`)
-      writeFileSync(cfg, `load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 100000;\npid ${work}/nginx-${port}.pid;\nerror_log stderr error;\nevents { worker_connections 50000; }\nstream { server { listen 127.0.0.1:${port}; proxy_pass ${host}:${target}; } }\n`)
-      return startProc('nginx', ['-c', cfg, '-p', work], port)
+      writeFileSync(cfg, `load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 100000;\npid ${work}/nginx-${port}.pid;\nerror_log stderr error;\nevents { worker_connections 50000; }\nstream { server { listen 127.0.0.1:${port}${udp ? ' udp' : ''}; proxy_pass ${host}:${target};${udp ? ' proxy_responses 1; proxy_timeout 5s;' : ''} } }\n`)
+      return startProc('nginx', ['-c', cfg, '-p', work], port, udp)
     },
   },
   {
     name: 'sluice',
     host: '127.0.0.4',
-    start: async (target, host) => {
+    start: async (target, host, udp) => {
       const port = await freePort()
       const cfg = join(work, `sluice-${port}.yaml`)
-      writeFileSync(cfg, `log: { level: warn, access_log: false }\nlisteners: [{ name: b, listen: 127.0.0.1:${port}, pool: p, max_connections: 100000 }]\npools: { p: { backends: [${host}:${target}] } }\n`)
-      return startProc(process.execPath, [MAIN, 'run', '-c', cfg], port)
+      const listener = udp
+        ? `{ name: b, protocol: udp, listen: 127.0.0.1:${port}, pool: p, udp: { responses: 1, session_timeout: 5s } }`
+        : `{ name: b, listen: 127.0.0.1:${port}, pool: p, max_connections: 100000 }`
+      writeFileSync(cfg, `log: { level: warn, access_log: false }\nlisteners: [${listener}]\npools: { p: { backends: [${host}:${target}] } }\n`)
+      return startProc(process.execPath, [MAIN, 'run', '-c', cfg], port, udp)
     },
   },
 ]
@@ -148,6 +166,10 @@ const scenarios: Scenario[] = [
     measure: (port) => redisBenchmark(port, ['-c', '50', '-n', '10000', '-k', '0']).rps,
   },
   {
+    name: 'dnsperf, UDP DNS (-c 4 -q 200)', unit: 'q/s', backend: 'dns',
+    measure: (port) => dnsperf(port),
+  },
+  {
     name: 'iperf3, 1 stream', unit: 'Gbit/s', backend: 'iperf3',
     measure: (port) => iperf(port, 1),
   },
@@ -157,6 +179,17 @@ const scenarios: Scenario[] = [
   },
 ]
 
+let dnsLost = 0
+function dnsperf(port: number): number {
+  const data = join(work, 'queries.txt')
+  writeFileSync(data, Array.from({ length: 1000 }, (_, i) => `q${i}.example.test A`).join('\n') + '\n')
+  const out = run('dnsperf', ['-s', '127.0.0.1', '-p', String(port), '-d', data, '-l', '4', '-c', '4', '-q', '200', '-t', '2'], 60_000)
+  dnsLost = Number(/Queries lost:\s+(\d+)/.exec(out)?.[1] ?? NaN)
+  const qps = Number(/Queries per second:\s+([\d.]+)/.exec(out)?.[1] ?? NaN)
+  if (!Number.isFinite(qps)) throw new Error(`no figure in dnsperf output: ${out}`)
+  return qps
+}
+
 function iperf(port: number, streams: number): number {
   const out = run('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', '4', '-P', String(streams), '-J'], 60_000)
   const j = JSON.parse(out) as { error?: string; end: { sum_received?: { bits_per_second: number } } }
@@ -164,8 +197,13 @@ function iperf(port: number, streams: number): number {
   return j.end.sum_received.bits_per_second / 1e9
 }
 
-async function startBackend(kind: 'redis' | 'iperf3'): Promise<Proc | undefined> {
+async function startBackend(kind: 'redis' | 'iperf3' | 'dns'): Promise<Proc | undefined> {
   const port = await freePort()
+  if (kind === 'dns') {
+    const dnsmasq = ['/usr/sbin/dnsmasq', '/sbin/dnsmasq'].find((p) => has(p))
+    if (dnsmasq === undefined || !has('dnsperf') || !has('dig')) return undefined
+    return startProc(dnsmasq, ['--no-daemon', '--pid-file=', `--port=${port}`, '--listen-address=127.0.0.1,127.0.0.3,127.0.0.4', '--bind-interfaces', '--no-resolv', '--no-hosts', '--cache-size=0', '--address=/example.test/192.0.2.1'], port, true)
+  }
   if (kind === 'redis') {
     if (!has('redis-server') || !has('redis-benchmark')) return undefined
     return startProc('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '127.0.0.2', '127.0.0.3', '127.0.0.4', '--save', '', '--appendonly', 'no', '--maxclients', '50000'], port)
@@ -193,7 +231,7 @@ async function main(): Promise<void> {
       // Rotate the order each sweep so no candidate always runs on the busiest machine state.
       const order = candidates.map((_, i) => candidates[(i + sweep) % candidates.length] as Candidate)
       for (const c of order) {
-        const p = await c.start(be.port, c.host)
+        const p = await c.start(be.port, c.host, sc.backend === 'dns')
         if (!p) continue
         const pid = p.child?.pid
         const cpu0 = pid ? cpuSeconds(pid) : 0
@@ -214,7 +252,8 @@ async function main(): Promise<void> {
         s.cpu.push(cpu)
         s.p99.push(lastP99)
         samples.set(c.name, s)
-        console.error(`${sc.name} | ${c.name} | sweep ${sweep + 1}: ${v.toFixed(2)} ${sc.unit}, proxy CPU ${cpu.toFixed(2)} s`)
+        const lost = sc.backend === 'dns' ? `, lost ${dnsLost}` : ''
+        console.error(`${sc.name} | ${c.name} | sweep ${sweep + 1}: ${v.toFixed(2)} ${sc.unit}, proxy CPU ${cpu.toFixed(2)} s${lost}`)
       }
     }
     be.child.kill('SIGKILL')
@@ -243,8 +282,9 @@ function printTable(rows: Row[]): void {
   }
 }
 
-/** Requests one measured run made (the -n of its scenario). */
+/** Requests one measured run made (the -n of its scenario; for dnsperf, rate × its 4 s). */
 function requestsOf(r: Row): number {
+  if (r.unit === 'q/s') return r.value * 4 // dnsperf runs for 4 s
   return r.scenario.includes('-k 0') ? 10000 : 200000
 }
 
