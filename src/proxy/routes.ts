@@ -13,7 +13,7 @@ export function isSniPattern(name: string): boolean {
 /** Whether `sni` (lower case) matches `pattern`: equal, or under the suffix of `*.suffix`. */
 export function sniMatches(pattern: string, sni: string): boolean {
   if (pattern.charCodeAt(0) !== 42) return pattern === sni
-  // `*.example.com`: any name ending in `.example.com` (one label or more), not the bare suffix.
+  // `*.example.com`: every name ending in `.example.com` (one label or more), not the bare suffix.
   return sni.length > pattern.length - 1 && sni.endsWith(pattern.slice(1))
 }
 
