@@ -7,7 +7,7 @@ import { LogThrottle } from '../log-throttle.js'
 import { errnoCode, errorMessage } from '../errors.js'
 import { bindError } from './bind-error.js'
 import { formatAddress } from '../config/address.js'
-import { KEEPALIVE_INITIAL_DELAY_MS, TcpSession, type SessionOwner } from '../proxy/tcp-session.js'
+import { KEEPALIVE_INITIAL_DELAY_MS, STREAM_BUFFER_BYTES, TcpSession, type SessionOwner } from '../proxy/tcp-session.js'
 import { admit } from './admission.js'
 import type { Listener } from './listener.js'
 import { OpeningStage } from '../proxy/proxy-opening.js'
@@ -50,6 +50,7 @@ export class TcpListener implements SessionOwner, Listener {
       noDelay: true,
       keepAlive: true,
       keepAliveInitialDelay: KEEPALIVE_INITIAL_DELAY_MS,
+      highWaterMark: STREAM_BUFFER_BYTES,
     })
     this.configureOpening(config)
     this.server.on('connection', this.onConnection)

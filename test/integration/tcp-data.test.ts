@@ -164,6 +164,7 @@ t.test('default settings never cut an idle connection and arm TCP keep-alive on 
   await readUntil(c, 2)
   const session = [...(run.daemon.listeners.get('l') as TcpListener).sessions][0]!
   t.equal(session.client.timeout, undefined, 'no socket timeout armed on the client side')
+  t.equal(session.client.writableHighWaterMark, 128 * 1024, '128 KiB stream buffer on the client side')
   // /proc/net/tcp shows the kernel's timer per socket: 2 is the keep-alive timer.
   const up = [...be.sockets][0]!
   const clientSide = await tcpTimer(run.port('l'), c.localPort!)
