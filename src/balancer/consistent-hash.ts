@@ -3,7 +3,7 @@ import type { ConfigReader, MapView } from '../config/reader.js'
 import type { Balancer, BalancerFactory, Exclusion, PickContext } from './types.js'
 import { HashRing } from './hash-ring.js'
 import { keyHash, parseHashKey, type HashKey } from './hash-key.js'
-import { listedWeightTotal, readDecimal } from './option-readers.js'
+import { listedWeightTotal } from './option-readers.js'
 
 export interface ConsistentHashOptions {
   key: HashKey
@@ -147,7 +147,7 @@ export const consistentHashFactory: BalancerFactory<ConsistentHashOptions> = {
 function readBalanceFactor(pool: MapView, reader: ConfigReader, context: string): number {
   if (!pool.has('hash_balance_factor')) return 0
   const at = pool.get('hash_balance_factor')
-  const f = readDecimal(reader, at, `${context} hash_balance_factor`, 1, 1000)
+  const f = reader.decimal(at, `${context} hash_balance_factor`, 1, 1000)
   if (f === undefined) return 0
   if (f > MAX_BALANCE_FACTOR) {
     const haproxy = f >= 100 ? ` (HAProxy's hash-balance-factor ${f} is written ${f / 100} here)` : ''

@@ -1,23 +1,7 @@
 import { isMap, isScalar, isSeq } from 'yaml'
-import type { ConfigReader, Located, MapView } from '../config/reader.js'
+import type { MapView } from '../config/reader.js'
 
 /** Readers for algorithm options that the generic ConfigReader has no shape for. */
-
-/** A decimal number from `min` to `max` (e.g. 1.25), or undefined after reporting why. */
-export function readDecimal(reader: ConfigReader, at: Located, context: string, min: number, max: number): number | undefined {
-  const t = reader.text(at, context)
-  if (t === undefined) return undefined
-  if (!/^\d+(\.\d+)?$/.test(t.trim())) {
-    reader.report(at, `${context} must be a number such as 1.25, not "${t}"`)
-    return undefined
-  }
-  const n = Number(t)
-  if (n < min || n > max) {
-    reader.report(at, `${context} is ${t}; it must be from ${min} to ${max}`)
-    return undefined
-  }
-  return n
-}
 
 export function isPrime(n: number): boolean {
   if (!Number.isInteger(n) || n < 2) return false

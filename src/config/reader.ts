@@ -105,12 +105,24 @@ export class ConfigReader {
       this.report(at, `${context} must be a whole number, not "${t}"`)
       return undefined
     }
-    const n = Number(t)
-    if (n < min || n > max) {
-      this.report(at, `${context} is ${n}; it must be from ${min} to ${max}`)
+    return this.inRange(at, context, Number(t), String(Number(t)), min, max)
+  }
+
+  /** A decimal number such as 1.25, from `min` to `max`. */
+  decimal(at: Located, context: string, min: number, max: number): number | undefined {
+    const t = this.text(at, context)
+    if (t === undefined) return undefined
+    if (!/^\d+(\.\d+)?$/.test(t.trim())) {
+      this.report(at, `${context} must be a number such as 1.25, not "${t}"`)
       return undefined
     }
-    return n
+    return this.inRange(at, context, Number(t), t, min, max)
+  }
+
+  private inRange(at: Located, context: string, n: number, written: string, min: number, max: number): number | undefined {
+    if (n >= min && n <= max) return n
+    this.report(at, `${context} is ${written}; it must be from ${min} to ${max}`)
+    return undefined
   }
 
   bool(at: Located, context: string): boolean | undefined {
