@@ -77,7 +77,15 @@ pools:
     const after: string[] = []
     for (let i = 0; i < 60; i++) after.push(await greet(port, client(i)))
     t.notOk(after.includes('b'), 'nobody reaches b while it is down')
-    t.ok(first.every((n, i) => n === 'b' || after[i] === n), "clients of a and c did not move")
+    const stayed = first.filter((n) => n !== 'b').length
+    const moved = first.filter((n, i) => n !== 'b' && after[i] !== n).length
+    if (algorithm === 'consistent-hash') {
+      t.equal(moved, 0, 'clients of a and c did not move')
+    } else {
+      // Maglev trades a little stability for an even table: the paper's few % of other keys
+      // move when a backend leaves (measured in docs/algorithms.md), not most of them.
+      t.ok(moved <= Math.ceil(stayed * 0.1), `${moved} of ${stayed} clients of a and c moved (at most 10%)`)
+    }
   })
 
   t.test(`${algorithm}: weights 90/10 send ~10% of clients to the canary, each staying put`, async (t) => {
