@@ -27,7 +27,8 @@ export interface Opened {
 }
 
 export interface OpeningFailure {
-  reason: OpeningRefusal
+  /** client_aborted: the client hung up before its opening was complete (not a refusal). */
+  reason: OpeningRefusal | 'client_aborted'
   error: SluiceError
 }
 
@@ -103,7 +104,8 @@ export class OpeningStage {
         step = { cancel: () => tls.cancel(raw) }
         tls.terminate(raw, (r) => {
           if ('error' in r) {
-            finish({ reason: r.error.code === 'SLUICE_ERR_HANDSHAKE_TIMEOUT' ? 'handshake_timeout' : 'tls_handshake', error: r.error })
+            const code = r.error.code
+            finish({ reason: code === 'SLUICE_ERR_HANDSHAKE_TIMEOUT' ? 'handshake_timeout' : code === 'SLUICE_ERR_CLIENT_SOCKET' ? 'client_aborted' : 'tls_handshake', error: r.error })
             return
           }
           o.socket = r.socket

@@ -11,6 +11,7 @@ import { formatAddress } from '../config/address.js'
 import type { Opened, OpeningFailure, OpeningRefusal, OpeningStage } from './proxy-opening.js'
 import type { PendingRead } from './sni-peek.js'
 import { isPlainPool, proxyHeaderFor, secureUpstream } from './upstream-secure.js'
+import { connectionReset } from './peer-check.js'
 import { reportConnectFailure, reportRefusal, writeAccessLine } from './session-report.js'
 
 /** TCP keep-alive probes start after this much silence, so dead peers of idle connections are found. */
@@ -63,9 +64,22 @@ export class TcpSession {
   readonly startedAt = Date.now()
   backend: Backend | undefined
   private upstream: Socket | undefined
+  /** The TCP connection to the backend (under the TLSSocket when the pool speaks TLS). */
+  private upstreamTcp: Socket | undefined
+  /** The accepted TCP connection (under the TLSSocket when TLS ends here). */
+  private readonly raw: Socket
   private connected = false
+  /**
+   * The client socket (the accepted one, or the TLSSocket over it) errored, was destroyed or
+   * closed: nothing more can reach it. Set at the first of these, not only at 'close', which
+   * Node emits an event-loop turn after the error: a backend connect that completes in
+   * between must find the client gone, not splice a dead socket.
+   */
+  private clientGone = false
   private clientClosed = false
   private upstreamClosed = true
+  /** Which side sent its FIN first, for the close reason. */
+  private firstFin: 'client' | 'backend' | undefined
   private finished = false
   private reason: CloseReason | undefined
   private tried: Set<Backend> | undefined
@@ -86,9 +100,11 @@ export class TcpSession {
     private readonly owner: SessionOwner,
     private pool: Pool,
   ) {
+    this.raw = client
     this.ctx = { protocol: 'tcp', remoteAddress: client.remoteAddress ?? '', remotePort: client.remotePort ?? 0 }
     client.on('error', this.onClientError)
     client.on('close', this.onClientClose)
+    client.once('end', this.onClientEnd)
   }
 
   get clientAddress(): string {
@@ -109,18 +125,23 @@ export class TcpSession {
     }
     this.opened = r
     if (r.socket !== this.client) {
+      // TLS ended here: the TLSSocket carries the bytes now. The raw socket's 'close' (still
+      // watched) and the TLSSocket's own events both mean the client is gone.
+      this.client.off('end', this.onClientEnd)
       this.client = r.socket
       r.socket.on('error', this.onClientError)
       r.socket.on('close', this.onClientClose)
+      r.socket.once('end', this.onClientEnd)
     }
     const ctx = this.ctx
     ctx.remoteAddress = r.remoteAddress
     ctx.remotePort = r.remotePort
     if (r.sni !== undefined) ctx.sni = r.sni
     if (r.pool !== undefined) this.pool = this.owner.poolNamed?.(r.pool) ?? this.pool
-    if (this.clientClosed) {
+    if (this.clientGone || this.client.destroyed) {
       this.reason ??= 'client_aborted'
-      this.finish()
+      this.client.destroy()
+      if (this.clientClosed) this.finish()
       return
     }
     this.connectNext()
@@ -128,6 +149,13 @@ export class TcpSession {
 
   private refuseOpening(f: OpeningFailure): void {
     this.reason ??= f.reason
+    if (f.reason === 'client_aborted') {
+      const { log, config } = this.owner
+      log.debug({ code: f.error.code, listener: config.name, client: this.clientAddress }, `client left during its opening: ${f.error.message}`)
+      this.client.destroy()
+      if (this.clientClosed) this.finish()
+      return
+    }
     reportRefusal(this.owner, f.reason, f.error.code, `connection closed during its opening: ${f.error.message}`, { client: this.clientAddress })
     this.client.destroy()
     if (this.clientClosed) this.finish()
@@ -152,6 +180,7 @@ export class TcpSession {
   }
 
   private connectNext(): void {
+    if (this.clientGone) return
     const pool = this.pool
     const b = pool.pick(this.ctx, this.tried)
     if (b === undefined) {
@@ -175,6 +204,7 @@ export class TcpSession {
     }
     const up = connect(options)
     this.upstream = up
+    this.upstreamTcp = up
     this.upstreamClosed = false
     this.connectTimer = setTimeout(() => {
       const err = new SluiceError('SLUICE_ERR_CONNECT_TIMEOUT', `no connection to ${b.id} within ${pool.connectTimeoutMs}ms`)
@@ -192,6 +222,10 @@ export class TcpSession {
   /** Connected with a pool that sends a PROXY header and/or speaks TLS: header first, then TLS. */
   private onTcpConnected(up: Socket, b: Backend): void {
     if (up !== this.upstream) return
+    if (this.clientGone || this.client.destroyed) {
+      this.abortAttempt()
+      return
+    }
     const header = proxyHeaderFor(this.pool.config, this.ctx, this.opened, this.client)
     if (header !== undefined) up.write(header)
     const tls = this.pool.config.tls
@@ -212,8 +246,14 @@ export class TcpSession {
   }
 
   private onConnected(up: Socket, b: Backend): void {
-    clearTimeout(this.connectTimer)
     if (up !== this.upstream) return
+    clearTimeout(this.connectTimer)
+    if (this.clientGone || this.client.destroyed) {
+      // The client went away while the connect was in flight (its error came first, its
+      // 'close' is still to come): never splice a dead socket, whose stream would never end.
+      this.abortAttempt()
+      return
+    }
     this.connected = true
     this.connectedAt = Date.now()
     this.pool.observeConnect(b, performance.now() - this.connectStartedAt)
@@ -225,8 +265,7 @@ export class TcpSession {
       client.setTimeout(config.timeouts.idleMs)
       client.on('timeout', this.onIdle)
     }
-    client.once('end', () => (this.reason ??= 'client_closed'))
-    up.once('end', () => (this.reason ??= 'backend_closed'))
+    up.once('end', this.onUpstreamEnd)
     const opened = this.opened
     // The peeked ClientHello goes first, untouched (after the PROXY header, if any).
     if (opened?.replay !== undefined) up.write(opened.replay)
@@ -248,9 +287,9 @@ export class TcpSession {
     const timeout = err instanceof SluiceError && err.code === 'SLUICE_ERR_CONNECT_TIMEOUT'
     this.pool.onConnectFailure?.(b, timeout ? 'timeout' : (errnoCode(err) ?? err.message))
     reportConnectFailure(this.owner, this.pool.name, b, err, this.attempts)
-    if (this.clientClosed) {
+    if (this.clientGone) {
       this.reason ??= 'client_aborted'
-      this.finish()
+      if (this.clientClosed) this.finish()
       return
     }
     if (this.attempts <= this.pool.retries) this.connectNext()
@@ -279,33 +318,81 @@ export class TcpSession {
     this.reason ??= this.connected ? 'client_error' : 'client_aborted'
     const { log, config } = this.owner
     log.debug({ code: 'SLUICE_ERR_CLIENT_SOCKET', listener: config.name, client: this.clientAddress, errno: errnoCode(err) }, `client connection failed: ${err.message}`)
-    if (this.connected) this.upstream?.destroy()
+    this.clientLeft()
+  }
+
+  /** The client's FIN. Passed on once spliced; during the opening it ends the session. */
+  private readonly onClientEnd = (): void => {
+    if (connectionReset(this.raw, this.client)) {
+      // Not a FIN but a reset that a write met first (see connectionReset).
+      this.reason ??= this.connected ? 'client_error' : 'client_aborted'
+      this.clientLeft()
+      this.client.destroy()
+      return
+    }
+    this.firstFin ??= 'client'
+    if (this.pending === undefined) return
+    // A FIN before the PROXY header or ClientHello was complete: that opening can never
+    // finish, and the client is not waiting for an answer to it.
+    this.reason ??= 'client_aborted'
+    this.clientLeft()
+    this.client.destroy()
   }
 
   private readonly onClientClose = (): void => {
+    if (this.clientClosed) return
     this.clientClosed = true
+    const clean = this.connected && this.client.readableEnded && this.client.writableFinished
+    this.clientLeft(clean)
+    if (this.upstreamClosed) this.finish()
+  }
+
+  /**
+   * The client is gone, in whatever phase the session is: the opening stops, a connect in
+   * flight is dropped (its backend slot freed at once) and a spliced backend connection is
+   * closed, unless the client had finished both ways cleanly (then the backend connection
+   * ends by itself once what the client sent is delivered).
+   */
+  private clientLeft(clean = false): void {
+    if (clean) return
+    this.clientGone = true
     if (this.pending !== undefined) {
-      // Gone during the opening (PROXY header, ClientHello, TLS handshake).
       this.pending.cancel()
       this.pending = undefined
       this.reason ??= 'client_aborted'
     }
     if (!this.connected) {
-      // Still connecting (or refused): stop the attempt; the client is gone.
-      if (this.upstream !== undefined) {
-        clearTimeout(this.connectTimer)
-        const up = this.upstream
-        this.upstream = undefined
-        this.upstreamClosed = true
-        up.destroy()
-        if (this.backend !== undefined) this.pool.release(this.backend)
-        this.backend = undefined
-        this.reason ??= 'client_aborted'
-      }
-      if (this.reason !== undefined) this.finish()
+      this.abortAttempt()
+      this.reason ??= 'client_aborted'
       return
     }
-    if (this.upstreamClosed) this.finish()
+    this.upstream?.destroy()
+  }
+
+  /** Drops the connect attempt in flight, if any, and frees its backend slot. */
+  private abortAttempt(): void {
+    const up = this.upstream
+    if (up === undefined || this.connected) return
+    clearTimeout(this.connectTimer)
+    this.upstream = undefined
+    this.upstreamClosed = true
+    up.destroy()
+    if (this.backend !== undefined) this.pool.release(this.backend)
+    this.backend = undefined
+    this.reason ??= 'client_aborted'
+    if (this.clientClosed) this.finish()
+  }
+
+  /** The backend's FIN, passed on by the splice; a reset seen as one closes both sides. */
+  private readonly onUpstreamEnd = (): void => {
+    const tcp = this.upstreamTcp
+    if (tcp !== undefined && connectionReset(tcp, this.upstream ?? tcp)) {
+      this.reason ??= 'backend_error'
+      this.upstream?.destroy()
+      this.client.destroy()
+      return
+    }
+    this.firstFin ??= 'backend'
   }
 
   private onUpstreamError(err: Error): void {
@@ -320,6 +407,14 @@ export class TcpSession {
 
   private onUpstreamClose(): void {
     this.upstreamClosed = true
+    const up = this.upstream
+    // A backend connection that closed without finishing both ways (destroyed, reset) leaves
+    // nothing to relay: close the client too. A clean close has already ended the client's
+    // writable through the splice.
+    if (up !== undefined && !(up.readableEnded && up.writableFinished)) {
+      this.reason ??= 'backend_error'
+      this.client.destroy()
+    }
     if (this.clientClosed) this.finish()
   }
 
@@ -342,7 +437,7 @@ export class TcpSession {
         duration_ms: Date.now() - this.startedAt,
         connect_ms: connected ? this.connectedAt - this.startedAt : null,
         attempts: this.attempts,
-        close_reason: this.reason ?? 'client_closed',
+        close_reason: this.reason ?? (this.firstFin === 'backend' ? 'backend_closed' : 'client_closed'),
       })
     }
     owner.sessionEnded(this)

@@ -44,6 +44,11 @@ export class TlsTerminator {
   /** Hands `raw` to TLS; `done` gets the TLS socket once the handshake is over, or the failure. */
   terminate(raw: Socket, done: (o: TlsOutcome) => void): void {
     this.pending.set(raw, done)
+    // The TLSSocket takes allowHalfOpen from `raw`. Off during the handshake, so a client that
+    // hangs up (FIN, or a reset read as one) closes it at once and the handshake fails, instead
+    // of waiting for the handshake timeout; on again once the handshake is done (settle), so an
+    // established client's half-close is passed on to the backend.
+    raw.allowHalfOpen = false
     this.server.emit('connection', raw)
   }
 
@@ -101,8 +106,12 @@ export class TlsTerminator {
       return
     }
     this.pending.delete(raw)
+    raw.allowHalfOpen = true
+    ts.allowHalfOpen = true
     if (err !== undefined) {
-      const code = errorCodeOf(err) === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'SLUICE_ERR_HANDSHAKE_TIMEOUT' : 'SLUICE_ERR_TLS_HANDSHAKE'
+      const nodeCode = errorCodeOf(err)
+      // ECONNRESET: the client hung up during the handshake (Node's "socket hang up").
+      const code = nodeCode === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'SLUICE_ERR_HANDSHAKE_TIMEOUT' : nodeCode === 'ECONNRESET' ? 'SLUICE_ERR_CLIENT_SOCKET' : 'SLUICE_ERR_TLS_HANDSHAKE'
       ts.destroy()
       done({ error: new SluiceError(code, `TLS handshake failed: ${errorMessage(err)}`, { cause: err }) })
       return

@@ -44,7 +44,7 @@ t.test('20 MiB each way through the proxy arrive intact (SHA-256)', async (t) =>
   const line = (await run.logs.waitForAccess(1))[0]!
   t.equal(line.bytes_in, size, 'access log bytes_in')
   t.equal(line.bytes_out, size, 'access log bytes_out')
-  t.equal(line.close_reason, 'backend_closed', 'the backend ended the connection')
+  t.equal(line.close_reason, 'backend_closed', `the backend ended the connection (${String(line.close_reason)})`)
 })
 
 t.test('half-close: the client FIN reaches the backend and its reply still comes back', async (t) => {
@@ -67,7 +67,7 @@ t.test('half-close: the client FIN reaches the backend and its reply still comes
   await closed(c)
   t.equal(Buffer.concat(parts).toString(), 'got question and your FIN', 'reply arrived after the client half-closed')
   const line = (await run.logs.waitForAccess(1))[0]!
-  t.equal(line.close_reason, 'client_closed', 'close_reason names the side that closed first')
+  t.equal(line.close_reason, 'client_closed', `close_reason names the side that closed first (${String(line.close_reason)})`)
 })
 
 t.test('a slow reader with a fast backend keeps sluice memory bounded (backpressure)', async (t) => {

@@ -1,7 +1,7 @@
-import t, { type Test } from 'tap'
-import { spawn } from 'node:child_process'
+import t from 'tap'
 import { connect, type Socket } from 'node:net'
 import { startDaemon } from '../helpers/daemon.js'
+import { blackHole } from '../helpers/black-hole.js'
 import { closed, deadPort, dial, eventually, greeting, namedBackend, readUntil } from '../helpers/net.js'
 
 t.test('a failed connect costs a retry on another backend, not the client', async (t) => {
@@ -131,40 +131,4 @@ function refusedWith(port: number): Promise<string> {
     s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'))
     s.once('close', () => resolve(''))
   })
-}
-
-/**
- * A TCP port whose handshakes never complete: a child process listens with a backlog of 1
- * and is stopped (SIGSTOP), then the accept queue is filled, so the kernel drops new SYNs.
- */
-async function blackHole(t: Test): Promise<{ port: number; stop: () => void }> {
-  const child = spawn(process.execPath, ['-e', `
-    const s = require('net').createServer()
-    s.listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => {
-      process.stdout.write(String(s.address().port) + '\\n')
-      process.kill(process.pid, 'SIGSTOP')
-    })`], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const stop = (): void => {
-    child.kill('SIGKILL')
-  }
-  t.teardown(stop)
-  const port = await new Promise<number>((resolve) => child.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))))
-  await eventually(async () => (await import('node:fs/promises')).readFile(`/proc/${child.pid}/stat`, 'utf8').then((s) => s.split(' ')[2] === 'T', () => false), 'the listener process to stop')
-  // Fill the accept queue until a connect no longer completes within 200 ms.
-  const fillers: Socket[] = []
-  t.teardown(() => fillers.forEach((s) => s.destroy()))
-  for (let i = 0; i < 16; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect({ port, host: '127.0.0.1' })
-      fillers.push(s)
-      s.on('error', () => resolve(false))
-      const timer = setTimeout(() => resolve(false), 200)
-      s.once('connect', () => {
-        clearTimeout(timer)
-        resolve(true)
-      })
-    })
-    if (!ok) return { port, stop }
-  }
-  throw new Error('could not fill the accept queue of the stopped listener')
 }
