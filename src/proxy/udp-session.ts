@@ -21,6 +21,11 @@ export type UdpCloseReason =
   | 'shutdown' // sluice stopped and shutdown_timeout ran out (or the listener was destroyed)
 
 /** What a session needs from the listener that owns it. */
+/** 65,535 less the IPv4 (20) and UDP (8) headers. */
+export const UDP4_MAX_PAYLOAD = 65_507
+/** 65,535 less the UDP header (the IPv6 payload length does not include its own header). */
+export const UDP6_MAX_PAYLOAD = 65_527
+
 export interface UdpSessionOwner {
   readonly config: UdpListenerConfig
   readonly log: Logger
@@ -72,6 +77,8 @@ export class UdpSession implements Expiring {
   private lastBackendId: string | null = null
   /** PROXY v2 DGRAM header put before every datagram to the backend (pool proxy_protocol: v2). */
   private header: Buffer | undefined
+  /** The largest UDP payload towards the current backend: 65,507 bytes over IPv4, 65,527 over IPv6. */
+  private maxPayload = UDP4_MAX_PAYLOAD
   private ended = false
 
   constructor(
@@ -102,6 +109,10 @@ export class UdpSession implements Expiring {
   /** A datagram from the client: relay it, or hold it while the upstream socket connects. */
   fromClient(msg: Buffer, now: number): void {
     this.lastSeen = now
+    if (this.header !== undefined && this.header.length + msg.length > this.maxPayload) {
+      this.tooLarge(msg.length)
+      return
+    }
     const up = this.upstream
     if (up !== undefined && this.connected) {
       this.counted(msg)
@@ -157,6 +168,23 @@ export class UdpSession implements Expiring {
     }
   }
 
+  /**
+   * A datagram that no longer fits in one UDP datagram once the PROXY v2 header is put
+   * before it: the kernel would refuse it (EMSGSIZE). Dropped, counted apart from other drops
+   * and logged (throttled), never counted as relayed.
+   */
+  private tooLarge(size: number): void {
+    const owner = this.owner
+    owner.stats.droppedTooLarge++
+    const suppressed = owner.throttle.take(`too-large:${owner.config.name}`)
+    if (suppressed === false) return
+    const room = this.maxPayload - (this.header?.length ?? 0)
+    owner.log.warn(
+      { code: 'SLUICE_ERR_UDP_TOO_LARGE', listener: owner.config.name, pool: this.pool.name, client: this.client, bytes: size, max_bytes: room, suppressed },
+      `udp datagram of ${size} bytes dropped: with the ${this.header?.length ?? 0}-byte PROXY v2 header it exceeds the ${this.maxPayload}-byte UDP payload limit (at most ${room} bytes of data fit)`,
+    )
+  }
+
   private counted(msg: Buffer): void {
     const n = msg.length
     this.datagramsIn++
@@ -192,6 +220,7 @@ export class UdpSession implements Expiring {
     this.awaiting = this.pending === undefined ? 0 : this.pending.length * this.owner.config.udp.responses
     this.header = this.pool.config.proxyProtocol === 'v2' ? this.proxyHeader() : undefined
     const family = isIP(b.host)
+    this.maxPayload = family === 6 ? UDP6_MAX_PAYLOAD : UDP4_MAX_PAYLOAD
     const up = createSocket({ type: family === 6 ? 'udp6' : 'udp4', lookup: literalLookup })
     this.upstream = up
     up.on('message', this.onReply)

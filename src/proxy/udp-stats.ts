@@ -4,7 +4,7 @@ import type { Metrics } from '../metrics/metrics.js'
 export type UdpRefusal = 'max_sessions' | 'no_backend' | 'shutdown'
 
 /** Why a datagram of an existing session was dropped. */
-export type UdpDrop = 'backend_not_ready'
+export type UdpDrop = 'backend_not_ready' | 'datagram_too_large'
 
 /**
  * A UDP listener's counters as plain numbers: the data path adds to fields (no label lookup,
@@ -22,7 +22,9 @@ export class UdpStats {
   refusedNoBackend = 0
   refusedShutdown = 0
   droppedNotReady = 0
-  private flushed = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, sessions: 0, maxSessions: 0, noBackend: 0, shutdown: 0, notReady: 0 }
+  /** Datagrams that a PROXY v2 header would push past the UDP payload limit. */
+  droppedTooLarge = 0
+  private flushed = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, sessions: 0, maxSessions: 0, noBackend: 0, shutdown: 0, notReady: 0, tooLarge: 0 }
 
   refuse(reason: UdpRefusal): void {
     if (reason === 'max_sessions') this.refusedMaxSessions++
@@ -46,5 +48,6 @@ export class UdpStats {
     f.noBackend = inc(this.refusedNoBackend, f.noBackend, rejected('no_backend'))
     f.shutdown = inc(this.refusedShutdown, f.shutdown, rejected('shutdown'))
     f.notReady = inc(this.droppedNotReady, f.notReady, rejected('backend_not_ready'))
+    f.tooLarge = inc(this.droppedTooLarge, f.tooLarge, rejected('datagram_too_large'))
   }
 }
