@@ -1,27 +1,37 @@
 /**
  * Side-by-side data-path benchmark (see BENCH.md): the same load generators against direct,
- * HAProxy, nginx (stream) and sluice, in one run, each proxy with one worker/thread.
- * Prints a markdown table of medians and writes bench/results/compare.json.
+ * HAProxy, nginx (stream), dnsdist (DNS), the 30-line Node pipe proxy and sluice, in one run,
+ * every proxy with the same number of workers/threads. Prints a markdown table of medians
+ * and writes bench/results/compare.json.
  *
- *   npm run bench                       # 3 sweeps
+ *   npm run bench                                   # 3 sweeps, 1 worker each
+ *   BENCH_WORKERS=1,2 npm run bench                 # 1 worker each, then 2 (sluice needs Node 22.12+ for 2)
  *   BENCH_SWEEPS=1 BENCH_ONLY=redis npm run bench
+ *   SLUICE_NODE=/path/to/node BENCH_RELAYS=js,native npm run bench   # sluice on another Node, once per relay
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
-import { connect, createServer, type AddressInfo } from 'node:net'
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 const SWEEPS = Number(process.env.BENCH_SWEEPS ?? 3)
 const ONLY = process.env.BENCH_ONLY
+const WORKER_COUNTS = (process.env.BENCH_WORKERS ?? '1').split(',').map((w) => Number(w.trim())).filter((w) => w >= 1)
+/** `relay:` values to run sluice with, one candidate each; unset: sluice's default only. */
+const RELAYS = (process.env.BENCH_RELAYS ?? '').split(',').map((r) => r.trim()).filter((r) => r !== '')
+const SLUICE_NODE = process.env.SLUICE_NODE ?? process.execPath
+const PIPE = new URL('../../bench/pipe-proxy.mjs', import.meta.url).pathname
+/** Idle connections held open through each proxy to measure its memory per connection. */
+const IDLE_CONNECTIONS = Number(process.env.BENCH_IDLE ?? 2000)
 const TICKS = Number(run('getconf', ['CLK_TCK']).trim() || 100)
 const MAIN = new URL('../../dist/main.js', import.meta.url).pathname
 const work = mkdtempSync(join(tmpdir(), 'sluice-bench-'))
 
 interface Proc { child: ChildProcess; port: number }
-interface Candidate { name: string; host: string; start(target: number, host: string, udp: boolean): Promise<Proc | undefined> }
-interface Scenario { name: string; unit: string; backend: 'redis' | 'iperf3' | 'dns'; measure(port: number): number; p99?: boolean }
-interface Row { scenario: string; unit: string; candidate: string; value: number; cpu: number; p99?: number }
+interface Candidate { name: string; host: string; start(target: number, host: string, udp: boolean, workers: number): Promise<Proc | undefined> }
+interface Scenario { name: string; unit: string; backend: 'redis' | 'iperf3' | 'dns'; measure(port: number, pid: number | undefined): number | Promise<number>; p99?: boolean; noCpu?: boolean }
+interface Row { scenario: string; unit: string; candidate: string; workers: number; value: number; cpu: number; p99?: number }
 
 function run(cmd: string, args: string[], timeoutMs = 120_000): string {
   return execFileSync(cmd, args, { encoding: 'utf8', timeout: timeoutMs, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 })
@@ -95,11 +105,82 @@ async function startProc(cmd: string, args: string[], port: number, udp = false)
   return { child, port }
 }
 
-/** CPU seconds (user + system) used so far by a process. */
+/** The fields of /proc/PID/stat after the command name (field 3 onwards), or undefined. */
+function statFields(pid: number): string[] | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  } catch {
+    return undefined
+  }
+}
+
+/** A process and its descendants (nginx's master and workers). */
+function processTree(pid: number): number[] {
+  const children = new Map<number, number[]>()
+  for (const name of readdirSync('/proc')) {
+    const p = Number(name)
+    if (!Number.isInteger(p)) continue
+    const ppid = Number(statFields(p)?.[1])
+    if (Number.isFinite(ppid)) children.set(ppid, [...(children.get(ppid) ?? []), p])
+  }
+  const out: number[] = []
+  const todo = [pid]
+  while (todo.length > 0) {
+    const p = todo.pop() as number
+    out.push(p)
+    todo.push(...(children.get(p) ?? []))
+  }
+  return out
+}
+
+/** CPU seconds (user + system) used so far by a process and its children, live and reaped. */
 function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  return (Number(f[11]) + Number(f[12])) / TICKS
+  let ticks = 0
+  for (const p of processTree(pid)) {
+    const f = statFields(p)
+    if (f !== undefined) ticks += Number(f[11]) + Number(f[12]) + (p === pid ? 0 : Number(f[13]) + Number(f[14]))
+  }
+  return ticks / TICKS
+}
+
+/** Resident memory of a process and its children, in KiB. */
+function rssKiB(pid: number): number {
+  let kib = 0
+  for (const p of processTree(pid)) {
+    try {
+      kib += Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, 'utf8'))?.[1] ?? 0)
+    } catch {
+      // gone
+    }
+  }
+  return kib
+}
+
+/** Node's version as [major, minor]. */
+function nodeVersion(node: string): [number, number] {
+  const v = run(node, ['-p', 'process.versions.node']).trim().split('.').map(Number)
+  return [v[0] ?? 0, v[1] ?? 0]
+}
+const sluiceNode = nodeVersion(SLUICE_NODE)
+const sluiceReusePort = sluiceNode[0] > 22 || (sluiceNode[0] === 22 && sluiceNode[1] >= 12)
+
+function sluiceCandidate(relay: string | undefined): Candidate {
+  return {
+    name: relay === undefined ? 'sluice' : `sluice (${relay})`,
+    host: '127.0.0.4',
+    start: async (target, host, udp, workers) => {
+      if (workers > 1 && !sluiceReusePort) return undefined
+      const port = await freePort()
+      const cfg = join(work, `sluice-${port}.yaml`)
+      const listener = udp
+        ? `{ name: b, protocol: udp, listen: 127.0.0.1:${port}, pool: p, udp: { responses: 1, session_timeout: 5s } }`
+        : `{ name: b, listen: 127.0.0.1:${port}, pool: p, max_connections: 100000 }`
+      const top = `${workers > 1 ? `workers: ${workers}\n` : ''}${relay !== undefined ? `relay: ${relay}\n` : ''}`
+      writeFileSync(cfg, `${top}log: { level: warn, access_log: false }\nlisteners: [${listener}]\npools: { p: { backends: [${host}:${target}] } }\n`)
+      return startProc(SLUICE_NODE, [MAIN, 'run', '-c', cfg], port, udp)
+    },
+  }
 }
 
 const candidates: Candidate[] = [
@@ -109,38 +190,51 @@ const candidates: Candidate[] = [
   {
     name: 'HAProxy',
     host: '127.0.0.2',
-    start: async (target, host, udp) => {
+    start: async (target, host, udp, workers) => {
       if (udp || !has('haproxy')) return undefined // HAProxy has no UDP proxying
       const port = await freePort()
       const cfg = join(work, `haproxy-${port}.cfg`)
-      writeFileSync(cfg, `global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten l\n  bind 127.0.0.1:${port}\n  server s1 ${host}:${target}\n`)
+      writeFileSync(cfg, `global\n  nbthread ${workers}\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten l\n  bind 127.0.0.1:${port}\n  server s1 ${host}:${target}\n`)
       return startProc('haproxy', ['-f', cfg, '-db'], port)
     },
   },
   {
     name: 'nginx',
     host: '127.0.0.3',
-    start: async (target, host, udp) => {
+    start: async (target, host, udp, workers) => {
       if (!has('nginx')) return undefined
       const port = await freePort()
       const cfg = join(work, `nginx-${port}.conf`)
-      writeFileSync(cfg, `load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 100000;\npid ${work}/nginx-${port}.pid;\nerror_log stderr error;\nevents { worker_connections 50000; }\nstream { server { listen 127.0.0.1:${port}${udp ? ' udp' : ''}; proxy_pass ${host}:${target};${udp ? ' proxy_responses 1; proxy_timeout 5s;' : ''} } }\n`)
+      // One worker: no master, the worker is the process measured. Several: master and
+      // workers, measured as a process tree.
+      writeFileSync(cfg, `load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;\nmaster_process ${workers > 1 ? 'on' : 'off'};\nworker_processes ${workers};\nworker_rlimit_nofile 100000;\npid ${work}/nginx-${port}.pid;\nerror_log stderr error;\nevents { worker_connections 50000; }\nstream { server { listen 127.0.0.1:${port}${udp ? ' udp reuseport' : workers > 1 ? ' reuseport' : ''}; proxy_pass ${host}:${target};${udp ? ' proxy_responses 1; proxy_timeout 5s;' : ''} } }\n`)
       return startProc('nginx', ['-c', cfg, '-p', work], port, udp)
     },
   },
   {
-    name: 'sluice',
-    host: '127.0.0.4',
-    start: async (target, host, udp) => {
+    name: 'dnsdist',
+    host: '127.0.0.5',
+    start: async (target, host, udp, workers) => {
+      if (!udp || !has('dnsdist')) return undefined
       const port = await freePort()
-      const cfg = join(work, `sluice-${port}.yaml`)
-      const listener = udp
-        ? `{ name: b, protocol: udp, listen: 127.0.0.1:${port}, pool: p, udp: { responses: 1, session_timeout: 5s } }`
-        : `{ name: b, listen: 127.0.0.1:${port}, pool: p, max_connections: 100000 }`
-      writeFileSync(cfg, `log: { level: warn, access_log: false }\nlisteners: [${listener}]\npools: { p: { backends: [${host}:${target}] } }\n`)
-      return startProc(process.execPath, [MAIN, 'run', '-c', cfg], port, udp)
+      const cfg = join(work, `dnsdist-${port}.conf`)
+      // Round-robin, no packet cache, the backend forced up (no health checks); one UDP
+      // listener thread per worker on the same port (SO_REUSEPORT).
+      const locals = Array.from({ length: workers }, (_, i) => `${i === 0 ? 'setLocal' : 'addLocal'}('127.0.0.1:${port}', { reusePort = true })`).join('\n')
+      writeFileSync(cfg, `${locals}\nsetSecurityPollSuffix('')\nsetServerPolicy(roundrobin)\nlocal s = newServer({ address = '${host}:${target}', sockets = ${Math.max(2, workers)} })\ns:setUp()\n`)
+      return startProc('dnsdist', ['--supervised', '--disable-syslog', '-C', cfg], port, udp)
     },
   },
+  {
+    name: 'Node pipe',
+    host: '127.0.0.6',
+    start: async (target, host, udp, workers) => {
+      if (workers > 1) return undefined // one event loop by design
+      const port = await freePort()
+      return startProc(process.execPath, [PIPE, udp ? 'udp' : 'tcp', String(port), host, String(target)], port, udp)
+    },
+  },
+  ...(RELAYS.length === 0 ? [sluiceCandidate(undefined)] : RELAYS.map((r) => sluiceCandidate(r))),
 ]
 
 function redisBenchmark(port: number, extra: string[]): { rps: number; p99: number } {
@@ -167,7 +261,12 @@ const scenarios: Scenario[] = [
   },
   {
     name: 'dnsperf, UDP DNS (-c 4 -q 200)', unit: 'q/s', backend: 'dns',
-    measure: (port) => dnsperf(port),
+    measure: (port) => dnsperf(port, 4, 200),
+  },
+  {
+    // Stub resolvers send each query from a new source port: many clients, short sessions.
+    name: 'dnsperf, UDP DNS (-c 100 -q 100)', unit: 'q/s', backend: 'dns',
+    measure: (port) => dnsperf(port, 100, 100),
   },
   {
     name: 'iperf3, 1 stream', unit: 'Gbit/s', backend: 'iperf3',
@@ -177,13 +276,56 @@ const scenarios: Scenario[] = [
     name: 'iperf3, 4 streams', unit: 'Gbit/s', backend: 'iperf3',
     measure: (port) => iperf(port, 4),
   },
+  {
+    name: `idle connections (${IDLE_CONNECTIONS}), RSS per connection`, unit: 'KiB', backend: 'redis', noCpu: true,
+    measure: (port, pid) => idleKiB(port, pid),
+  },
 ]
 
+/**
+ * Opens IDLE_CONNECTIONS connections through the proxy, each proven end to end by a PING
+ * answered with +PONG, then reads the proxy's RSS growth per connection. Direct has no proxy.
+ */
+async function idleKiB(port: number, pid: number | undefined): Promise<number> {
+  if (pid === undefined) return 0
+  const before = rssKiB(pid)
+  const open: Socket[] = []
+  try {
+    for (let i = 0; i < IDLE_CONNECTIONS; i += 100) {
+      await Promise.all(Array.from({ length: Math.min(100, IDLE_CONNECTIONS - i) }, () => pinged(port).then((s) => open.push(s))))
+    }
+    // Let lazily freed memory settle; the figure is the growth that stays while they idle.
+    await new Promise((r) => setTimeout(r, 1000))
+    return (rssKiB(pid) - before) / IDLE_CONNECTIONS
+  } finally {
+    for (const s of open) s.destroy()
+  }
+}
+
+function pinged(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ port, host: '127.0.0.1' }, () => s.write('PING\r\n'))
+    const timer = setTimeout(() => {
+      s.destroy()
+      reject(new Error('no +PONG within 10 s'))
+    }, 10_000)
+    s.once('data', (d: Buffer) => {
+      clearTimeout(timer)
+      if (d.toString().startsWith('+PONG')) resolve(s)
+      else reject(new Error(`unexpected answer ${d.toString()}`))
+    })
+    s.once('error', (e) => {
+      clearTimeout(timer)
+      reject(e)
+    })
+  })
+}
+
 let dnsLost = 0
-function dnsperf(port: number): number {
+function dnsperf(port: number, clients: number, outstanding: number): number {
   const data = join(work, 'queries.txt')
   writeFileSync(data, Array.from({ length: 1000 }, (_, i) => `q${i}.example.test A`).join('\n') + '\n')
-  const out = run('dnsperf', ['-s', '127.0.0.1', '-p', String(port), '-d', data, '-l', '4', '-c', '4', '-q', '200', '-t', '2'], 60_000)
+  const out = run('dnsperf', ['-s', '127.0.0.1', '-p', String(port), '-d', data, '-l', '4', '-c', String(clients), '-q', String(outstanding), '-t', '2'], 60_000)
   dnsLost = Number(/Queries lost:\s+(\d+)/.exec(out)?.[1] ?? NaN)
   const qps = Number(/Queries per second:\s+([\d.]+)/.exec(out)?.[1] ?? NaN)
   if (!Number.isFinite(qps)) throw new Error(`no figure in dnsperf output: ${out}`)
@@ -202,11 +344,11 @@ async function startBackend(kind: 'redis' | 'iperf3' | 'dns'): Promise<Proc | un
   if (kind === 'dns') {
     const dnsmasq = ['/usr/sbin/dnsmasq', '/sbin/dnsmasq'].find((p) => has(p))
     if (dnsmasq === undefined || !has('dnsperf') || !has('dig')) return undefined
-    return startProc(dnsmasq, ['--no-daemon', '--pid-file=', `--port=${port}`, '--listen-address=127.0.0.1,127.0.0.3,127.0.0.4', '--bind-interfaces', '--no-resolv', '--no-hosts', '--cache-size=0', '--address=/example.test/192.0.2.1'], port, true)
+    return startProc(dnsmasq, ['--no-daemon', '--pid-file=', `--port=${port}`, '--listen-address=127.0.0.1,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6', '--bind-interfaces', '--no-resolv', '--no-hosts', '--cache-size=0', '--address=/example.test/192.0.2.1'], port, true)
   }
   if (kind === 'redis') {
     if (!has('redis-server') || !has('redis-benchmark')) return undefined
-    return startProc('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '127.0.0.2', '127.0.0.3', '127.0.0.4', '--save', '', '--appendonly', 'no', '--maxclients', '50000'], port)
+    return startProc('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.6', '--save', '', '--appendonly', 'no', '--maxclients', '50000'], port)
   }
   if (!has('iperf3')) return undefined
   return startProc('iperf3', ['-s', '-p', String(port)], port)
@@ -218,6 +360,9 @@ function median(xs: number[]): number {
 }
 
 async function main(): Promise<void> {
+  if (WORKER_COUNTS.some((w) => w > 1) && !sluiceReusePort) {
+    console.error(`sluice runs on Node ${sluiceNode.join('.')}: workers above 1 need 22.12+ (reusePort); set SLUICE_NODE to a newer node to measure them`)
+  }
   const rows: Row[] = []
   for (const sc of scenarios) {
     if (ONLY && !sc.name.includes(ONLY)) continue
@@ -226,59 +371,63 @@ async function main(): Promise<void> {
       console.error(`skipping "${sc.name}": ${sc.backend} tools are not installed`)
       continue
     }
-    const samples = new Map<string, { v: number[]; cpu: number[]; p99: number[] }>()
-    for (let sweep = 0; sweep < SWEEPS; sweep++) {
-      // Rotate the order each sweep so no candidate always runs on the busiest machine state.
-      const order = candidates.map((_, i) => candidates[(i + sweep) % candidates.length] as Candidate)
-      for (const c of order) {
-        const p = await c.start(be.port, c.host, sc.backend === 'dns')
-        if (!p) continue
-        const pid = p.child?.pid
-        const cpu0 = pid ? cpuSeconds(pid) : 0
-        let v: number
-        try {
-          v = sc.measure(p.port)
-        } catch (err) {
-          // A load generator that fails once (iperf3's control connection, say) costs that
-          // sample, not the whole run; the median is taken over the samples that completed.
-          console.error(`${sc.name} | ${c.name} | sweep ${sweep + 1}: failed: ${err instanceof Error ? err.message : String(err)}`)
+    for (const workers of WORKER_COUNTS) {
+      const samples = new Map<string, { v: number[]; cpu: number[]; p99: number[] }>()
+      for (let sweep = 0; sweep < SWEEPS; sweep++) {
+        // Rotate the order each sweep so no candidate always runs on the busiest machine state.
+        const order = candidates.map((_, i) => candidates[(i + sweep) % candidates.length] as Candidate)
+        for (const c of order) {
+          if (sc.noCpu && c.name === 'direct') continue
+          const p = await c.start(be.port, c.host, sc.backend === 'dns', workers)
+          if (!p) continue
+          const pid = p.child?.pid
+          const cpu0 = pid ? cpuSeconds(pid) : 0
+          let v: number
+          try {
+            v = await sc.measure(p.port, pid)
+          } catch (err) {
+            // A load generator that fails once (iperf3's control connection, say) costs that
+            // sample, not the whole run; the median is taken over the samples that completed.
+            console.error(`${sc.name} | ${c.name} ×${workers} | sweep ${sweep + 1}: failed: ${err instanceof Error ? err.message : String(err)}`)
+            p.child?.kill('SIGKILL')
+            continue
+          }
+          const cpu = pid ? cpuSeconds(pid) - cpu0 : 0
+          for (const q of pid ? processTree(pid) : []) if (q !== pid) process.kill(q, 'SIGKILL')
           p.child?.kill('SIGKILL')
-          continue
+          const s = samples.get(c.name) ?? { v: [], cpu: [], p99: [] }
+          s.v.push(v)
+          s.cpu.push(cpu)
+          s.p99.push(lastP99)
+          samples.set(c.name, s)
+          const lost = sc.backend === 'dns' ? `, lost ${dnsLost}` : ''
+          console.error(`${sc.name} | ${c.name} ×${workers} | sweep ${sweep + 1}: ${v.toFixed(2)} ${sc.unit}, proxy CPU ${cpu.toFixed(2)} s${lost}`)
         }
-        const cpu = pid ? cpuSeconds(pid) - cpu0 : 0
-        p.child?.kill('SIGKILL')
-        const s = samples.get(c.name) ?? { v: [], cpu: [], p99: [] }
-        s.v.push(v)
-        s.cpu.push(cpu)
-        s.p99.push(lastP99)
-        samples.set(c.name, s)
-        const lost = sc.backend === 'dns' ? `, lost ${dnsLost}` : ''
-        console.error(`${sc.name} | ${c.name} | sweep ${sweep + 1}: ${v.toFixed(2)} ${sc.unit}, proxy CPU ${cpu.toFixed(2)} s${lost}`)
+      }
+      for (const [name, s] of samples) {
+        rows.push({ scenario: sc.name, unit: sc.unit, candidate: name, workers, value: median(s.v), cpu: median(s.cpu), p99: sc.p99 ? median(s.p99) : undefined })
       }
     }
     be.child.kill('SIGKILL')
-    for (const [name, s] of samples) {
-      rows.push({ scenario: sc.name, unit: sc.unit, candidate: name, value: median(s.v), cpu: median(s.cpu), p99: sc.p99 ? median(s.p99) : undefined })
-    }
   }
   printTable(rows)
   mkdirSync(new URL('../../bench/results/', import.meta.url), { recursive: true })
   const file = new URL('../../bench/results/compare.json', import.meta.url)
-  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, sweeps: SWEEPS, workers: 1, rows }, null, 2))
+  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), node: process.version, sluiceNode: sluiceNode.join('.'), sweeps: SWEEPS, workers: WORKER_COUNTS, rows }, null, 2))
   console.error(`wrote ${file.pathname}`)
 }
 
 function printTable(rows: Row[]): void {
-  console.log(`Medians of ${SWEEPS} sweep(s); every proxy with 1 worker/thread; Node ${process.version}.\n`)
-  console.log('| scenario | candidate | figure | × direct | × HAProxy | proxy CPU s | per proxy CPU-second | p99 ms |')
-  console.log('|---|---|---:|---:|---:|---:|---:|---:|')
+  console.log(`Medians of ${SWEEPS} sweep(s); workers/threads per proxy as in the column; bench on Node ${process.version}, sluice on Node ${sluiceNode.join('.')}.\n`)
+  console.log('| scenario | candidate | workers | figure | × direct | × HAProxy | × dnsdist | proxy CPU s | per proxy CPU-second | p99 ms |')
+  console.log('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')
   for (const r of rows) {
-    const direct = rows.find((x) => x.scenario === r.scenario && x.candidate === 'direct')
-    const ha = rows.find((x) => x.scenario === r.scenario && x.candidate === 'HAProxy')
-    const ratio = (base: Row | undefined): string => (base && base.value > 0 ? (r.value / base.value).toFixed(2) : '–')
-    const perCpu = r.candidate !== 'direct' && r.cpu > 0 && r.unit !== 'Gbit/s' ? Math.round(requestsOf(r) / r.cpu).toLocaleString('en-US') : '–'
-    const fig = r.unit === 'Gbit/s' ? r.value.toFixed(1) : Math.round(r.value).toLocaleString('en-US')
-    console.log(`| ${r.scenario} | ${r.candidate} | ${fig} ${r.unit} | ${ratio(direct)} | ${ratio(ha)} | ${r.candidate === 'direct' ? '–' : r.cpu.toFixed(2)} | ${perCpu} | ${r.p99 !== undefined ? r.p99.toFixed(3) : '–'} |`)
+    const peer = (name: string): Row | undefined => rows.find((x) => x.scenario === r.scenario && x.candidate === name && x.workers === r.workers)
+    const ratio = (base: Row | undefined): string => (base && base.value > 0 && base !== r ? (r.value / base.value).toFixed(2) : '–')
+    const perCpu = r.candidate !== 'direct' && r.cpu > 0 && r.unit !== 'Gbit/s' && r.unit !== 'KiB' ? Math.round(requestsOf(r) / r.cpu).toLocaleString('en-US') : '–'
+    const fig = r.unit === 'Gbit/s' || r.unit === 'KiB' ? r.value.toFixed(1) : Math.round(r.value).toLocaleString('en-US')
+    const cpu = r.candidate === 'direct' || r.unit === 'KiB' ? '–' : r.cpu.toFixed(2)
+    console.log(`| ${r.scenario} | ${r.candidate} | ${r.workers} | ${fig} ${r.unit} | ${ratio(peer('direct'))} | ${ratio(peer('HAProxy'))} | ${ratio(peer('dnsdist'))} | ${cpu} | ${perCpu} | ${r.p99 !== undefined ? r.p99.toFixed(3) : '–'} |`)
   }
 }
 
