@@ -165,15 +165,18 @@ function nodeVersion(node: string): [number, number] {
 const sluiceNode = nodeVersion(SLUICE_NODE)
 const sluiceReusePort = sluiceNode[0] > 22 || (sluiceNode[0] === 22 && sluiceNode[1] >= 12)
 
-function sluiceCandidate(relay: string | undefined): Candidate {
+function sluiceCandidate(relay: string | undefined, dnsMode = false): Candidate {
   return {
-    name: relay === undefined ? 'sluice' : `sluice (${relay})`,
+    name: dnsMode ? 'sluice (udp.mode dns)' : relay === undefined ? 'sluice' : `sluice (${relay})`,
     host: '127.0.0.4',
     start: async (target, host, udp, workers) => {
       if (workers > 1 && !sluiceReusePort) return undefined
+      if (dnsMode && !udp) return undefined
       const port = await freePort()
       const cfg = join(work, `sluice-${port}.yaml`)
-      const listener = udp
+      const listener = dnsMode
+        ? `{ name: b, protocol: udp, listen: 127.0.0.1:${port}, pool: p, udp: { mode: dns } }`
+        : udp
         ? `{ name: b, protocol: udp, listen: 127.0.0.1:${port}, pool: p, udp: { responses: 1, session_timeout: 5s } }`
         : `{ name: b, listen: 127.0.0.1:${port}, pool: p, max_connections: 100000 }`
       const top = `${workers > 1 ? `workers: ${workers}\n` : ''}${relay !== undefined ? `relay: ${relay}\n` : ''}`
@@ -235,6 +238,7 @@ const candidates: Candidate[] = [
     },
   },
   ...(RELAYS.length === 0 ? [sluiceCandidate(undefined)] : RELAYS.map((r) => sluiceCandidate(r))),
+  sluiceCandidate(undefined, true),
 ]
 
 function redisBenchmark(port: number, extra: string[]): { rps: number; p99: number } {

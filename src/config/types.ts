@@ -123,6 +123,16 @@ export interface UdpListenerConfig {
 }
 
 export interface UdpSettings {
+  /**
+   * `session`: a session (and an upstream socket) per client address:port. `dns`: queries are
+   * relayed over a few shared upstream sockets per backend, their IDs rewritten and mapped
+   * back; no sessions (docs/udp.md).
+   */
+  mode: 'session' | 'dns'
+  /** dns mode: a query whose answer has not come back in this long is dropped and counted. */
+  queryTimeoutMs: number
+  /** dns mode: upstream sockets per backend (each carries up to 4,096 queries in flight). */
+  upstreamSockets: number
   /** A session with no datagram either way for this long ends. */
   sessionTimeoutMs: number
   /** Replies expected per client datagram; once they have all arrived the session ends. 0 = unlimited. */
@@ -213,6 +223,8 @@ export const DEFAULTS = {
   udpMaxSessionTimeoutMs: 86_400_000,
   udpResponses: 0,
   udpMaxSessions: 100_000,
+  udpQueryTimeoutMs: 2_000,
+  udpUpstreamSockets: 2,
   sniPeekTimeoutMs: 1_000,
   tlsWatchIntervalMs: 5_000,
 } as const

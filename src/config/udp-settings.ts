@@ -2,10 +2,17 @@ import type { ConfigReader, MapView } from './reader.js'
 import { DEFAULTS, type UdpSettings } from './types.js'
 import { formatDuration } from './duration.js'
 
-const UDP_KEYS = ['session_timeout', 'responses', 'max_sessions']
+const UDP_KEYS = ['mode', 'session_timeout', 'responses', 'max_sessions', 'query_timeout', 'upstream_sockets']
+const MODES = ['session', 'dns'] as const
+/** Keys that only one mode applies, and why the other does not. */
+const SESSION_ONLY = ['session_timeout', 'responses', 'max_sessions']
+const DNS_ONLY = ['query_timeout', 'upstream_sockets']
 
 /** The listener keys a udp listener applies; every other listener key is an error on it. */
 const UDP_LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'udp']
+
+/** Longest query_timeout accepted in dns mode. */
+const MAX_QUERY_TIMEOUT_MS = 60_000
 
 /** Shortest session_timeout accepted: below it the expiry wheel's tick could not resolve it. */
 const MIN_SESSION_TIMEOUT_MS = 10
@@ -38,6 +45,9 @@ export function readUdpSettings(reader: ConfigReader, m: MapView, context: strin
     reader.report(at, `"${key}" does not apply to ${context}, which is protocol udp: ${instead}; remove it`)
   }
   const defaults: UdpSettings = {
+    mode: 'session',
+    queryTimeoutMs: DEFAULTS.udpQueryTimeoutMs,
+    upstreamSockets: DEFAULTS.udpUpstreamSockets,
     sessionTimeoutMs: DEFAULTS.udpSessionTimeoutMs,
     responses: DEFAULTS.udpResponses,
     maxSessions: DEFAULTS.udpMaxSessions,
@@ -45,6 +55,30 @@ export function readUdpSettings(reader: ConfigReader, m: MapView, context: strin
   if (!m.has('udp')) return defaults
   const u = reader.map(m.get('udp'), UDP_KEYS, `${context} udp`)
   if (u === undefined) return undefined
+  let mode: UdpSettings['mode'] | undefined = defaults.mode
+  if (u.has('mode')) {
+    const text = reader.text(u.get('mode'), `${context} udp.mode`)
+    mode = MODES.find((x) => x === text)
+    if (text !== undefined && mode === undefined) reader.report(u.get('mode'), `${context} udp.mode "${text}" is not one of ${MODES.join(', ')} (session: a session per client address:port; dns: DNS queries matched to answers by ID over shared upstream sockets)`)
+  }
+  if (mode !== undefined) {
+    const wrong = mode === 'dns' ? SESSION_ONLY : DNS_ONLY
+    for (const key of wrong) {
+      if (!u.has(key)) continue
+      const why = mode === 'dns' ? 'with udp.mode: dns there are no sessions: each query is matched to its answer by ID, and query_timeout bounds the wait' : 'it applies only with udp.mode: dns'
+      reader.report(u.keyAt(key), `${context} udp.${key} does not apply here: ${why}`)
+    }
+  }
+  let queryTimeoutMs: number | undefined = defaults.queryTimeoutMs
+  if (u.has('query_timeout')) {
+    const at = u.get('query_timeout')
+    queryTimeoutMs = reader.duration(at, `${context} udp.query_timeout`, { minMs: MIN_SESSION_TIMEOUT_MS })
+    if (queryTimeoutMs !== undefined && queryTimeoutMs > MAX_QUERY_TIMEOUT_MS) {
+      reader.report(at, `${context} udp.query_timeout is ${formatDuration(queryTimeoutMs)}; it must be at most ${formatDuration(MAX_QUERY_TIMEOUT_MS)} (a DNS client gives up long before)`)
+      queryTimeoutMs = undefined
+    }
+  }
+  const upstreamSockets = u.has('upstream_sockets') ? reader.int(u.get('upstream_sockets'), `${context} udp.upstream_sockets (per backend)`, 1, 64) : defaults.upstreamSockets
   let sessionTimeoutMs: number | undefined = defaults.sessionTimeoutMs
   if (u.has('session_timeout')) {
     const at = u.get('session_timeout')
@@ -56,8 +90,8 @@ export function readUdpSettings(reader: ConfigReader, m: MapView, context: strin
   }
   const responses = u.has('responses') ? reader.int(u.get('responses'), `${context} udp.responses (replies expected per datagram; 0 = unlimited)`, 0, 65_535) : defaults.responses
   const maxSessions = u.has('max_sessions') ? reader.int(u.get('max_sessions'), `${context} udp.max_sessions`, 1, 10_000_000) : defaults.maxSessions
-  if (sessionTimeoutMs === undefined || responses === undefined || maxSessions === undefined) return undefined
-  return { sessionTimeoutMs, responses, maxSessions }
+  if (mode === undefined || queryTimeoutMs === undefined || upstreamSockets === undefined || sessionTimeoutMs === undefined || responses === undefined || maxSessions === undefined) return undefined
+  return { mode, queryTimeoutMs, upstreamSockets, sessionTimeoutMs, responses, maxSessions }
 }
 
 /** `udp:` on a TCP listener is a mistake worth naming: it would otherwise do nothing. */

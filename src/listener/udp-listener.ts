@@ -15,6 +15,7 @@ import { formatAddress } from '../config/address.js'
 import { UdpSession, literalLookup, type UdpSessionOwner } from '../proxy/udp-session.js'
 import { UdpStats } from '../proxy/udp-stats.js'
 import { ExpiryWheel } from '../proxy/udp-expiry.js'
+import { DnsRelay, type DnsRelayOwner } from '../proxy/dns-relay.js'
 
 /** Socket buffers asked of the kernel (it caps them at net.core.rmem_max / wmem_max). */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
@@ -27,7 +28,7 @@ const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
  * ends them all now. Replies leave from this listener's socket, so clients see the address
  * they sent to.
  */
-export class UdpListener implements Listener, UdpSessionOwner {
+export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
   readonly protocol = 'udp'
   readonly sessions = new Map<string, UdpSession>()
   readonly stats = new UdpStats()
@@ -37,6 +38,8 @@ export class UdpListener implements Listener, UdpSessionOwner {
   private closing = false
   private idleWaiters: (() => void)[] = []
   private readonly wheel: ExpiryWheel<UdpSession>
+  /** udp.mode dns: queries relayed by ID over shared upstream sockets instead of sessions. */
+  private dns: DnsRelay | undefined
   /** Reused for every pick: the balancers read it and keep nothing of it. */
   private readonly ctx: PickContext = { protocol: 'udp', remoteAddress: '', remotePort: 0 }
 
@@ -48,6 +51,7 @@ export class UdpListener implements Listener, UdpSessionOwner {
     public accessLog: boolean,
   ) {
     this.wheel = new ExpiryWheel<UdpSession>(config.udp.sessionTimeoutMs, (s) => s.end('timeout'))
+    if (config.udp.mode === 'dns') this.dns = new DnsRelay(this, pool)
   }
 
   get name(): string {
@@ -83,6 +87,11 @@ export class UdpListener implements Listener, UdpSessionOwner {
     this.socketOpen = true
   }
 
+  /** Queries in flight in dns mode (0 in session mode). */
+  get queriesInFlight(): number {
+    return this.dns?.inFlight ?? 0
+  }
+
   address(): ListenerAddress {
     if (this.socket !== undefined && this.socketOpen) {
       const a = this.socket.address()
@@ -93,10 +102,27 @@ export class UdpListener implements Listener, UdpSessionOwner {
 
   update(config: AnyListenerConfig, pool: Pool, accessLog: boolean): void {
     if (config.protocol !== 'udp') throw new TypeError(`listener ${config.name}: a udp listener cannot take ${config.protocol} settings`)
+    if (config.name !== this.config.name) {
+      // Renamed, same socket: what was counted stays under the old name, the live sessions move.
+      this.flushCounters()
+      const live = this.stats.sessions
+      if (live !== 0) {
+        this.metrics.udpSessionsActive.dec({ listener: this.config.name }, live)
+        this.metrics.udpSessionsActive.inc({ listener: config.name }, live)
+      }
+    }
     this.config = config
     this.pool = pool
     this.accessLog = accessLog
     this.wheel.configure(config.udp.sessionTimeoutMs)
+    if (config.udp.mode === 'dns') {
+      if (this.dns === undefined) this.dns = new DnsRelay(this, pool)
+      else this.dns.update(pool)
+    } else if (this.dns !== undefined) {
+      // Back to sessions: queries in flight still get their answers, then its sockets close.
+      void this.dns.close()
+      this.dns = undefined
+    }
   }
 
   flushCounters(): void {
@@ -105,6 +131,13 @@ export class UdpListener implements Listener, UdpSessionOwner {
 
   close(): Promise<void> {
     this.closing = true
+    const dns = this.dns
+    if (dns !== undefined) {
+      return dns.close().then(() => {
+        if (this.sessions.size === 0) this.closeSocket()
+        else return new Promise<void>((resolve) => this.idleWaiters.push(resolve))
+      })
+    }
     if (this.sessions.size === 0) {
       this.closeSocket()
       return Promise.resolve()
@@ -114,6 +147,7 @@ export class UdpListener implements Listener, UdpSessionOwner {
 
   destroy(): void {
     this.closing = true
+    this.dns?.destroy()
     for (const s of [...this.sessions.values()]) s.end('shutdown')
     this.closeSocket()
   }
@@ -126,6 +160,10 @@ export class UdpListener implements Listener, UdpSessionOwner {
     if (this.socketOpen) this.socket?.send(msg, session.clientPort, session.clientAddress)
   }
 
+  toClientAddress(msg: Buffer, port: number, address: string): void {
+    if (this.socketOpen) this.socket?.send(msg, port, address)
+  }
+
   sessionEnded(session: UdpSession): void {
     if (this.sessions.get(session.key) === session) this.sessions.delete(session.key)
     this.wheel.remove(session)
@@ -134,6 +172,11 @@ export class UdpListener implements Listener, UdpSessionOwner {
   }
 
   private readonly onMessage = (msg: Buffer, rinfo: RemoteInfo): void => {
+    const dns = this.dns
+    if (dns !== undefined) {
+      dns.query(msg, rinfo.address, rinfo.port)
+      return
+    }
     const now = Date.now()
     const key = rinfo.address + ' ' + rinfo.port
     const s = this.sessions.get(key) ?? this.open(key, rinfo.address, rinfo.port, now)

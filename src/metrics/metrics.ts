@@ -17,6 +17,7 @@ export class Metrics {
   readonly configReloadsTotal: Counter<'result'>
   readonly udpSessionsActive: Gauge<'listener'>
   readonly udpDatagramsTotal: Counter<'listener' | 'direction'>
+  readonly dnsDroppedTotal: Counter<'listener' | 'reason'>
   readonly healthChecksTotal: Counter<'pool' | 'backend' | 'result'>
   readonly backendEjectionsTotal: Counter<'pool' | 'backend'>
 
@@ -105,6 +106,12 @@ export class Metrics {
       name: 'sluice_udp_datagrams_total',
       help: 'UDP datagrams relayed; direction "in" is client to backend, "out" is backend to client.',
       labelNames: ['listener', 'direction'],
+      registers,
+    })
+    this.dnsDroppedTotal = new Counter({
+      name: 'sluice_dns_dropped_total',
+      help: 'udp.mode dns: queries and answers dropped, by reason (malformed_query, malformed_answer, unmatched_answer, question_mismatch, timeout, ids_exhausted).',
+      labelNames: ['listener', 'reason'],
       registers,
     })
   }

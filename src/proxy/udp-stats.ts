@@ -1,4 +1,5 @@
 import type { Metrics } from '../metrics/metrics.js'
+import type { DnsDrop } from './dns-relay.js'
 
 /** Why a datagram from a client without a session was dropped instead of starting one. */
 export type UdpRefusal = 'max_sessions' | 'no_backend' | 'shutdown'
@@ -26,6 +27,15 @@ export class UdpStats {
   droppedTooLarge = 0
   private flushed = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, sessions: 0, maxSessions: 0, noBackend: 0, shutdown: 0, notReady: 0, tooLarge: 0 }
 
+  /** dns mode: messages dropped, by reason (sluice_dns_dropped_total). */
+  private readonly dns = new Map<DnsDrop, { n: number; flushed: number }>()
+
+  dnsDropped(reason: DnsDrop, n = 1): void {
+    const c = this.dns.get(reason)
+    if (c === undefined) this.dns.set(reason, { n, flushed: 0 })
+    else c.n += n
+  }
+
   refuse(reason: UdpRefusal): void {
     if (reason === 'max_sessions') this.refusedMaxSessions++
     else if (reason === 'no_backend') this.refusedNoBackend++
@@ -49,5 +59,9 @@ export class UdpStats {
     f.shutdown = inc(this.refusedShutdown, f.shutdown, rejected('shutdown'))
     f.notReady = inc(this.droppedNotReady, f.notReady, rejected('backend_not_ready'))
     f.tooLarge = inc(this.droppedTooLarge, f.tooLarge, rejected('datagram_too_large'))
+    for (const [reason, c] of this.dns) {
+      if (c.n !== c.flushed) metrics.dnsDroppedTotal.inc({ listener, reason }, c.n - c.flushed)
+      c.flushed = c.n
+    }
   }
 }

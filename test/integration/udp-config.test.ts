@@ -28,7 +28,7 @@ ${POOLS}
     port: 5353,
     listen: '127.0.0.1:5353',
     pool: 'dns',
-    udp: { sessionTimeoutMs: 30_000, responses: 0, maxSessions: 100_000 },
+    udp: { mode: 'session', queryTimeoutMs: 2000, upstreamSockets: 2, sessionTimeoutMs: 30_000, responses: 0, maxSessions: 100_000 },
   })
 })
 
@@ -44,7 +44,7 @@ ${POOLS}
 `, 'u.yaml', {})
   const l = c.listeners[0]!
   t.equal(l.protocol, 'udp')
-  if (l.protocol === 'udp') t.same(l.udp, { sessionTimeoutMs: 2000, responses: 1, maxSessions: 500 })
+  if (l.protocol === 'udp') t.same(l.udp, { mode: 'session', queryTimeoutMs: 2000, upstreamSockets: 2, sessionTimeoutMs: 2000, responses: 1, maxSessions: 500 })
   t.equal(l.host, '::1')
 })
 
