@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander'
+import pino from 'pino'
 import { loadConfig } from './config/load.js'
 import { ConfigError, SluiceError, errorMessage } from './errors.js'
 import { createLogger } from './log.js'
@@ -98,16 +99,24 @@ function readConfig(file: string, io: Io): Config | undefined {
 async function run(file: string, io: Io): Promise<number> {
   const config = readConfig(file, io)
   if (config === undefined) return EXIT_FAILURE
-  const log = createLogger(config.log.level)
+  const stdout = pino.destination({ dest: 1, sync: false })
+  const log = createLogger(config.log.level, stdout)
   let daemon: Daemon
   try {
     daemon = await Daemon.start(config, { log })
   } catch (err) {
     const msg = err instanceof SluiceError ? err.message : errorMessage(err)
     log.error({ code: err instanceof SluiceError ? err.code : undefined }, msg)
-    log.flush()
+    await finishLog(stdout)
     io.err(`sluice: ${msg}`)
     return EXIT_FAILURE
+  }
+  if (process.env.npm_lifecycle_event === 'start') {
+    // `npm start` stays the parent: it passes SIGINT and SIGTERM on, but a SIGHUP stops npm.
+    log.info(
+      { npm_pid: process.ppid },
+      `started by npm start: send signals to this process (pid ${process.pid}), not to npm (pid ${process.ppid}); or reload with "sluice reload"`,
+    )
   }
   return new Promise<number>((resolve) => {
     let stops = 0
@@ -125,7 +134,28 @@ async function run(file: string, io: Io): Promise<number> {
     process.on('SIGTERM', onStop)
     process.on('SIGINT', onStop)
     process.on('SIGHUP', () => void reloadFromFile(daemon, file, 'signal'))
-  }).finally(() => new Promise<void>((done) => log.flush(() => done())))
+  }).finally(() => finishLog(stdout))
+}
+
+/**
+ * Writes out every log line still buffered, in order, before the process exits: the write in
+ * flight first, then the rest (a flush at exit would write the rest first and could lose the
+ * one in flight). Bounded, for a stdout that no longer takes anything.
+ */
+function finishLog(stream: ReturnType<typeof pino.destination>): Promise<void> {
+  return new Promise<void>((done) => {
+    const timer = setTimeout(done, 2000)
+    stream.once('close', () => {
+      clearTimeout(timer)
+      done()
+    })
+    try {
+      stream.end()
+    } catch {
+      clearTimeout(timer)
+      done()
+    }
+  })
 }
 
 function plural(n: number, word: string): string {

@@ -9,6 +9,8 @@ import { createDemoBackend, type DemoServer } from './demo/demo-backend.js'
 import { formatDuration } from './config/duration.js'
 import { PoolHealth } from './health/pool-health.js'
 import { AdminServer } from './admin/admin-server.js'
+import { planListeners } from './listener/listener-plan.js'
+import { SluiceError } from './errors.js'
 
 export interface DaemonOptions {
   log: Logger
@@ -31,8 +33,15 @@ export class Daemon {
   private readonly health = new Map<string, PoolHealth>()
   /** Listeners taken out by a reload, still finishing their connections. */
   private readonly retiring = new Set<Listener>()
-  private stopping: Promise<void> | undefined
-  /** The admin HTTP API, when the configuration has `admin`. Started last, closed first. */
+  /** Set by the first stop() or destroy(): from then on no reload is taken. */
+  private stopRequested = false
+  private stopRun: Promise<void> | undefined
+  /** Reloads being applied: a stop lets them finish (or give up) before it reports "sluice stopped". */
+  private readonly applying = new Set<Promise<void>>()
+  /**
+   * The admin HTTP API, when the configuration has `admin`. Started last; on stop it keeps
+   * answering (503 on /readyz) until the listeners have drained, then closes.
+   */
   private admin: AdminServer | undefined
   readonly startedAt = Date.now()
 
@@ -87,9 +96,14 @@ export class Daemon {
     return this.admin?.address()
   }
 
+  /** True from the first stop() (or destroy()) on: the daemon drains and takes no reload. */
+  get stopping(): boolean {
+    return this.stopRequested
+  }
+
   /** Listeners bound, configuration loaded, not stopping: what GET /readyz reports. */
   get ready(): boolean {
-    if (this.stopping !== undefined) return false
+    if (this.stopRequested) return false
     for (const l of this.listeners.values()) if (!l.listening) return false
     return true
   }
@@ -97,46 +111,67 @@ export class Daemon {
   /**
    * Applies `next` as a diff. New listeners are bound first; if any cannot bind, nothing
    * changes and the error is thrown. Then pools update in place (backends that stay keep
-   * their counters and open connections), listeners whose address is unchanged keep their
-   * socket and switch to the new settings, and removed listeners stop accepting and drain.
+   * their counters and open connections), listeners keep their socket by address (protocol,
+   * host, port: a renamed listener keeps its socket and its connections, see planListeners)
+   * and switch to the new settings, and the listeners no one takes over stop accepting and
+   * drain. Once stop() has begun a reload is refused with ReloadWhileStopping, also when the
+   * stop begins while the new sockets are being bound: those are closed again.
    */
-  async reload(next: Config): Promise<void> {
-    const started: Listener[] = []
+  reload(next: Config): Promise<void> {
+    if (this.stopRequested) return Promise.reject(new ReloadWhileStopping())
+    const run = this.applyReload(next)
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    )
+    this.applying.add(settled)
+    void settled.then(() => this.applying.delete(settled))
+    return run
+  }
+
+  private async applyReload(next: Config): Promise<void> {
+    const plan = planListeners(this.listeners.values(), next.listeners)
+    const started = new Map<AnyListenerConfig, Listener>()
     const startedDemo: [string, DemoServer][] = []
     const newPools = new Map<string, Pool>()
     let newAdmin: AdminServer | undefined
+    const stillRunning = (): void => {
+      if (this.stopRequested) throw new ReloadWhileStopping()
+    }
     try {
       for (const dc of next.demoBackends) {
         if (!this.demo.has(demoKey(dc))) {
           const db = createDemoBackend(dc)
           await db.listen()
           startedDemo.push([demoKey(dc), db])
+          stillRunning()
         }
       }
       for (const pc of next.pools.values()) {
         if (!this.pools.has(pc.name)) newPools.set(pc.name, new Pool(pc, this.metrics))
       }
-      for (const lc of next.listeners) {
-        const old = this.listeners.get(lc.name)
-        if (old !== undefined && sameAddress(old.config, lc)) continue
+      for (const lc of plan.bind) {
         const l = createListener(lc, this.pools.get(lc.pool) ?? (newPools.get(lc.pool) as Pool), this.log, this.metrics, next.log.accessLog)
         // Until the switch-over below, a route may name a pool that only this reload creates.
         if (l instanceof TcpListener) l.poolLookup = (name) => this.pools.get(name) ?? newPools.get(name)
+        // Recorded before it binds, so a failed bind still closes what the listener holds.
+        started.set(lc, l)
         await l.listen()
-        started.push(l)
+        stillRunning()
       }
       if (next.admin !== undefined && (this.admin === undefined || !sameAdminAddress(this.admin.config, next.admin))) {
         newAdmin = new AdminServer(next.admin, this)
         await newAdmin.listen()
+        stillRunning()
       }
     } catch (err) {
       newAdmin?.destroy()
-      for (const l of started) l.destroy()
+      for (const l of started.values()) l.destroy()
       for (const [, db] of startedDemo) db.close()
       throw err
     }
 
-    // Everything that can fail has succeeded: switch over.
+    // Everything that can fail has succeeded, and no stop has begun: switch over.
     this.log.level = next.log.level
     for (const [listen, db] of startedDemo) this.demo.set(listen, db)
     const wantedDemo = new Set(next.demoBackends.map(demoKey))
@@ -153,24 +188,13 @@ export class Daemon {
     }
     for (const name of [...this.pools.keys()]) if (!next.pools.has(name)) this.pools.delete(name)
 
-    const startedByName = new Map(started.map((l) => [l.config.name, l]))
-    const wanted = new Set(next.listeners.map((l) => l.name))
+    this.listeners.clear()
     for (const lc of next.listeners) {
-      const fresh = startedByName.get(lc.name)
-      const old = this.listeners.get(lc.name)
-      if (fresh !== undefined) {
-        if (old !== undefined) this.retire(old)
-        this.listeners.set(lc.name, fresh)
-      } else if (old !== undefined) {
-        old.update(lc, this.pools.get(lc.pool) as Pool, next.log.accessLog)
-      }
+      const kept = plan.keep.get(lc)
+      if (kept !== undefined) kept.update(lc, this.pools.get(lc.pool) as Pool, next.log.accessLog)
+      this.listeners.set(lc.name, kept ?? (started.get(lc) as Listener))
     }
-    for (const [name, l] of this.listeners) {
-      if (!wanted.has(name)) {
-        this.listeners.delete(name)
-        this.retire(l)
-      }
-    }
+    for (const l of plan.retire) this.retire(l)
     if (newAdmin !== undefined) {
       // The old server finishes the request in flight (perhaps this very POST /api/reload).
       void this.admin?.close()
@@ -191,12 +215,14 @@ export class Daemon {
    * shutdown_timeout, then close what is left. Calling it again returns the same promise.
    */
   stop(): Promise<void> {
-    this.stopping ??= this.gracefulStop()
-    return this.stopping
+    this.stopRequested = true
+    this.stopRun ??= this.gracefulStop()
+    return this.stopRun
   }
 
-  /** Closes everything now. */
+  /** Closes everything now. A destroyed daemon takes no reload either. */
   destroy(): void {
+    this.stopRequested = true
     for (const h of this.health.values()) h.close()
     this.health.clear()
     this.admin?.destroy()
@@ -215,9 +241,6 @@ export class Daemon {
   }
 
   private async gracefulStop(): Promise<void> {
-    const admin = this.admin
-    this.admin = undefined
-    await admin?.close()
     const all = [...this.listeners.values(), ...this.retiring]
     const open = this.openConnections
     const limit = this.cfg.shutdownTimeoutMs
@@ -236,6 +259,14 @@ export class Daemon {
       // still gets its access-log line.
       await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, 1000).unref())])
     }
+    // A reload that switched over just before the stop may still wait for its new backends'
+    // first probes: stopping the checks ends that wait, so it reports before "sluice stopped".
+    for (const h of this.health.values()) h.close()
+    await Promise.all(this.applying)
+    // The admin API answered until now (503 on /readyz): the listeners are closed.
+    const admin = this.admin
+    this.admin = undefined
+    await admin?.close()
     this.destroy()
     this.log.info('sluice stopped')
   }
@@ -308,10 +339,14 @@ function sameAdminAddress(a: AdminConfig, b: AdminConfig): boolean {
   return a.host === b.host && a.port === b.port
 }
 
-function sameAddress(a: AnyListenerConfig, b: AnyListenerConfig): boolean {
-  return a.host === b.host && a.port === b.port && a.protocol === b.protocol
-}
-
 function demoKey(d: DemoBackendConfig): string {
   return `${d.protocol}:${d.listen}`
+}
+
+/** A reload asked of a daemon that is stopping: it is refused, nothing changes. */
+export class ReloadWhileStopping extends SluiceError {
+  constructor() {
+    super('SLUICE_ERR_RELOAD', 'reload refused: sluice is stopping (open connections are draining); nothing was changed')
+    this.name = 'ReloadWhileStopping'
+  }
 }

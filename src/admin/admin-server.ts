@@ -150,7 +150,13 @@ export class AdminServer {
       if (!this.onlyPost(method, res)) return
       const outcome = await reloadFromFile(this.daemon, this.daemon.config.file, 'api')
       if (this.closing) res.shouldKeepAlive = false
-      sendJson(res, outcome.ok ? 200 : 422, outcome)
+      if (outcome.ok) {
+        sendJson(res, 200, outcome)
+        return
+      }
+      // 503 while stopping (no reload is taken any more), 422 for a file or change that was refused.
+      const error = { code: outcome.code ?? 'SLUICE_ERR_RELOAD', message: outcome.message }
+      sendJson(res, outcome.result === 'refused' ? 503 : 422, { ...outcome, error })
       return
     }
     const m = BACKEND_PATH.exec(path)

@@ -29,8 +29,9 @@ export interface Listener {
   listen(): Promise<void>
   address(): ListenerAddress
   /**
-   * Takes new settings after a reload that kept this listener's address and protocol. Open
-   * connections/sessions keep their backend; new ones use the new pool and settings.
+   * Takes new settings after a reload that kept this listener's address and protocol (its
+   * name may have changed: the socket goes with the address). Open connections/sessions keep
+   * their backend; new ones use the new pool and settings; all count under the new name.
    */
   update(config: AnyListenerConfig, pool: Pool, accessLog: boolean): void
   /** Adds the counts of open connections/sessions to the metrics, so /metrics is live. */

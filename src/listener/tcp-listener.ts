@@ -88,13 +88,19 @@ export class TcpListener implements SessionOwner, Listener {
     return { host: a.address, port: a.port, text: formatAddress(a.address, a.port) }
   }
 
-  /** Takes new settings after a reload that kept this listener's address (see Listener). */
+  /** Takes new settings after a reload that kept this listener's address, perhaps under a new name (see Listener). */
   update(config: AnyListenerConfig, pool: Pool, accessLog: boolean): void {
     if (config.protocol !== 'tcp') throw new TypeError(`listener ${config.name}: a tcp listener cannot take ${config.protocol} settings`)
+    const renamed = config.name !== this.config.name
+    if (renamed) {
+      // What was counted under the old name stays there; open connections count under the new one.
+      this.flushCounters()
+      this.metrics.connectionsActive.remove({ listener: this.config.name })
+    }
     this.config = config
     this.pool = pool
     this.accessLog = accessLog
-    this.configureOpening(config)
+    this.configureOpening(config, renamed)
   }
 
   poolNamed(name: string): Pool | undefined {
@@ -102,10 +108,15 @@ export class TcpListener implements SessionOwner, Listener {
   }
 
   /** Builds (or rebuilds, on reload) the opening stage; open connections keep theirs. */
-  private configureOpening(config: ListenerConfig): void {
+  private configureOpening(config: ListenerConfig, renamed = false): void {
     if (config.tls !== undefined) {
-      if (this.tls === undefined) this.tls = new TlsTerminator(config.tls, config.timeouts.handshakeMs, this.log, config.name)
-      else this.tls.update(config.tls)
+      if (this.tls === undefined || renamed) {
+        // Handshakes in flight finish on the terminator they started with.
+        this.tls?.close()
+        this.tls = new TlsTerminator(config.tls, config.timeouts.handshakeMs, this.log, config.name)
+      } else {
+        this.tls.update(config.tls)
+      }
     } else if (this.tls !== undefined) {
       this.tls.close()
       this.tls = undefined

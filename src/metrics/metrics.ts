@@ -91,7 +91,7 @@ export class Metrics {
     })
     this.configReloadsTotal = new Counter({
       name: 'sluice_config_reloads_total',
-      help: 'Configuration reloads, by result (success, failure).',
+      help: 'Configuration reloads, by result (success, failure, refused: asked while stopping).',
       labelNames: ['result'],
       registers,
     })

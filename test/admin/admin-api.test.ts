@@ -118,7 +118,7 @@ t.test('an admin port in use fails the start with SLUICE_ERR_ADMIN_LISTEN', asyn
   await t.rejects(startWithAdmin(t, adminYaml([a.address], `{ listen: "127.0.0.1:${port}" }`)), { code: 'SLUICE_ERR_ADMIN_LISTEN', message: /the admin API cannot listen on 127\.0\.0\.1:\d+: address already in use/ })
 })
 
-t.test('stop: not ready any more, the admin API closes first, a stuck admin client does not hold the stop', async (t) => {
+t.test('stop: not ready any more, the admin API closes after the listeners, a stuck admin client does not hold the stop', async (t) => {
   const a = await namedBackend(t, 'a')
   const s = await startWithAdmin(t, adminYaml([a.address], '{ listen: "127.0.0.1:0" }', 'shutdown_timeout: 5s'))
   const { dial } = await import('../helpers/net.js')

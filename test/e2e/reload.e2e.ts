@@ -39,20 +39,22 @@ function bench(name: string, port: number, n: number, extra: string[]): Bench {
   return { name, n, done, running: () => child.exitCode === null && child.signalCode === null }
 }
 
-t.test(`redis-benchmark through sluice across ${RELOADS} reloads that change the pool: zero failed requests`, async (t) => {
+t.test(`redis-benchmark through sluice across ${RELOADS} reloads that change the pool and rename the listener: zero failed requests`, async (t) => {
   if (skipWithout(t, { 'redis-server': redisServer, 'redis-benchmark': redisBenchmark, 'redis-cli': redisCli })) return
   const ports = await startRedisServers(t, 2, ['--maxclients', '10000'])
   const [r1, r2] = ports.map((p) => `127.0.0.1:${p}`)
-  // Each reload changes the pool: weights swap, the second server leaves and comes back.
+  // Each reload changes the pool: weights swap, the second server leaves and comes back; and
+  // the listener is renamed every other time, on the port it was given (it keeps its socket).
   const variants = [
     `[{ address: "${r1}", weight: 1 }, { address: "${r2}", weight: 3 }]`,
     `[{ address: "${r1}", weight: 3 }, { address: "${r2}", weight: 1 }]`,
     `[{ address: "${r1}", weight: 2 }]`,
   ]
+  let listen = '127.0.0.1:0'
   const yaml = (i: number): string => `
 admin: { listen: "127.0.0.1:0" }
 log: { level: info, access_log: false }
-listeners: [{ name: redis, listen: "127.0.0.1:0", pool: redis }]
+listeners: [{ name: ${i % 2 === 0 ? 'redis' : 'redis-renamed'}, listen: "${listen}", pool: redis }]
 pools:
   redis:
     algorithm: ${i % 2 === 0 ? 'round-robin' : 'least-connections'}
@@ -61,6 +63,7 @@ pools:
   const file = tempFile('reload.yaml', yaml(0))
   const sluice = startSluice(t, file)
   const port = await sluice.port('redis')
+  listen = `127.0.0.1:${port}`
   const started = await sluice.waitFor((l) => l.msg === 'sluice started', 'start')
   const admin = `http://${String(started.admin)}`
 
@@ -83,6 +86,9 @@ pools:
       t.equal(res.status, 200, `API reload ${i}`)
     }
     reloaded++
+    await sluice.waitFor(() => sluice.lines.filter((l) => l.msg === 'configuration reloaded').length === i, `the log line of reload ${i}`)
+    const summary = sluice.lines.filter((l) => l.msg === 'configuration reloaded').at(-1)?.listeners as { name: string; listen: string }[]
+    t.same(summary, [{ name: i % 2 === 0 ? 'redis' : 'redis-renamed', listen, pool: 'redis' }], `reload ${i}: the listener has its name, on the same port`)
     const live = benches.filter((b) => b.running()).map((b) => b.name)
     t.same(live, ['persistent', 'new-connection'], `both benchmarks still running after reload ${i}`)
     // Let traffic flow on the new pool before the next change (progress, not a sleep).

@@ -3,6 +3,7 @@ import { writeFileSync } from 'node:fs'
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { closed, dial, eventually, greeting, namedBackend, readUntil } from '../helpers/net.js'
 import { runCli, startSluice, tempFile } from '../helpers/spawn.js'
+import { connectOutcome, freePort, quietLoopback } from './free-address.js'
 
 const config = (backend: string, extra = '', listen = '127.0.0.1:0'): string => `
 ${extra}
@@ -125,6 +126,65 @@ t.test('SIGHUP reloads: a good file takes effect, a bad one changes nothing', as
   held.destroy()
   sluice.signal('SIGTERM')
   t.equal((await sluice.exited).code, 0)
+})
+
+t.test('SIGHUP during a graceful stop is refused: a listener it adds never accepts; the admin API answers 503 until the drain ends', async (t) => {
+  const be = await namedBackend(t, 'be')
+  // The listener the refused reload would add, on a loopback address no other test uses.
+  const host = quietLoopback()
+  const fresh = await freePort(host)
+  const yaml = (extra: string): string => `
+admin: { listen: "127.0.0.1:0" }
+shutdown_timeout: 30s
+log: { level: info }
+listeners:
+  - { name: l, listen: "127.0.0.1:0", pool: p }
+${extra}
+pools:
+  p: { backends: [${be.address}] }
+`
+  const file = tempFile('s.yaml', yaml(''))
+  const sluice = startSluice(t, file)
+  // 'close' comes after the last byte of stdout, so every log line is in by then.
+  const closed = new Promise<void>((resolve) => sluice.child.once('close', () => resolve()))
+  const started = await sluice.waitFor((l) => l.msg === 'sluice started', 'start')
+  const admin = `http://${String(started.admin)}`
+  const open = await dial(await sluice.port('l'))
+  t.teardown(() => open.destroy())
+  t.equal((await readUntil(open, 'line')).toString(), 'be\n')
+  sluice.signal('SIGTERM')
+  await sluice.waitFor((l) => typeof l.msg === 'string' && l.msg.startsWith('sluice stopping'), 'stopping')
+
+  writeFileSync(file, yaml(`  - { name: m, listen: "${host}:${fresh}", pool: p }`))
+  sluice.signal('SIGHUP')
+  const refusal = (l: Record<string, unknown>): boolean => l.code === 'SLUICE_ERR_RELOAD' && typeof l.msg === 'string' && l.msg.includes('sluice is stopping')
+  const line = await sluice.waitFor((l) => refusal(l) && l.trigger === 'signal', 'the refused SIGHUP')
+  t.equal(line.level, 'warn')
+  t.equal(await connectOutcome(fresh, host), 'ECONNREFUSED', 'the listener the new file adds does not accept')
+
+  const ready = await fetch(`${admin}/readyz`)
+  t.equal(ready.status, 503, '/readyz answers 503 while the connection drains')
+  t.equal((await fetch(`${admin}/healthz`)).status, 200, '/healthz still 200')
+  const api = await fetch(`${admin}/api/reload`, { method: 'POST' })
+  t.equal(api.status, 503, 'POST /api/reload: 503')
+  t.equal(((await api.json()) as { error: { code: string } }).error.code, 'SLUICE_ERR_RELOAD')
+  const cli = await runCli(['reload', '--admin', admin])
+  t.equal(cli.code, 1, 'sluice reload exits 1')
+  t.match(cli.stderr, /answered 503: reload refused: sluice is stopping/)
+  const metrics = await (await fetch(`${admin}/metrics`)).text()
+  t.match(metrics, /sluice_config_reloads_total\{result="refused"\} 3/, 'every attempt counted as refused')
+  t.equal(sluice.lines.filter(refusal).length, 3, 'and logged once each')
+  t.equal(await connectOutcome(fresh, host), 'ECONNREFUSED', 'still nothing on the new port')
+
+  open.write('still works\n')
+  t.equal((await readUntil(open, 'line')).toString(), 'still works\n', 'the open connection keeps working')
+  open.end()
+  const exit = await sluice.exited
+  t.equal(exit.code, 0)
+  await closed
+  const msgs = sluice.lines.map((l) => l.msg)
+  t.notOk(msgs.includes('configuration reloaded'), 'no reload was applied')
+  t.equal(msgs.at(-1), 'sluice stopped', 'the last line written, after the access line of the drained connection')
 })
 
 function refused(port: number): Promise<string> {
