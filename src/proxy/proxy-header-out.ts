@@ -1,5 +1,6 @@
 import { isIP } from 'node:net'
-import { V2_SIGNATURE, type ProxyAddresses } from './proxy-protocol.js'
+import { V2_SIGNATURE, type ProxyAddresses, type ProxyTlv } from './proxy-protocol.js'
+import { encodeTlvs } from './proxy-tlv.js'
 import { plainAddress } from '../config/cidr.js'
 
 /**
@@ -11,9 +12,12 @@ import { plainAddress } from '../config/cidr.js'
 
 export type HeaderVersion = 'v1' | 'v2'
 
-/** The header for a connection from `a.source` to `a.dest`. */
-export function encodeProxyHeader(version: HeaderVersion, a: ProxyAddresses, transport: 'stream' | 'dgram' = 'stream'): Buffer {
-  return version === 'v1' ? encodeV1(a) : encodeV2(a, transport)
+/**
+ * The header for a connection from `a.source` to `a.dest`. `tlvs` (v2 only; v1 has no room
+ * for them) go after the addresses, in order: see proxy-tlv.ts for the TLS ones.
+ */
+export function encodeProxyHeader(version: HeaderVersion, a: ProxyAddresses, transport: 'stream' | 'dgram' = 'stream', tlvs?: readonly ProxyTlv[]): Buffer {
+  return version === 'v1' ? encodeV1(a) : encodeV2(a, transport, tlvs)
 }
 
 /** PROXY v1: `PROXY TCP4 src dst sport dport\r\n` (TCP only). */
@@ -24,28 +28,39 @@ export function encodeV1(a: ProxyAddresses): Buffer {
   return Buffer.from(`PROXY ${fam.v6 ? 'TCP6' : 'TCP4'} ${src} ${dst} ${a.sourcePort} ${a.destPort}\r\n`, 'latin1')
 }
 
-/** PROXY v2 with the PROXY command, or the LOCAL command when `a` is undefined. */
-export function encodeV2(a: ProxyAddresses | undefined, transport: 'stream' | 'dgram' = 'stream'): Buffer {
+/**
+ * PROXY v2 with the PROXY command, or the LOCAL command when `a` is undefined; `tlvs` after
+ * the address block. A TLV block that would not fit the header's 16-bit length is a
+ * programmer error (TypeError): the TLS TLVs sluice writes take a few hundred bytes at most.
+ */
+export function encodeV2(a: ProxyAddresses | undefined, transport: 'stream' | 'dgram' = 'stream', tlvs?: readonly ProxyTlv[]): Buffer {
   const fam = a === undefined ? undefined : families(a)
+  const extra = tlvs === undefined || tlvs.length === 0 ? undefined : encodeTlvs(tlvs)
+  const extraLen = extra?.length ?? 0
   if (a === undefined || fam === undefined) {
-    const out = Buffer.alloc(16)
+    if (extraLen > 0xffff) throw new TypeError(`PROXY v2 TLVs of ${extraLen} bytes do not fit in a header`)
+    const out = Buffer.alloc(16 + extraLen)
     V2_SIGNATURE.copy(out, 0)
     out[12] = a === undefined ? 0x20 : 0x21
     out[13] = 0x00
-    out.writeUInt16BE(0, 14)
+    out.writeUInt16BE(extraLen, 14)
+    extra?.copy(out, 16)
     return out
   }
   const proto = transport === 'stream' ? 1 : 2
   const step = fam.v6 ? 16 : 4
-  const out = Buffer.alloc(16 + 2 * step + 4)
+  const addrLen = 2 * step + 4
+  if (addrLen + extraLen > 0xffff) throw new TypeError(`PROXY v2 TLVs of ${extraLen} bytes do not fit in a header`)
+  const out = Buffer.alloc(16 + addrLen + extraLen)
   V2_SIGNATURE.copy(out, 0)
   out[12] = 0x21
   out[13] = ((fam.v6 ? 2 : 1) << 4) | proto
-  out.writeUInt16BE(2 * step + 4, 14)
+  out.writeUInt16BE(addrLen + extraLen, 14)
   writeIp(out, 16, fam.v6 ? asV6(a.sourceAddress) : plainAddress(a.sourceAddress), step)
   writeIp(out, 16 + step, fam.v6 ? asV6(a.destAddress) : plainAddress(a.destAddress), step)
   out.writeUInt16BE(a.sourcePort & 0xffff, 16 + 2 * step)
   out.writeUInt16BE(a.destPort & 0xffff, 18 + 2 * step)
+  extra?.copy(out, 16 + addrLen)
   return out
 }
 

@@ -1,10 +1,12 @@
 import type { Socket } from 'node:net'
 import type { ListenerConfig } from '../config/types.js'
 import { SluiceError, type ErrorCode } from '../errors.js'
-import { CidrSet } from '../config/cidr.js'
+import { CidrSet, plainAddress } from '../config/cidr.js'
 import { Router } from './routes.js'
 import { peekClientHello, readProxyHeader, type PendingRead } from './sni-peek.js'
+import { parseProxyHeader, type ProxyAddresses, type ProxyHeader } from './proxy-protocol.js'
 import type { TlsTerminator } from './tls.js'
+import { tlsFacts, type TlsFacts } from './proxy-tlv.js'
 
 /** Why a connection was closed during its opening; each is a `reason` of sluice_rejected_connections_total. */
 export type OpeningRefusal = 'bad_proxy_header' | 'proxy_untrusted' | 'bad_client_hello' | 'tls_handshake' | 'handshake_timeout'
@@ -24,12 +26,27 @@ export interface Opened {
   replay: Buffer | undefined
   /** The pool of the matching route; undefined for the listener's own pool. */
   pool: string | undefined
+  /** Length of the PROXY header read (0 without one): those bytes are not the client's data. */
+  headerBytes: number
+  /**
+   * The PROXY header says the peer in front speaks for itself, as its health checks do: v2
+   * LOCAL, v1 UNKNOWN, or addresses that are this very connection's (HAProxy's v1 checks).
+   * No client is relayed; the connection's own addresses apply.
+   */
+  peerOwn: boolean
+  /** What the TLS handshake negotiated, when TLS ended here (for the PROXY v2 TLVs sent on). */
+  tls: TlsFacts | undefined
 }
 
 export interface OpeningFailure {
-  /** client_aborted: the client hung up before its opening was complete (not a refusal). */
-  reason: OpeningRefusal | 'client_aborted'
+  /**
+   * client_aborted: the client hung up before its opening was complete (not a refusal);
+   * peer_check: so did the peer in front, after a header saying it speaks for itself.
+   */
+  reason: OpeningRefusal | 'client_aborted' | 'peer_check'
   error: SluiceError
+  /** Length of the PROXY header read before the failure (0 without one). */
+  headerBytes: number
 }
 
 const CODES: Record<OpeningRefusal, ErrorCode> = {
@@ -40,8 +57,21 @@ const CODES: Record<OpeningRefusal, ErrorCode> = {
   handshake_timeout: 'SLUICE_ERR_HANDSHAKE_TIMEOUT',
 }
 
-function failure(reason: OpeningRefusal, message: string): OpeningFailure {
-  return { reason, error: new SluiceError(CODES[reason], message) }
+function failure(reason: OpeningRefusal, message: string, headerBytes: number): OpeningFailure {
+  return { reason, error: new SluiceError(CODES[reason], message), headerBytes }
+}
+
+/** Whether a PROXY header is the peer's own connection (a check), not a client's: see Opened.peerOwn. */
+function peersOwn(h: ProxyHeader, raw: Socket): boolean {
+  if (h.command === 'local' || (h.version === 1 && h.transport === 'unknown')) return true
+  const a: ProxyAddresses | undefined = h.addresses
+  return (
+    a !== undefined &&
+    a.sourcePort === raw.remotePort &&
+    a.destPort === raw.localPort &&
+    plainAddress(a.sourceAddress) === plainAddress(raw.remoteAddress ?? '') &&
+    plainAddress(a.destAddress) === plainAddress(raw.localAddress ?? '')
+  )
 }
 
 /**
@@ -77,6 +107,9 @@ export class OpeningStage {
       sni: undefined,
       replay: undefined,
       pool: undefined,
+      headerBytes: 0,
+      peerOwn: false,
+      tls: undefined,
     }
     if (!cfg.proxyProtocolAccept && this.tls === undefined && !cfg.sniPassthrough) {
       o.pool = this.router?.pick(undefined, o.remoteAddress)
@@ -94,7 +127,7 @@ export class OpeningStage {
     const deadline = setTimeout(() => {
       step?.cancel()
       if (this.tls !== undefined) this.tls.cancel(raw)
-      finish(failure('handshake_timeout', `no complete opening (PROXY header, ClientHello or TLS handshake) within ${cfg.timeouts.handshakeMs}ms`))
+      finish(failure('handshake_timeout', `no complete opening (PROXY header, ClientHello or TLS handshake) within ${cfg.timeouts.handshakeMs}ms`, o.headerBytes))
     }, cfg.timeouts.handshakeMs)
 
     const afterProxy = (rest: Buffer | undefined): void => {
@@ -105,18 +138,18 @@ export class OpeningStage {
         tls.terminate(raw, (r) => {
           if ('error' in r) {
             const code = r.error.code
-            finish({ reason: code === 'SLUICE_ERR_HANDSHAKE_TIMEOUT' ? 'handshake_timeout' : code === 'SLUICE_ERR_CLIENT_SOCKET' ? 'client_aborted' : 'tls_handshake', error: r.error })
+            finish({ reason: code === 'SLUICE_ERR_HANDSHAKE_TIMEOUT' ? 'handshake_timeout' : code === 'SLUICE_ERR_CLIENT_SOCKET' ? 'client_aborted' : 'tls_handshake', error: r.error, headerBytes: o.headerBytes })
             return
           }
           o.socket = r.socket
-          const name = r.socket.servername
-          o.sni = typeof name === 'string' && name !== '' ? name.toLowerCase() : undefined
+          o.tls = tlsFacts(r.socket, cfg.tls?.clientCa !== undefined)
+          o.sni = o.tls.sni
           route()
         })
       } else if (cfg.sniPassthrough) {
         step = peekClientHello(raw, rest, cfg.sniPeekTimeoutMs ?? 0, (r) => {
           if (r.kind === 'error') {
-            finish(failure('bad_client_hello', `not a TLS ClientHello: ${r.message}`))
+            finish(failure('bad_client_hello', `not a TLS ClientHello: ${r.message}`, o.headerBytes))
             return
           }
           if (r.kind === 'hello') {
@@ -135,17 +168,41 @@ export class OpeningStage {
       finish(o)
     }
 
-    if (cfg.proxyProtocolAccept) {
+    if (cfg.proxyProtocolAccept && this.trusted !== undefined && raw.remoteAddress === undefined) {
+      // The kernel no longer knows the peer (getpeername failed): the connection was reset
+      // before it was accepted, as balancers' checks and port scanners do. Its sender cannot
+      // be checked against the list, and nobody is there to refuse: the read reports the
+      // reset (an error, which ends the session), or the bytes sent before it. Those are
+      // only looked at to tell a peer's check (LOCAL, UNKNOWN) from a client that left.
+      const onData = (chunk: Buffer): void => {
+        step?.cancel()
+        const r = parseProxyHeader(chunk)
+        const own = r.kind === 'ok' && peersOwn(r.header, raw)
+        const message = `the connection was reset before it was accepted; its address is unknown${own ? ' (a check of the PROXY peer: its header said LOCAL/UNKNOWN)' : ''}`
+        finish({ reason: own ? 'peer_check' : 'client_aborted', error: new SluiceError('SLUICE_ERR_CLIENT_SOCKET', message), headerBytes: r.kind === 'ok' ? r.length : 0 })
+      }
+      raw.once('data', onData)
+      raw.resume()
+      step = {
+        cancel: () => {
+          raw.off('data', onData)
+          raw.pause()
+        },
+      }
+    } else if (cfg.proxyProtocolAccept) {
       if (this.trusted !== undefined && !this.trusted.has(o.remoteAddress)) {
-        finish(failure('proxy_untrusted', `PROXY protocol header not accepted from ${o.remoteAddress}: it is not in proxy_protocol_trusted`))
+        finish(failure('proxy_untrusted', `PROXY protocol header not accepted from ${o.remoteAddress}: it is not in proxy_protocol_trusted`, 0))
         return { cancel: () => {} }
       }
       step = readProxyHeader(raw, (r) => {
         if (r.kind === 'error') {
-          finish(failure('bad_proxy_header', r.message))
+          finish(failure('bad_proxy_header', r.message, 0))
           return
         }
-        const a = r.header.addresses
+        const h = r.header
+        o.headerBytes = r.length
+        o.peerOwn = peersOwn(h, raw)
+        const a = h.addresses
         if (a !== undefined) {
           o.remoteAddress = a.sourceAddress
           o.remotePort = a.sourcePort

@@ -27,6 +27,12 @@ export interface ProxyAddresses {
   destPort: number
 }
 
+/** One v2 TLV (type-length-value) as it is on the wire, without its 3-byte type and length. */
+export interface ProxyTlv {
+  type: number
+  value: Buffer
+}
+
 export interface ProxyHeader {
   version: 1 | 2
   /** `local`: a health check or the proxy itself speaking; use the real connection's address. */
@@ -35,8 +41,11 @@ export interface ProxyHeader {
   transport: 'stream' | 'dgram' | 'unknown'
   /** Present for IPv4/IPv6 PROXY headers. */
   addresses?: ProxyAddresses
-  /** v2 TLVs in order (type, value), as received. */
-  tlvs: { type: number; value: Buffer }[]
+  /**
+   * v2 TLVs in order (type, value), as received, unknown types included: a reader takes the
+   * types it knows (readTlvs in proxy-tlv.ts) and skips the rest, as the spec asks.
+   */
+  tlvs: ProxyTlv[]
 }
 
 export type ProxyParse =
@@ -148,8 +157,8 @@ function parseV2(buf: Buffer): ProxyParse {
   return { kind: 'ok', header, length }
 }
 
-function parseTlvs(buf: Buffer, start: number, end: number): { type: number; value: Buffer }[] | undefined {
-  const out: { type: number; value: Buffer }[] = []
+function parseTlvs(buf: Buffer, start: number, end: number): ProxyTlv[] | undefined {
+  const out: ProxyTlv[] = []
   let i = start
   // Every TLV takes at least 3 bytes, so this loop ends within (end - start) / 3 turns.
   while (i < end) {

@@ -51,7 +51,10 @@ export function connectReason(timeout: boolean, errno: string | undefined): stri
 
 /** The access-log fields of one finished TCP connection (CONTRACT.md), besides `listener`. */
 export interface AccessFields {
+  /** The client: from the PROXY header when one was read; `unknown` when not known. */
   client: string
+  /** Where the TCP connection came from: the PROXY peer, or the client itself without a header. */
+  peer: string
   pool: string
   backend: string | null
   bytes_in: number

@@ -17,7 +17,8 @@ export type PeekOutcome =
   | { kind: 'error'; message: string }
 
 export type ProxyOutcome =
-  | { kind: 'header'; header: ProxyHeader; rest: Buffer }
+  /** `length`: the header's own bytes; `rest`: the bytes read past it. */
+  | { kind: 'header'; header: ProxyHeader; length: number; rest: Buffer }
   | { kind: 'error'; message: string }
 
 /** A read in progress; `cancel()` stops it (the client left, or the handshake deadline passed). */
@@ -102,7 +103,7 @@ export function readProxyHeader(socket: Socket, done: (o: ProxyOutcome) => void)
       const r = parseProxyHeader(buf)
       if (r.kind === 'need-more') return undefined
       if (r.kind === 'error') return { kind: 'error', message: r.message }
-      return { kind: 'header', header: r.header, rest: buf.subarray(r.length) }
+      return { kind: 'header', header: r.header, length: r.length, rest: buf.subarray(r.length) }
     },
     done,
   )

@@ -36,7 +36,14 @@ export type CloseReason =
   | 'connect_failed' // every attempt (1 + retries) failed to connect
   | 'client_aborted' // the client left while sluice was still connecting to a backend
   | 'shutdown' // sluice stopped and shutdown_timeout ran out
+  | 'peer_check' // the PROXY peer in front checking sluice: a LOCAL/UNKNOWN or self-naming header, or no byte at all
   | OpeningRefusal // refused during the opening: bad PROXY header or ClientHello, TLS handshake failed, too slow
+
+/** What the access log says when an address is not known (the connection was reset before it was accepted). */
+export const UNKNOWN_ADDRESS = 'unknown'
+
+/** Ends that, on a connection the PROXY peer made for itself, are that peer's check finishing. */
+const PEER_CHECK_ENDS: ReadonlySet<string> = new Set<CloseReason>(['client_closed', 'backend_closed', 'client_error', 'client_aborted'])
 
 /** What a session needs from the listener that accepted it. */
 export interface SessionOwner {
@@ -93,6 +100,10 @@ export class TcpSession {
   /** The opening in progress; undefined before and after it (and always on a plain listener). */
   private pending: PendingRead | undefined
   private opened: Opened | undefined
+  /** Where the TCP connection really came from (the PROXY peer when a header is read). */
+  private readonly peer: string
+  /** Bytes of a PROXY header read from `raw`: not the client's data, not in bytes_in. */
+  private headerBytes = 0
 
   constructor(
     /** The accepted socket; after TLS termination, the TLSSocket over it. */
@@ -102,23 +113,35 @@ export class TcpSession {
   ) {
     this.raw = client
     this.ctx = { protocol: 'tcp', remoteAddress: client.remoteAddress ?? '', remotePort: client.remotePort ?? 0 }
+    this.peer = this.clientAddress
     client.on('error', this.onClientError)
     client.on('close', this.onClientClose)
     client.once('end', this.onClientEnd)
   }
 
+  /** `host:port` of the client, or `unknown` when the connection was reset before it was accepted. */
   get clientAddress(): string {
-    return formatAddress(this.ctx.remoteAddress, this.ctx.remotePort)
+    return this.ctx.remoteAddress === '' ? UNKNOWN_ADDRESS : formatAddress(this.ctx.remoteAddress, this.ctx.remotePort)
   }
 
   start(): void {
     const stage = this.owner.opening
-    if (stage === undefined) this.connectNext()
-    else this.pending = stage.open(this.client, this.onOpened)
+    if (stage === undefined) {
+      this.connectNext()
+      return
+    }
+    let settled = false
+    const read = stage.open(this.client, (r) => {
+      settled = true
+      this.onOpened(r)
+    })
+    // An opening with nothing to read (routes only) reports before open() returns.
+    if (!settled) this.pending = read
   }
 
   private readonly onOpened = (r: Opened | OpeningFailure): void => {
     this.pending = undefined
+    this.headerBytes = r.headerBytes
     if ('reason' in r) {
       this.refuseOpening(r)
       return
@@ -149,9 +172,10 @@ export class TcpSession {
 
   private refuseOpening(f: OpeningFailure): void {
     this.reason ??= f.reason
-    if (f.reason === 'client_aborted') {
+    if (f.reason === 'client_aborted' || f.reason === 'peer_check') {
       const { log, config } = this.owner
-      log.debug({ code: f.error.code, listener: config.name, client: this.clientAddress }, `client left during its opening: ${f.error.message}`)
+      // A peer check gets its own line when the session ends.
+      if (f.reason === 'client_aborted') log.debug({ code: f.error.code, listener: config.name, client: this.clientAddress }, `client left during its opening: ${f.error.message}`)
       this.client.destroy()
       if (this.clientClosed) this.finish()
       return
@@ -168,9 +192,23 @@ export class TcpSession {
     this.client.destroy()
   }
 
-  /** Hands the bytes relayed since the last call to the listener's tally (for live /metrics). */
+  /**
+   * The client's bytes in its data stream: decrypted ones when TLS ends here, and never the
+   * PROXY header (read from the raw socket, whose count it is in).
+   */
+  private bytesIn(): number {
+    const c = this.client
+    return c === this.raw ? Math.max(0, c.bytesRead - this.headerBytes) : c.bytesRead
+  }
+
+  /**
+   * Hands the bytes relayed since the last call to the listener's tally (for live /metrics).
+   * Nothing during the opening: its bytes (PROXY header, TLS handshake) are not relayed data,
+   * and after TLS ends here the count starts again on the TLSSocket.
+   */
   flushCounters(): void {
-    const inNow = this.client.bytesRead
+    if (this.pending !== undefined) return
+    const inNow = this.bytesIn()
     const outNow = this.client.bytesWritten
     const tally = this.owner.uncountedBytes
     tally.in += inNow - this.countedIn
@@ -426,20 +464,37 @@ export class TcpSession {
     if (b !== undefined) this.pool.release(b)
     this.flushCounters()
     const owner = this.owner
+    const reason = this.closeReason()
+    if (reason === 'peer_check') owner.log.debug({ listener: owner.config.name, peer: this.peer, backend: b?.id }, 'a connection of the PROXY peer itself (its health check) ended')
     if (owner.accessLog) {
       const connected = this.connected
       writeAccessLine(owner, {
         client: this.clientAddress,
+        peer: this.peer,
         pool: this.pool.name,
         backend: connected ? (b?.id ?? null) : null,
-        bytes_in: this.client.bytesRead,
+        bytes_in: this.bytesIn(),
         bytes_out: this.client.bytesWritten,
         duration_ms: Date.now() - this.startedAt,
         connect_ms: connected ? this.connectedAt - this.startedAt : null,
         attempts: this.attempts,
-        close_reason: this.reason ?? (this.firstFin === 'backend' ? 'backend_closed' : 'client_closed'),
+        close_reason: reason,
       })
     }
     owner.sessionEnded(this)
+  }
+
+  /**
+   * Why the session ended, for the access log. A connection that the PROXY peer in front made
+   * for itself ends as `peer_check` when it ends from the client's side or cleanly: one whose
+   * header said so (Opened.peerOwn), or a trusted peer's that closed before sending any byte
+   * (an L4 check). Refusals and failures keep their own reason.
+   */
+  private closeReason(): string {
+    const r = this.reason ?? (this.firstFin === 'backend' ? 'backend_closed' : 'client_closed')
+    if (!PEER_CHECK_ENDS.has(r)) return r
+    const o = this.opened
+    const own = o !== undefined ? o.peerOwn : this.owner.config.proxyProtocolAccept === true && this.peer !== UNKNOWN_ADDRESS && this.raw.bytesRead === 0
+    return own ? 'peer_check' : r
   }
 }

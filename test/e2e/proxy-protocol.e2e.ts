@@ -5,7 +5,7 @@ import { userInfo, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect, type Socket } from 'node:net'
 import type { Test } from 'tap'
-import { backend, deadPort, eventually, readUntil } from '../helpers/net.js'
+import { backend, deadPort, dial, eventually, readUntil } from '../helpers/net.js'
 import { startSluice, tempFile } from '../helpers/spawn.js'
 import { skipWithout, which } from '../helpers/tools.js'
 import { parseProxyHeader } from '../../src/proxy/proxy-protocol.js'
@@ -35,21 +35,22 @@ async function sourceReporter(t: Test): Promise<string> {
   return b.address
 }
 
-/** Starts a foreground server process; stopped with SIGTERM at teardown. */
-function server(t: Test, cmd: string, args: string[]): { output: () => string } {
+/** Starts a foreground server process; stopped with SIGTERM (then SIGKILL) by `stop` or at teardown. */
+function server(t: Test, cmd: string, args: string[]): { output: () => string; stop: () => Promise<void> } {
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   child.stdout.on('data', (d: Buffer) => (out += d.toString()))
   child.stderr.on('data', (d: Buffer) => (out += d.toString()))
-  t.teardown(async () => {
-    if (child.exitCode !== null) return
+  const stop = async (): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return
     const gone = new Promise((r) => child.once('exit', r))
     child.kill('SIGTERM')
     const timer = setTimeout(() => child.kill('SIGKILL'), 3000)
     await gone
     clearTimeout(timer)
-  })
-  return { output: () => out }
+  }
+  t.teardown(stop)
+  return { output: () => out, stop }
 }
 
 async function listening(port: number, what: string): Promise<void> {
@@ -109,6 +110,78 @@ backend report
   const b = await dialFrom(before, '127.0.0.4')
   t.equal((await readUntil(b, 'line')).toString(), 'source 127.0.0.4 v1\n', 'HAProxy read sluice\'s v2 header and passed the address on')
   b.destroy()
+})
+
+t.test('HAProxy\'s own checks (check-send-proxy v1 and v2, plain L4) are not warned about, counted as refusals or leaked', async (t) => {
+  if (skipWithout(t, { haproxy })) return
+  let backendConnections = 0
+  const be = await backend(t, (s) => {
+    backendConnections++
+    s.write('* OK ready\r\n')
+    s.pipe(s)
+  })
+  const front = await deadPort()
+  const sluice = startSluice(t, tempFile('pp-checks.yaml', `
+log: { level: info }
+admin: { listen: "127.0.0.1:0" }
+listeners:
+  - { name: behind, listen: 127.0.0.1:0, pool: p, proxy_protocol_accept: true, proxy_protocol_trusted: [127.0.0.1/32] }
+pools:
+  p: { backends: ["${be.address}"] }
+`))
+  const behind = await sluice.port('behind')
+  const started = await sluice.waitFor((l) => l.msg === 'sluice started', 'start-up')
+  const admin = `http://${String(started.admin)}`
+  const cfg = tempFile('haproxy-checks.cfg', `
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 10s
+  timeout server 10s
+  timeout check 2s
+frontend in_front_of_sluice
+  bind 127.0.0.1:${front}
+  default_backend sluice
+backend sluice
+  option tcp-check
+  server v2 127.0.0.1:${behind} send-proxy-v2 check check-send-proxy inter 100 rise 1 fall 1
+  server v1 127.0.0.1:${behind} send-proxy check check-send-proxy inter 100 rise 1 fall 1
+  server l4 127.0.0.1:${behind} check inter 100 rise 1 fall 1
+`)
+  const hap = server(t, haproxy!, ['-db', '-f', cfg])
+  await listening(front, 'haproxy')
+  // A few seconds of checks from the three servers (ten a second each).
+  await eventually(() => sluice.lines.filter((l) => l.access === true).length >= 60, `60 checks to reach sluice: ${hap.output()}`, 20_000)
+  // And a real client through it all the while.
+  const c = await dial(front)
+  t.equal((await readUntil(c, 'line')).toString(), '* OK ready\r\n', 'a client still goes through')
+  c.destroy()
+  await hap.stop()
+
+  const status = async (): Promise<{ active: number; backendActive: number }> => {
+    const s = (await (await fetch(`${admin}/api/status`)).json()) as { totals: { active_connections: number }; pools: { totals: { active_connections: number } }[] }
+    return { active: s.totals.active_connections, backendActive: s.pools.reduce((n, p) => n + p.totals.active_connections, 0) }
+  }
+  await eventually(async () => {
+    const s = await status()
+    return s.active === 0 && s.backendActive === 0 && be.sockets.size === 0
+  }, 'every session and backend connection to end once HAProxy stopped')
+  t.same(await status(), { active: 0, backendActive: 0 }, 'no session left open in sluice')
+  t.equal(be.sockets.size, 0, 'the backend holds no connection')
+  t.ok(backendConnections > 0, 'LOCAL/UNKNOWN checks were proxied to the backend')
+
+  const access = sluice.lines.filter((l) => l.access === true)
+  const reasons = new Set(access.map((l) => String(l.close_reason)))
+  // HAProxy's v2 checks send LOCAL: peer_check, even when the reset beat the accept. Its v1
+  // checks name their own connection, which only an accepted connection can be compared with:
+  // over loopback most are reset first and end as client_aborted, client "unknown".
+  t.ok(access.filter((l) => l.close_reason === 'peer_check').length >= 10, `the LOCAL checks are logged as peer_check (${[...reasons].join(', ')})`)
+  t.same([...reasons].filter((r) => !['peer_check', 'client_aborted', 'client_closed', 'client_error'].includes(r)), [], 'no check ended as a refusal')
+  t.notOk(access.some((l) => typeof l.client !== 'string' || l.client === '' || l.client.startsWith(':')), 'every access line names a client address or "unknown"')
+  const warnings = sluice.lines.filter((l) => l.level === 'warn' || l.level === 'error')
+  t.same(warnings, [], 'not one warning for the checks')
+  const metrics = await (await fetch(`${admin}/metrics`)).text()
+  t.notMatch(metrics, /sluice_rejected_connections_total\{[^}]*reason="(proxy_untrusted|bad_proxy_header|handshake_timeout)"\} [1-9]/, 'no proxy_untrusted, bad_proxy_header or handshake_timeout counted')
 })
 
 t.test('dovecot with haproxy_trusted_networks logs the true client address', async (t) => {

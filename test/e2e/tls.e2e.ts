@@ -4,6 +4,8 @@ import { join } from 'node:path'
 import { backend, dial, readUntil } from '../helpers/net.js'
 import { runCli, startSluice, tempFile } from '../helpers/spawn.js'
 import { skipWithout, which } from '../helpers/tools.js'
+import { parseProxyHeader } from '../../src/proxy/proxy-protocol.js'
+import { readTlvs } from '../../src/proxy/proxy-tlv.js'
 
 const openssl = which('openssl')
 const FIX = join(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '../fixtures/tls')
@@ -66,6 +68,52 @@ pools:
   const s = await dial(port)
   s.write('not tls\r\n\r\n')
   await t.rejects(readUntil(s, 1), 'plain text on a TLS port is closed')
+})
+
+t.test('openssl s_client through a terminating listener: the PROXY v2 TLVs say what openssl negotiated', async (t) => {
+  if (skipWithout(t, { openssl })) return
+  // Reads the PROXY header, then answers the client's first bytes with the TLVs it got.
+  const reader = await backend(t, (s) => {
+    let buf = Buffer.alloc(0)
+    let tlvs = ''
+    s.on('data', (d: Buffer) => {
+      if (tlvs !== '') {
+        s.write(`echo:${tlvs}\n`)
+        return
+      }
+      buf = Buffer.concat([buf, d])
+      const r = parseProxyHeader(buf)
+      if (r.kind === 'need-more') return
+      if (r.kind === 'error') {
+        s.end(`echo:${JSON.stringify({ error: r.message })}\n`)
+        return
+      }
+      tlvs = JSON.stringify(readTlvs(r.header.tlvs))
+      if (buf.length > r.length) s.write(`echo:${tlvs}\n`)
+    })
+  })
+  const sluice = startSluice(t, tempFile('tls-tlv-e2e.yaml', `
+log: { level: info }
+listeners:
+  - name: imaps
+    listen: 127.0.0.1:0
+    pool: imap
+    tls: { cert: ${f('default.pem')}, key: ${f('default.key')}, alpn: [imap, pop3] }
+pools:
+  imap: { backends: ["${reader.address}"], proxy_protocol: v2 }
+`))
+  const port = await sluice.port('imaps')
+  for (const version of ['-tls1_2', '-tls1_3']) {
+    const out = await sClient(['-connect', `127.0.0.1:${port}`, '-CAfile', f('ca.pem'), '-verify_return_error', '-servername', 'default.sluice.test', '-alpn', 'imap', version], 'hello\n')
+    const protocol = /Protocol *: (\S+)/.exec(out)?.[1]
+    const cipher = /Cipher *: (\S+)/.exec(out)?.[1]
+    const told = JSON.parse(/echo:(\{.*\})/.exec(out)?.[1] ?? '{}') as ReturnType<typeof readTlvs>
+    t.equal(told.ssl?.version, protocol, `${version}: PP2_SUBTYPE_SSL_VERSION is the protocol openssl negotiated (${String(protocol)})`)
+    t.equal(told.ssl?.cipher, cipher, `${version}: PP2_SUBTYPE_SSL_CIPHER is its cipher (${String(cipher)})`)
+    t.equal(told.authority, 'default.sluice.test', `${version}: PP2_TYPE_AUTHORITY`)
+    t.equal(told.alpn, 'imap', `${version}: PP2_TYPE_ALPN`)
+    t.match(out, /ALPN protocol: imap/, `${version}: openssl agrees on the ALPN protocol`)
+  }
 })
 
 t.test('an unreadable certificate at start-up is exit 1 with a one-line reason', async (t) => {

@@ -3,12 +3,13 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createSocket } from 'node:dgram'
 import { connect, type Socket } from 'node:net'
-import { connect as tlsConnect, type TLSSocket } from 'node:tls'
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls'
 import type { Test } from 'tap'
 import { backend, closed, dial, eventually, readUntil } from '../helpers/net.js'
 import { startDaemon } from '../helpers/daemon.js'
 import { parseProxyHeader, type ProxyHeader } from '../../src/proxy/proxy-protocol.js'
 import { encodeV1, encodeV2 } from '../../src/proxy/proxy-header-out.js'
+import { PP2_CLIENT_CERT_CONN, PP2_CLIENT_CERT_SESS, PP2_CLIENT_SSL, readTlvs, type ReceivedTlvs } from '../../src/proxy/proxy-tlv.js'
 
 const FIX = join(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '../fixtures/tls')
 
@@ -164,6 +165,110 @@ pools:
   })
   t.equal(await line(s as unknown as Socket), '198.51.100.77:60000>192.0.2.1:993 v2')
   s.destroy()
+})
+
+/** What a TLV-reading backend was told about one connection. */
+interface Told {
+  version: 1 | 2
+  source: string | undefined
+  tlvs: ReceivedTlvs
+  tlvTypes: number[]
+}
+
+/** A backend that parses the PROXY header it receives, TLVs included, and answers with what it read as one JSON line. */
+async function tlvBackend(t: Test): Promise<string> {
+  const b = await backend(t, (s) => {
+    let buf = Buffer.alloc(0)
+    const onData = (c: Buffer): void => {
+      buf = Buffer.concat([buf, c])
+      const r = parseProxyHeader(buf)
+      if (r.kind === 'need-more') return
+      s.off('data', onData)
+      if (r.kind === 'error') {
+        s.end(`${JSON.stringify({ error: r.message })}\n`)
+        return
+      }
+      const a = r.header.addresses
+      const told: Told = { version: r.header.version, source: a && `${a.sourceAddress}:${a.sourcePort}`, tlvs: readTlvs(r.header.tlvs), tlvTypes: r.header.tlvs.map((x) => x.type) }
+      s.write(`${JSON.stringify(told)}\n`)
+    }
+    s.on('data', onData)
+  })
+  return b.address
+}
+
+function tlsDial(port: number, opts: ConnectionOptions = {}, raw?: Socket): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const c = tlsConnect({ port, host: '127.0.0.1', ca: readFileSync(join(FIX, 'ca.pem')), servername: 'default.sluice.test', ...(raw !== undefined ? { socket: raw } : {}), ...opts }, () => resolve(c))
+    c.once('error', reject)
+  })
+}
+
+async function told(s: Socket): Promise<Told> {
+  return JSON.parse(await line(s)) as Told
+}
+
+t.test('PROXY v2 after TLS termination carries the SSL, AUTHORITY and ALPN TLVs', async (t) => {
+  const be = await tlvBackend(t)
+  const tls = `cert: ${join(FIX, 'default.pem')}, key: ${join(FIX, 'default.key')}`
+  const d = await startDaemon(t, `
+listeners:
+  - { name: imaps, listen: 127.0.0.1:0, pool: v2, tls: { ${tls}, alpn: [imap, pop3] } }
+  - { name: mtls, listen: 127.0.0.1:0, pool: v2, tls: { ${tls}, client_ca: ${join(FIX, 'ca.pem')} } }
+  - { name: behind, listen: 127.0.0.1:0, pool: v2, proxy_protocol_accept: true, tls: { ${tls} } }
+  - { name: imaps-v1, listen: 127.0.0.1:0, pool: v1, tls: { ${tls} } }
+  - { name: plain, listen: 127.0.0.1:0, pool: v2 }
+pools:
+  v2: { backends: ["${be}"], proxy_protocol: v2 }
+  v1: { backends: ["${be}"], proxy_protocol: v1 }
+`)
+  const s13 = await tlsDial(d.port('imaps'), { ALPNProtocols: ['imap'] })
+  const a = await told(s13 as unknown as Socket)
+  t.equal(a.source, `127.0.0.1:${s13.localPort}`)
+  t.equal(a.tlvs.alpn, 'imap', 'PP2_TYPE_ALPN: the negotiated protocol')
+  t.equal(a.tlvs.authority, 'default.sluice.test', 'PP2_TYPE_AUTHORITY: the SNI')
+  t.same(a.tlvs.ssl, { client: PP2_CLIENT_SSL, verify: 1, version: 'TLSv1.3', cipher: s13.getCipher().name }, 'PP2_TYPE_SSL: TLS, no client certificate')
+  s13.destroy()
+
+  const s12 = await tlsDial(d.port('imaps'), { maxVersion: 'TLSv1.2', servername: '' })
+  const b = await told(s12 as unknown as Socket)
+  t.equal(b.tlvs.ssl?.version, 'TLSv1.2', 'the version negotiated, not the highest offered')
+  t.match(b.tlvs.ssl?.cipher, /^ECDHE-/, 'the OpenSSL cipher name')
+  t.equal(b.tlvs.authority, undefined, 'no SNI, no AUTHORITY')
+  t.equal(b.tlvs.alpn, undefined, 'no ALPN asked, none sent')
+  s12.destroy()
+
+  const cert = { cert: readFileSync(join(FIX, 'client.pem')), key: readFileSync(join(FIX, 'client.key')) }
+  const m = await tlsDial(d.port('mtls'), cert)
+  let session: Buffer | undefined
+  m.on('session', (ticket: Buffer) => (session = ticket))
+  const c = await told(m as unknown as Socket)
+  t.same(c.tlvs.ssl, { client: PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS, verify: 0, version: 'TLSv1.3', cipher: m.getCipher().name, cn: 'client.sluice.test' }, 'a verified client certificate: its flags, verify 0 and CN')
+  await eventually(() => session !== undefined, 'a session ticket')
+  m.destroy()
+  const again = await tlsDial(d.port('mtls'), { ...cert, ...(session !== undefined ? { session } : {}) })
+  const r = await told(again as unknown as Socket)
+  t.ok(again.isSessionReused(), 'the session was resumed')
+  t.equal(r.tlvs.ssl?.client, PP2_CLIENT_SSL | PP2_CLIENT_CERT_SESS, 'a resumed session: the certificate was presented in the session, not on this connection')
+  t.equal(r.tlvs.ssl?.verify, 0)
+  again.destroy()
+
+  const raw = connect({ port: d.port('behind'), host: '127.0.0.1' })
+  raw.write(encodeV2({ sourceAddress: '198.51.100.77', sourcePort: 60000, destAddress: '192.0.2.1', destPort: 993 }))
+  const behind = await tlsDial(0, {}, raw)
+  const e = await told(behind as unknown as Socket)
+  t.equal(e.source, '198.51.100.77:60000', 'PROXY in, TLS, PROXY out: the address from the header in')
+  t.equal(e.tlvs.ssl?.version, 'TLSv1.3', '... and the TLS TLVs of the handshake sluice did')
+  behind.destroy()
+
+  const v1 = await tlsDial(d.port('imaps-v1'))
+  t.equal((await told(v1 as unknown as Socket)).version, 1, 'a v1 pool gets a v1 line: it has no TLVs')
+  v1.destroy()
+
+  const plain = await dial(d.port('plain'))
+  const p = await told(plain)
+  t.same(p.tlvTypes, [], 'no TLS ended here: no TLVs')
+  plain.destroy()
 })
 
 t.test('PROXY v2 DGRAM on every datagram to a UDP pool', async (t) => {
