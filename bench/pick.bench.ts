@@ -81,6 +81,22 @@ function pickTable(): string[] {
     }
     lines.push(`| ${name} | ${cells.join(' | ')} | ${gcs} | ${bytes.toFixed(3)} |`)
   }
+  // The smooth schedule parks a backend whose turn has not started; equal weights never do.
+  for (const name of ['round-robin', 'least-connections']) {
+    const f = findBalancer(name) as BalancerFactory
+    const cells: string[] = []
+    let gcs = 0
+    let bytes = 0
+    for (const n of SIZES) {
+      const members = makeBackends(n)
+      members.forEach((b, i) => (b.weight = 1 + ((i * 7919) % 100)))
+      const r = timePicks(f.create(members, optionsFor(name)))
+      cells.push(r.ns.toFixed(1))
+      gcs += r.collections
+      bytes = Math.max(bytes, r.bytesPerPick)
+    }
+    lines.push(`| ${name}, weights 1–100 | ${cells.join(' | ')} | ${gcs} | ${bytes.toFixed(3)} |`)
+  }
   return lines
 }
 

@@ -5,12 +5,15 @@ export interface HeapNode {
 
 /**
  * A binary min-heap whose nodes know their position, so a node whose key changed is moved
- * with `update` in O(log n) and removed with `remove` without a search.
+ * with `update` in O(log n) and removed with `remove` without a search. A subclass gives the
+ * order as a method (rather than a function passed in), so each kind of heap has its own
+ * comparison that the compiler can inline.
  */
-export class IndexedHeap<N extends HeapNode> {
+export abstract class IndexedHeap<N extends HeapNode> {
   readonly items: N[] = []
 
-  constructor(private readonly less: (a: N, b: N) => boolean) {}
+  /** Whether `a` comes out before `b`. */
+  protected abstract less(a: N, b: N): boolean
 
   get size(): number {
     return this.items.length
@@ -41,15 +44,6 @@ export class IndexedHeap<N extends HeapNode> {
   update(node: N): void {
     this.up(node.pos)
     this.down(node.pos)
-  }
-
-  /** The least node for which `skip` is false (a linear scan: for the rare excluded case). */
-  leastWhere(skip: (n: N) => boolean): N | undefined {
-    let best: N | undefined
-    for (const n of this.items) {
-      if (!skip(n) && (best === undefined || this.less(n, best))) best = n
-    }
-    return best
   }
 
   private up(i: number): void {

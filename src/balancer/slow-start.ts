@@ -7,10 +7,11 @@ const MAX_STEP_MS = 5_000
 const STEPS = 50
 
 /**
- * Slow start: a backend that joins the rotation (comes back up, or is added by a reload)
- * starts at 10% of its weight and ramps linearly to all of it over the period, so a cold
- * cache or a JIT that is still warming up is not handed its full share at once. Backends
- * present when sluice starts begin at full weight (ramping everyone is no ramp at all).
+ * Slow start: a backend that joins the rotation (comes back up, is enabled, or is added by a
+ * reload) starts at 10% of its weight and ramps linearly to all of it over the period:
+ * ramp = 0.1 + 0.9 × elapsed / period. A cold cache or a JIT that is still warming up is not
+ * handed its full share at once. Backends present when sluice starts begin at full weight
+ * (ramping everyone is no ramp at all): the pool does not call `join` for them.
  *
  * There is no timer: the pool calls `tick` before each pick, and while some backend is
  * ramping, a step (at most every period/50, at least every 5 s) sets each ramping backend's
@@ -70,7 +71,7 @@ export class SlowStart {
       const b = list[i] as Backend
       const live = b.inRotation && !b.retired
       const elapsed = now - (this.since.get(b) ?? now)
-      const ramp = live ? Math.min(1, Math.max(SLOW_START_FLOOR, elapsed / this.periodMs)) : 1
+      const ramp = live ? rampAt(elapsed, this.periodMs) : 1
       if (ramp === 1) {
         list.splice(i, 1)
         this.since.delete(b)
@@ -81,4 +82,10 @@ export class SlowStart {
       }
     }
   }
+}
+
+/** The share of its weight a backend has `elapsedMs` into a ramp of `periodMs`. */
+export function rampAt(elapsedMs: number, periodMs: number): number {
+  if (elapsedMs >= periodMs) return 1
+  return SLOW_START_FLOOR + (1 - SLOW_START_FLOOR) * Math.max(0, elapsedMs) / periodMs
 }

@@ -12,7 +12,8 @@ import {
   type LogLevel,
   type PoolConfig,
 } from './types.js'
-import { algorithmOptionKeys, balancerNames, findBalancer } from '../balancer/registry.js'
+import { algorithmOptionKeys, findBalancer } from '../balancer/registry.js'
+import { readAlgorithm } from '../balancer/algorithm-names.js'
 import { readUdpSettings, refuseUdpSettingsOnTcp } from './udp-settings.js'
 import { OPENING_KEYS, readOpening, readProxyProtocol } from '../proxy/proxy-settings.js'
 import { readPoolTls } from './tls-settings.js'
@@ -113,7 +114,7 @@ function readPools(reader: ConfigReader, at: Located, out: Map<string, PoolConfi
     const pool = readMap(reader, poolsView.get(name), POOL_KEYS, 'pool', context, [...optionOwners.keys()])
     if (pool === undefined) continue
     const algorithm = pool.has('algorithm')
-      ? reader.oneOf(pool.get('algorithm'), `${context} algorithm`, balancerNames())
+      ? readAlgorithm(reader, pool.get('algorithm'), `${context} algorithm`)
       : DEFAULTS.algorithm
     const factory = algorithm === undefined ? undefined : findBalancer(algorithm)
     for (const [key, owners] of optionOwners) {

@@ -105,16 +105,20 @@ export class PoolHealth {
       return
     }
     b.healthy = r.ok
-    this.refresh(b)
+    this.refresh(b, first)
     const why = first ? `first check ${r.ok ? 'passed' : 'failed'}` : progress
     const extra = b.state === 'draining' || b.state === 'disabled' ? ` (it stays ${b.state})` : b.ejected && r.ok ? ' (it stays down while ejected)' : ''
     if (r.ok) this.log.info(fields, `backend ${b.id} is up: ${why}: ${r.detail}${extra}`)
     else this.log.warn({ code: 'SLUICE_ERR_HEALTH_CHECK', ...fields }, `backend ${b.id} is down: ${why}: ${r.detail}${extra}`)
   }
 
-  /** Puts `b` in the state its health says, unless an operator drained or disabled it. */
-  private refresh(b: Backend): void {
+  /**
+   * Puts `b` in the state its health says, unless an operator drained or disabled it.
+   * `firstCheck`: this is its first verdict (the pool then starts a backend it began with at
+   * full weight instead of slow-starting it).
+   */
+  private refresh(b: Backend, firstCheck = false): void {
     if (b.retired || (b.state !== 'up' && b.state !== 'down')) return
-    this.pool.setState(b, b.healthState)
+    this.pool.setState(b, b.healthState, firstCheck)
   }
 }

@@ -22,15 +22,23 @@ export class Pool {
   private backup: Balancer
   private readonly exclusion = new PickExclusion()
   private readonly slowStart: SlowStart
+  /** Backends the pool was created with that have not entered the rotation through setState yet. */
+  private readonly original = new WeakSet<Backend>()
   /** Passive health: called after each failed connect to `b` (its consecutiveFailures already counts it). */
   onConnectFailure: ((b: Backend, reason: string) => void) | undefined
 
-  constructor(cfg: PoolConfig, private readonly metrics: Metrics) {
+  constructor(
+    cfg: PoolConfig,
+    private readonly metrics: Metrics,
+    /** Milliseconds, for slow start's ramps (tests pass a clock of their own). */
+    now: () => number = () => performance.now(),
+  ) {
     this.name = cfg.name
     this.cfg = cfg
-    this.slowStart = new SlowStart(cfg.slowStartMs, (b) => this.balancerOf(b).onWeightChange?.(b))
+    this.slowStart = new SlowStart(cfg.slowStartMs, (b) => this.balancerOf(b).onWeightChange?.(b), now)
     this.factory = factoryFor(cfg)
     this.members = cfg.backends.map((b) => new Backend(b))
+    for (const b of this.members) this.original.add(b)
     this.primary = this.factory.create([], cfg.algorithmOptions)
     this.backup = this.factory.create([], cfg.algorithmOptions)
     this.rebuild()
@@ -101,12 +109,24 @@ export class Pool {
     if (!b.retired) this.balancerOf(b).onConnectLatency?.(b, ms)
   }
 
-  setState(b: Backend, state: BackendState): void {
+  /**
+   * Moves `b` to `state`. A backend entering the rotation slow-starts (when the pool has
+   * `slow_start`): it came back up, was enabled, or was added by a reload. The one exception is
+   * `firstCheck`, the health owner saying this is the backend's first verdict: a backend the
+   * pool was created with, entering the rotation for the first time, is then starting along
+   * with the pool and takes its full weight. (One whose first check failed ramps when a later
+   * check brings it up.)
+   */
+  setState(b: Backend, state: BackendState, firstCheck = false): void {
     if (b.state === state) return
     const was = b.inRotation
     b.state = state
     if (was && !b.inRotation) this.balancerOf(b).onBackendDown(b)
-    if (!was && b.inRotation) this.balancerOf(this.slowStart.join(b)).onBackendUp(b)
+    if (!was && b.inRotation) {
+      const starting = this.original.delete(b) && firstCheck
+      if (!starting) this.slowStart.join(b)
+      this.balancerOf(b).onBackendUp(b)
+    }
     this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
   }
 

@@ -10,11 +10,13 @@ import { SetExclusion, create, makeBackends, spread } from './helpers.js'
  *
  * `weights`: the relative tolerance within which each backend's share of picks matches its
  * share of the weight (null: the algorithm ignores weights by design). `hash`: whether a
- * client keeps its backend and removing a backend moves only about 1/n of clients.
+ * client keeps its backend and removing a backend moves only about 1/n of clients. `smooth`:
+ * whether the order itself is promised (smooth weighted round-robin; least-connections while
+ * no connection is open), not only the counts.
  */
-const PROFILES: Record<string, { weights: number | null; hash: boolean }> = {
-  'round-robin': { weights: 0.01, hash: false },
-  'least-connections': { weights: 0.01, hash: false },
+const PROFILES: Record<string, { weights: number | null; hash: boolean; smooth?: boolean }> = {
+  'round-robin': { weights: 0.01, hash: false, smooth: true },
+  'least-connections': { weights: 0.01, hash: false, smooth: true },
   'consistent-hash': { weights: 0.1, hash: true },
   maglev: { weights: 0.02, hash: true },
   random: { weights: 0.05, hash: false },
@@ -104,6 +106,45 @@ for (const name of balancerNames()) {
     })
   }
 
+  if (profile.smooth === true) {
+    t.test(`${name}: weights 5:1:1 interleave: a b a a c a a, never more than 3 a's in a row`, async (t) => {
+      const [a, b, c] = weighted([5, 1, 1]) as [Backend, Backend, Backend]
+      const bal = create(name, [a, b, c])
+      const seq = sequence(bal, 140, new Map([[a, 'a'], [b, 'b'], [c, 'c']]))
+      t.equal(seq.slice(0, 7), 'abaacaa', `the first round: ${seq.slice(0, 7)}`)
+      t.equal(longestRun(seq, 'a'), 3, `longest run of a over 140 picks is 3: ${seq}`)
+      for (let i = 0; i < 140; i += 7) {
+        const round = seq.slice(i, i + 7)
+        t.same([count(round, 'a'), count(round, 'b'), count(round, 'c')], [5, 1, 1], `round ${i / 7} is 5:1:1 (${round})`, { diagnostic: false })
+      }
+      t.notMatch(seq, /aaaa/, 'no four in a row anywhere')
+    })
+
+    t.test(`${name}: equal weights rotate in list order`, async (t) => {
+      const members = weighted([1, 1, 1, 1])
+      const ids = new Map(members.map((m, i) => [m, 'abcd'[i] as string]))
+      t.equal(sequence(create(name, members), 12, ids), 'abcdabcdabcd')
+    })
+
+    t.test(`${name}: at every pick each backend is within one pick of its exact share`, async (t) => {
+      // Weight sets of the issues seen in the field, and a few uneven ones.
+      for (const ws of [[5, 1, 1], [4, 2, 1], [6, 2, 1, 1], [10, 1, 1, 1], [3, 3, 1], [17, 5, 3, 1], [100, 1, 1, 1, 1, 1], [22, 10, 48, 3, 41, 1]]) {
+        const members = weighted(ws)
+        const bal = create(name, members)
+        const total = ws.reduce((x, y) => x + y, 0)
+        const got = new Map<Backend, number>()
+        let worst = 0
+        for (let k = 1; k <= 3 * total; k++) {
+          const p = bal.pick({ protocol: 'tcp', remoteAddress: '10.0.0.1', remotePort: 1 }) as Backend
+          got.set(p, (got.get(p) ?? 0) + 1)
+          for (const m of members) worst = Math.max(worst, Math.abs((got.get(m) ?? 0) - (k * m.weight) / total))
+        }
+        t.ok(worst < 1, `${ws.join(':')}: largest lag ${worst.toFixed(3)} picks`)
+        t.same(members.map((m) => got.get(m) ?? 0), ws.map((w) => 3 * w), `${ws.join(':')}: three rounds give exactly 3 × the weights`)
+      }
+    })
+  }
+
   if (profile.hash) {
     t.test(`${name}: a client keeps its backend; removing 1 of n moves about 1/n of clients`, async (t) => {
       const n = 10
@@ -128,6 +169,32 @@ for (const name of balancerNames()) {
     })
   }
 }
+
+function weighted(ws: number[]): Backend[] {
+  return makeBackends(ws.length).map((b, i) => ((b.weight = ws[i] as number), b))
+}
+
+/** `n` picks as a string of the backends' letters. */
+function sequence(bal: Balancer, n: number, letters: Map<Backend, string>): string {
+  let out = ''
+  for (let i = 0; i < n; i++) {
+    const b = bal.pick({ protocol: 'tcp', remoteAddress: '10.0.0.1', remotePort: 1 })
+    out += b === undefined ? '-' : (letters.get(b) ?? '?')
+  }
+  return out
+}
+
+function longestRun(seq: string, ch: string): number {
+  let best = 0
+  let run = 0
+  for (const c of seq) {
+    run = c === ch ? run + 1 : 0
+    best = Math.max(best, run)
+  }
+  return best
+}
+
+const count = (s: string, ch: string): number => s.split(ch).length - 1
 
 function assignIds(bal: Balancer, keys: number): string[] {
   const out: string[] = []

@@ -89,3 +89,36 @@ t.test('the ring-size limit applies to the default hash_vnodes too, reported at 
   const heavy = `[${Array.from({ length: 30 }, (_, i) => `{ address: 10.0.1.${i}:80, weight: 1000 }`).join(', ')}]`
   t.match(issues(yaml('algorithm: consistent-hash', heavy)), [/^4:15 pool "p": hash_vnodes 160 × total weight 30000 makes a ring of 4800000 points/])
 })
+
+t.test("another balancer's algorithm name is refused at its FILE:LINE:COL, naming sluice's", async (t) => {
+  const formatted = (text: string): string => {
+    try {
+      parseConfig(text, 'sluice.yaml', {})
+    } catch (err) {
+      if (err instanceof ConfigError) return err.format()
+      throw err
+    }
+    return ''
+  }
+  const all = 'round-robin, least-connections, consistent-hash, maglev, random, power-of-two, first, peak-ewma'
+  t.equal(
+    formatted(yaml('algorithm: leastconn')),
+    `sluice.yaml:5:16: pool "p" algorithm "leastconn" is not one of ${all}; did you mean "least-connections" (HAProxy's leastconn)?`,
+  )
+  t.equal(
+    formatted(yaml('algorithm: source')),
+    `sluice.yaml:5:16: pool "p" algorithm "source" is not one of ${all}; did you mean "consistent-hash" with hash_key: source-ip (HAProxy's balance source)?`,
+  )
+  const hint = (name: string): string => issues(yaml(`algorithm: ${name}`))[0]?.replace(/^.*did you mean /, '') ?? ''
+  t.equal(hint('roundrobin'), `"round-robin" (HAProxy's roundrobin)?`)
+  t.equal(hint('LeastConn'), `"least-connections" (HAProxy's leastconn)?`, 'case does not matter')
+  t.equal(hint('least_conn'), `"least-connections" (nginx's least_conn)?`)
+  t.equal(hint('ip_hash'), `"consistent-hash" with hash_key: source-ip (nginx's ip_hash)?`)
+  t.equal(hint('ring_hash'), `"consistent-hash" (Envoy's RING_HASH)?`)
+  t.equal(hint('least_request'), `"power-of-two" (Envoy's LEAST_REQUEST, which draws two)?`)
+  t.equal(hint('wrr'), `"round-robin" (IPVS's wrr; round-robin is weighted)?`)
+  t.equal(hint('mh'), `"maglev" (IPVS's mh)?`)
+  t.equal(hint('least-connection'), '"least-connections"?', 'a near miss of a name of sluice\'s')
+  t.same(issues(yaml('algorithm: weighted-fair')), [`5:16 pool "p" algorithm "weighted-fair" is not one of ${all}`], 'nothing near: no suggestion')
+  t.same(issues(yaml('algorithm: leastconn\nhash_key: source-ip')), [`5:16 pool "p" algorithm "leastconn" is not one of ${all}; did you mean "least-connections" (HAProxy's leastconn)?`], 'a suggestion only: the pool is not read as least-connections')
+})

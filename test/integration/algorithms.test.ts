@@ -1,9 +1,10 @@
 import t, { type Test } from 'tap'
 import { connect, type Socket } from 'node:net'
 import { startDaemon, type Running } from '../helpers/daemon.js'
-import { eventually, namedBackend, readUntil } from '../helpers/net.js'
+import { backend, eventually, namedBackend, readUntil } from '../helpers/net.js'
 import type { Backend } from '../../src/upstream/backend.js'
 import type { Pool } from '../../src/upstream/pool.js'
+import { backendAction } from '../../src/admin/backend-actions.js'
 
 /**
  * Each balancing algorithm over real sockets: an in-process daemon, named backends on port 0,
@@ -240,3 +241,129 @@ pools:
   const got = count(after).b ?? 0
   t.ok(got >= 1 && got <= 3, `b, back up and at 10% of its weight, took ${got} of 22`)
 })
+
+t.test('round-robin 5:1:1 over 140 connections: a b a a c a a, never more than 3 a in a row', async (t) => {
+  const addr = await backends(t, ['a', 'b', 'c'])
+  const run = await startDaemon(t, `
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
+pools:
+  p:
+    algorithm: round-robin
+    backends:
+      - { address: ${addr.get('a')}, weight: 5 }
+      - { address: ${addr.get('b')}, weight: 1 }
+      - { address: ${addr.get('c')}, weight: 1 }
+`)
+  let seq = ''
+  for (let i = 0; i < 140; i++) seq += await greet(run.port('l'))
+  t.equal(seq.slice(0, 7), 'abaacaa', 'the first seven connections')
+  t.same(count([...seq]), { a: 100, b: 20, c: 20 }, 'exactly 5:1:1')
+  const longest = Math.max(...(seq.match(/a+/g) ?? []).map((r) => r.length))
+  t.ok(longest <= 3, `longest run of a: ${longest} (${seq})`)
+  for (let i = 0; i < 140; i += 7) t.same(count([...seq.slice(i, i + 7)]), { a: 5, b: 1, c: 1 }, `connections ${i}–${i + 6}`, { diagnostic: false })
+})
+
+/** A backend that greets `starting` until `ready()`, then `name` (a health check tells them apart). */
+async function starting(t: Test, name: string): Promise<{ address: string; ready: () => void }> {
+  let up = false
+  const b = await backend(t, (s) => {
+    s.end(`${up ? name : 'starting'}\n`)
+  })
+  return { address: b.address, ready: () => (up = true) }
+}
+
+interface Sample {
+  ms: number
+  name: string
+}
+
+/** Connects one after another for `forMs`, noting when (ms after `t0`) each reached which backend. */
+async function sample(port: number, t0: number, forMs: number): Promise<Sample[]> {
+  const out: Sample[] = []
+  const end = performance.now() + forMs
+  for (let i = 0; i < 100_000 && performance.now() < end; i++) {
+    const name = await greet(port)
+    out.push({ ms: performance.now() - t0, name })
+  }
+  return out
+}
+
+/**
+ * Checks the share of `who` in each 100 ms window against a ramp of `periodMs` starting at 0:
+ * weight r(t) = 10% + 90% × t / period against `others` backends of weight 1, with the ramp's
+ * step (period/50, at least 100 ms) and a pick or two per window of slack. Returns the misses.
+ */
+function rampMisses(samples: Sample[], who: string, periodMs: number, others: number, untilMs: number): string[] {
+  const r = (ms: number): number => 0.1 + (0.9 * Math.min(periodMs, Math.max(0, ms))) / periodMs
+  const shareOf = (w: number): number => w / (w + others)
+  const step = Math.max(100, periodMs / 50)
+  const misses: string[] = []
+  for (let from = 0; from < untilMs; from += 100) {
+    const win = samples.filter((s) => s.ms >= from && s.ms < from + 100)
+    if (win.length < 10) continue
+    const got = win.filter((s) => s.name === who).length / win.length
+    const slack = 2.5 / win.length + 0.02
+    const lo = shareOf(r(from - step - 50)) - slack
+    const hi = shareOf(r(from + 100)) + slack
+    if (got < lo || got > hi) misses.push(`${from} ms: ${(got * 100).toFixed(1)}% of ${win.length} not in ${(lo * 100).toFixed(1)}–${(hi * 100).toFixed(1)}%`)
+  }
+  return misses
+}
+
+const shareIn = (samples: Sample[], who: string, from: number, to: number): { share: number; n: number } => {
+  const win = samples.filter((s) => s.ms >= from && s.ms < to)
+  return { share: win.filter((s) => s.name === who).length / Math.max(1, win.length), n: win.length }
+}
+
+for (const algorithm of ['round-robin', 'least-connections']) {
+  t.test(`${algorithm} slow_start: a backend down at start-up ramps from 10% when its check passes, and again after enable`, async (t) => {
+    const addr = await backends(t, ['a', 'c'])
+    const late = await starting(t, 'b')
+    const run = await startDaemon(t, `
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
+pools:
+  p:
+    algorithm: ${algorithm}
+    slow_start: 3s
+    health_check: { type: send-expect, expect: "/^[abc]\\n/", interval: 100ms, timeout: 100ms, rise: 1, fall: 20 }
+    backends: [${addr.get('a')}, ${late.address}, ${addr.get('c')}]
+`)
+    const port = run.port('l')
+    const p = pool(run)
+    const b = p.backends[1] as Backend
+    t.equal(b.state, 'down', 'b is down at start-up')
+    const before: string[] = []
+    for (let i = 0; i < 20; i++) before.push(await greet(port))
+    t.same(count(before), { a: 10, c: 10 }, 'the two that passed their first check share the load at full weight')
+    t.ok(p.backends.every((x) => x === b || x.ramp === 1), 'no ramp for backends whose first check passed at start-up')
+
+    late.ready()
+    await eventually(() => b.state === 'up', 'b to pass its check')
+    const t0 = performance.now()
+    const samples = await sample(port, t0, 3300)
+    const first = shareIn(samples, 'b', 0, 1000)
+    // Weight 10% → 37% over the first second against two of weight 1: 4.8% → 16%, about 10% on average.
+    t.ok(first.share > 0.02 && first.share < 0.16, `b's share in its first second: ${(first.share * 100).toFixed(1)}% of ${first.n} (33% would be no ramp)`)
+    const firstWindow = shareIn(samples, 'b', 0, 200)
+    t.ok(firstWindow.share < 0.12, `b's share in its first 200 ms: ${(firstWindow.share * 100).toFixed(1)}% of ${firstWindow.n}`)
+    t.same(rampMisses(samples, 'b', 3000, 2, 3000), [], 'each 100 ms window follows the ramp')
+    const last = shareIn(samples, 'b', 3000, 3300)
+    t.ok(Math.abs(last.share - 1 / 3) < 0.08, `after the ramp: ${(last.share * 100).toFixed(1)}% of ${last.n}`)
+    // (A check that failed meanwhile would have restarted a ramp and made the figures above meaningless.)
+    const downs = run.logs.lines.map((l) => String(l.msg)).filter((m) => m.includes(' is down: ') && !m.includes('first check'))
+    t.same(downs, [], 'no backend left the rotation while it was measured')
+
+    // An operator disables b and enables it again: the same ramp.
+    backendAction(run.daemon, 'p', b.id, 'disable')
+    const off: string[] = []
+    for (let i = 0; i < 10; i++) off.push(await greet(port))
+    t.notOk(off.includes('b'), 'disabled: nothing for b')
+    backendAction(run.daemon, 'p', b.id, 'enable')
+    t.equal(b.state, 'up')
+    const t1 = performance.now()
+    const again = await sample(port, t1, 1000)
+    const enabled = shareIn(again, 'b', 0, 1000)
+    t.ok(enabled.share > 0.02 && enabled.share < 0.2, `after enable, b's share in its first second: ${(enabled.share * 100).toFixed(1)}% of ${enabled.n}`)
+    t.same(rampMisses(again, 'b', 3000, 2, 1000), [], 'each 100 ms window after enable follows the ramp')
+  })
+}
