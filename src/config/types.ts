@@ -171,10 +171,12 @@ export interface HealthCheckConfig {
   rise: number
   /** Consecutive failures that take an up backend down. */
   fall: number
-  /** A random extra delay of 0 to this added to each interval. 0 = none. */
+  /** A random extra delay of 0 to this added to each interval (default 10% of it). 0 = none. */
   jitterMs: number
   /** Probe this port instead of each backend's own. 0 = the backend's port. */
   port: number
+  /** The PROXY header each probe sends first (`send_proxy`, default the pool's `proxy_protocol`); absent = none. */
+  sendProxy?: 'v1' | 'v2'
   /** Parsed by the type's probe factory; opaque to everything else. */
   options: unknown
 }

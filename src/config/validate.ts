@@ -132,10 +132,10 @@ function readPools(reader: ConfigReader, at: Located, out: Map<string, PoolConfi
       reader.report(pool.keyAt('slow_start'), `${context}: slow_start ramps backends' weights, which algorithm ${factory.name} does not use; remove slow_start or pick a weighted algorithm`)
     }
     const backends = pool.require('backends', context) ? readBackends(reader, pool.get('backends'), context) : undefined
-    const healthCheck = pool.has('health_check') ? readHealthCheck(reader, pool.get('health_check'), context) : undefined
+    const proxyProtocol = readProxyProtocol(reader, pool, context)
+    const healthCheck = pool.has('health_check') ? readHealthCheck(reader, pool.get('health_check'), context, proxyProtocol) : undefined
     const passive = pool.has('passive') ? readPassive(reader, pool.get('passive'), context) : undefined
     if ((pool.has('health_check') && healthCheck === undefined) || (pool.has('passive') && passive === undefined)) continue
-    const proxyProtocol = readProxyProtocol(reader, pool, context)
     const tls = pool.has('tls') ? readPoolTls(reader, pool.get('tls'), context) : undefined
     if (proxyProtocol === undefined || tls === false) continue
     if (algorithm === undefined || connectTimeoutMs === undefined || retries === undefined || backends === undefined || slowStartMs === undefined) continue

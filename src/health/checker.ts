@@ -18,15 +18,31 @@ interface Entry {
   stopped: boolean
   /** Resolves the start-up wait once the first result is in. */
   firstDone: (() => void) | undefined
+  /** When the current (or next) probe was due, on performance.now()'s clock. */
+  due: number
+  /** When the last probe started (same clock). */
+  started: number
+  /** Added once, to the wait after the first probe: moves this backend to its place in the interval. */
+  phaseMs: number
   pass: Counter.Internal
   fail: Counter.Internal
 }
 
+/** The longest gap between the first probes of backends that join together. */
+const FIRST_PROBE_GAP_MS = 1
+
 /**
  * Active health checks of one pool: one timer per backend, at most one probe in flight per
- * backend, the next probe `interval` (plus 0..jitter) after the previous one started (or at
+ * backend, the next probe due `interval` (plus 0..jitter) after the previous one was due (at
  * once after it, when it took longer). Results go through a rise/fall state machine; changes
  * are handed to `onResult`, which owns the backend's state.
+ *
+ * Backends that join together (all of them at start-up) do not probe in lockstep: their first
+ * probes go out `min(1ms, interval / n)` apart, so a large pool's first round runs at its
+ * steady rate (n per interval) rather than all at once, while a small pool is still checked
+ * within n ms (start-up waits for it). The wait after each first probe then places the
+ * backend at its own share of the interval, `i * interval / n`, and the jitter keeps them
+ * (and several sluice instances) from drifting back together.
  */
 export class HealthChecker {
   private readonly entries = new Map<Backend, Entry>()
@@ -61,14 +77,20 @@ export class HealthChecker {
     const timingChanged = cfg.intervalMs !== this.cfg.intervalMs || cfg.jitterMs !== this.cfg.jitterMs
     this.cfg = cfg
     this.probe = this.fixedProbe ?? makeProbe(cfg)
+    const waiting: Entry[] = []
     for (const e of this.entries.values()) {
       e.rf.rise = cfg.rise
       e.rf.fall = cfg.fall
-      if (timingChanged && !e.inFlight && e.timer !== undefined) {
-        clearTimeout(e.timer)
-        this.schedule(e, this.delay())
-      }
+      if (timingChanged && !e.inFlight && e.timer !== undefined && e.rf.checked) waiting.push(e)
     }
+    // A new interval: each waiting backend's next probe at its own share of it.
+    const now = performance.now()
+    waiting.forEach((e, i) => {
+      clearTimeout(e.timer)
+      e.due = now + Math.floor((i * cfg.intervalMs) / waiting.length)
+      e.phaseMs = 0
+      this.schedule(e, e.due - now)
+    })
     return this.sync()
   }
 
@@ -95,10 +117,15 @@ export class HealthChecker {
         for (const result of ['success', 'failure']) this.metrics.healthChecksTotal.remove({ pool: this.pool.name, backend: b.id, result })
       }
     }
+    const joining = [...members].filter((b) => !this.entries.has(b))
+    const n = joining.length
+    const interval = this.cfg.intervalMs
+    const gap = Math.min(FIRST_PROBE_GAP_MS, interval / Math.max(1, n))
     const firsts: Promise<void>[] = []
-    for (const b of members) {
-      if (this.entries.has(b)) continue
+    const now = performance.now()
+    joining.forEach((b, i) => {
       const labels = { pool: this.pool.name, backend: b.id }
+      const startMs = Math.floor(i * gap)
       const e: Entry = {
         b,
         rf: new RiseFall(this.cfg.rise, this.cfg.fall),
@@ -106,13 +133,18 @@ export class HealthChecker {
         inFlight: false,
         stopped: false,
         firstDone: undefined,
+        due: now + startMs,
+        started: now,
+        phaseMs: Math.max(0, Math.floor((i * interval) / n) - startMs),
         pass: this.metrics.healthChecksTotal.labels({ ...labels, result: 'success' }),
         fail: this.metrics.healthChecksTotal.labels({ ...labels, result: 'failure' }),
       }
       this.entries.set(b, e)
       firsts.push(new Promise<void>((resolve) => (e.firstDone = resolve)))
-      this.run(e)
-    }
+      if (startMs === 0) this.run(e)
+      // Referenced, unlike the steady timers: start-up waits on this probe, so it must happen.
+      else e.timer = setTimeout(() => this.run(e), startMs)
+    })
     return Promise.all(firsts).then(() => undefined)
   }
 
@@ -120,18 +152,37 @@ export class HealthChecker {
     e.timer = undefined
     if (e.stopped || e.inFlight || this.closed) return
     e.inFlight = true
-    const started = performance.now()
+    e.started = performance.now()
     const cfg = this.cfg
-    this.probe.check({ host: e.b.host, port: cfg.port === 0 ? e.b.port : cfg.port, timeoutMs: cfg.timeoutMs }).then((r) => {
+    const target = { host: e.b.host, port: cfg.port === 0 ? e.b.port : cfg.port, timeoutMs: cfg.timeoutMs, ...(cfg.sendProxy !== undefined ? { proxy: cfg.sendProxy } : {}) }
+    this.probe.check(target).then((r) => {
       e.inFlight = false
       if (e.stopped) return
       this.record(e, r)
-      this.schedule(e, Math.max(0, this.delay() - (performance.now() - started)))
+      this.next(e)
     }, () => {
       // Probes never reject; keep checking if one ever does.
       e.inFlight = false
-      if (!e.stopped) this.schedule(e, this.delay())
+      if (!e.stopped) this.next(e)
     })
+  }
+
+  /**
+   * Schedules the next probe of `e`: due one interval (plus jitter) after the last one was
+   * due, so each backend keeps its place in the interval even when the process or the probe
+   * ran late. A slot is skipped when it comes sooner than half an interval after the last
+   * probe started (that probe ran late) or half an interval ago (it was missed); a slot just
+   * passed (the probe took longer than expected) runs at once.
+   */
+  private next(e: Entry): void {
+    const now = performance.now()
+    const interval = this.cfg.intervalMs
+    let due = e.due + this.delay() + e.phaseMs
+    e.phaseMs = 0
+    const earliest = Math.max(e.started + interval / 2, now - interval / 2)
+    if (due < earliest) due += Math.ceil((earliest - due) / interval) * interval
+    e.due = due
+    this.schedule(e, Math.max(0, due - now))
   }
 
   private record(e: Entry, r: ProbeResult): void {

@@ -5,6 +5,11 @@ export interface ProbeTarget {
   host: string
   port: number
   timeoutMs: number
+  /**
+   * Send a PROXY protocol header first (`send_proxy`): v2 with the LOCAL command (a check has
+   * no client to speak for), or v1 naming the probe's own connection. Absent: no header.
+   */
+  proxy?: 'v1' | 'v2'
 }
 
 /**
@@ -33,6 +38,8 @@ export interface ProbeFactory<O = unknown> {
   /** Reads and checks this type's keys; reports problems to `reader`; undefined when any is wrong. */
   parseOptions(check: MapView, reader: ConfigReader, context: string): O | undefined
   create(options: O): Probe
+  /** Whether these options make the probe speak UDP (a PROXY header must then have a datagram form). */
+  datagram?(options: O): boolean
 }
 
 /** A failed probe step; the message becomes the result's `detail`. */
@@ -40,10 +47,10 @@ export class ProbeFailure extends Error {
   override readonly name = 'ProbeFailure'
 }
 
-/** Shortens what a backend sent for a log line: printable, at most 60 characters. */
-export function snippet(data: Buffer | string): string {
+/** Shortens what a backend sent for a log line: printable, at most `max` (60) characters. */
+export function snippet(data: Buffer | string, max = 60): string {
   const text = (typeof data === 'string' ? data : data.toString('latin1')).replace(/\r?\n$/, '')
   // eslint-disable-next-line no-control-regex
   const clean = text.replace(/[\x00-\x1f\x7f-\xff]/g, (c) => (c === '\r' ? '\\r' : c === '\n' ? '\\n' : '.'))
-  return clean.length > 60 ? `${clean.slice(0, 57)}...` : clean
+  return clean.length > max ? `${clean.slice(0, max - 3)}...` : clean
 }

@@ -1,13 +1,11 @@
 import t, { type Test } from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { connect } from 'node:net'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startDaemon } from '../helpers/daemon.js'
-import { deadPort, eventually } from '../helpers/net.js'
+import { deadPort } from '../helpers/net.js'
 import { skipWithout, which } from '../helpers/tools.js'
-import { postgresCluster } from '../helpers/servers.js'
+import { dovecot, dovecotConf, freePorts, postfixInstance, postgresCluster, processServer, type ProcessServer as Server } from '../helpers/servers.js'
 
 /**
  * Each health-check type against the real server it speaks to: the check marks the backend
@@ -15,55 +13,8 @@ import { postgresCluster } from '../helpers/servers.js'
  */
 
 const redisServer = which('redis-server')
-const smtpd = which('smtpd', ['/usr/sbin'])
-const dovecot = which('dovecot', ['/usr/sbin'])
 const dnsmasq = which('dnsmasq', ['/usr/sbin'])
 const isRoot = process.getuid?.() === 0
-
-/** A server process that can be stopped and started again on the same port. */
-interface Server {
-  start(): Promise<void>
-  stop(): Promise<void>
-}
-
-/** Runs `cmd args` as a server: start waits until every port accepts TCP, stop sends SIGTERM and waits until none does. */
-function processServer(t: Test, ports: number[], cmd: string, args: string[]): Server {
-  let child: ChildProcess | undefined
-  let stderr = ''
-  const server: Server = {
-    async start() {
-      stderr = ''
-      const c = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] })
-      c.stderr?.on('data', (d: Buffer) => (stderr += d.toString()))
-      child = c
-      await eventually(async () => {
-        if (c.exitCode !== null) throw new Error(`${cmd} exited ${c.exitCode}: ${stderr}`)
-        return (await Promise.all(ports.map(accepts))).every(Boolean)
-      }, `${cmd} to accept on ${ports.join(', ')}`, 20_000)
-    },
-    async stop() {
-      const c = child
-      child = undefined
-      if (c === undefined || c.exitCode !== null || c.signalCode !== null) return
-      const exited = new Promise((resolve) => c.once('exit', resolve))
-      c.kill('SIGTERM')
-      await exited
-      await eventually(async () => !(await Promise.all(ports.map(accepts))).some(Boolean), `ports ${ports.join(', ')} to close`, 10_000)
-    },
-  }
-  t.teardown(() => {
-    if (child !== undefined && child.exitCode === null) child.kill('SIGKILL')
-  })
-  return server
-}
-
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ port, host: '127.0.0.1' })
-    s.once('connect', () => (s.destroy(), resolve(true)))
-    s.once('error', () => resolve(false))
-  })
-}
 
 /** Starts sluice with `check` on a pool of one backend and walks it up → down → up. */
 async function upDownUp(t: Test, port: number, check: string, server: Server, expectDetail: RegExp): Promise<void> {
@@ -107,64 +58,15 @@ t.test('postgres: SSLRequest against PostgreSQL', async (t) => {
   await upDownUp(t, port, `{ type: postgres, ${timing} }`, pgServer, /^SSLRequest answered [SN]$/)
 })
 
-t.test('smtp: banner and EHLO against OpenSMTPD', async (t) => {
-  if (skipWithout(t, { 'smtpd (Debian package opensmtpd)': smtpd })) return
-  if (!isRoot) {
-    t.skip('needs root: OpenSMTPD drops privileges to its own user', () => {})
-    return
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'sluice-health-smtpd-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const port = await deadPort()
-  const conf = join(dir, 'smtpd.conf')
-  writeFileSync(conf, `listen on 127.0.0.1 port ${port}\naction "local" mbox\nmatch from local for local action "local"\n`, { mode: 0o644 })
-  const server = processServer(t, [port], smtpd!, ['-d', '-f', conf])
-  await upDownUp(t, port, `{ type: smtp, ehlo: sluice.test, ${timing} }`, server, /^220 banner, EHLO 250$/)
+t.test('smtp: banner and EHLO against Postfix', async (t) => {
+  const postfix = await postfixInstance(t)
+  if (postfix === undefined) return
+  await upDownUp(t, postfix.port, `{ type: smtp, ehlo: sluice.test, ${timing} }`, postfix.server, /^220 banner, EHLO 250$/)
+  // (sluice's probes come from 127.0.0.1; the helper's connects that wait for the port to close, from 127.0.0.2.)
+  const complaints = postfix.maillog().split('\n').filter((l) => /lost connection|improper command pipelining/.test(l) && l.includes('[127.0.0.1]'))
+  t.same(complaints, [], 'postfix saw every probe through to QUIT')
+  t.match(postfix.maillog(), /disconnect from localhost\[127\.0\.0\.1\] ehlo=1 quit=1 commands=2/, 'each probe: EHLO, QUIT')
 })
-
-/** A minimal Dovecot configuration serving IMAP and POP3 on the given loopback ports. */
-function dovecotConf(dir: string, imapPort: number, pop3Port: number): string {
-  mkdirSync(join(dir, 'mail'), { recursive: true })
-  const conf = join(dir, 'dovecot.conf')
-  writeFileSync(conf, `base_dir = ${dir}/run
-state_dir = ${dir}/state
-log_path = ${dir}/dovecot.log
-protocols = imap pop3
-listen = 127.0.0.1
-ssl = no
-mail_location = maildir:${dir}/mail/%u
-passdb {
-  driver = static
-  args = password=unused
-}
-userdb {
-  driver = static
-  args = uid=nobody gid=nogroup home=${dir}/mail/%u
-}
-service imap-login {
-  chroot =
-  inet_listener imap {
-    port = ${imapPort}
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
-service pop3-login {
-  chroot =
-  inet_listener pop3 {
-    port = ${pop3Port}
-  }
-  inet_listener pop3s {
-    port = 0
-  }
-}
-service anvil {
-  chroot =
-}
-`)
-  return conf
-}
 
 t.test('imap and pop3: greetings from Dovecot', async (t) => {
   if (skipWithout(t, { 'dovecot (Debian packages dovecot-imapd, dovecot-pop3d)': dovecot })) return
@@ -174,8 +76,7 @@ t.test('imap and pop3: greetings from Dovecot', async (t) => {
   }
   const dir = mkdtempSync(join(tmpdir(), 'sluice-health-dovecot-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const imapPort = await deadPort()
-  const pop3Port = await deadPort()
+  const [imapPort, pop3Port] = (await freePorts(2)) as [number, number]
   const server = processServer(t, [imapPort, pop3Port], dovecot!, ['-F', '-c', dovecotConf(dir, imapPort, pop3Port)])
   // upDownUp starts the server and leaves it running: stop it between the two.
   await t.test('imap', (t) => upDownUp(t, imapPort, `{ type: imap, ${timing} }`, server, /^\* OK/))

@@ -72,7 +72,7 @@ t.test('checker: never more than one probe in flight per backend; a slow probe d
   t.same(new Set(calls), new Set([1, 2]), 'both backends probed')
 })
 
-t.test('checker: probes follow the interval and stop on close', async (t) => {
+t.test('checker: probes follow the interval, on a grid, and stop on close', async (t) => {
   const { pool, metrics } = poolOf([1])
   const at: number[] = []
   const probe: Probe = { check: async () => (at.push(performance.now()), { ok: true, detail: 'ok' }) }
@@ -82,21 +82,25 @@ t.test('checker: probes follow the interval and stop on close', async (t) => {
   c.close()
   const n = at.length
   const gaps = at.slice(1).map((x, i) => x - (at[i] as number))
-  t.ok(gaps.every((g) => g >= 38), `no probe earlier than the interval (gaps ${gaps.map((g) => g.toFixed(0)).join(', ')} ms)`)
+  const mean = ((at.at(-1) as number) - (at[0] as number)) / (at.length - 1)
+  t.ok(mean >= 39 && mean < 55, `probes one interval apart on average (${mean.toFixed(1)} ms; gaps ${gaps.map((g) => g.toFixed(0)).join(', ')} ms)`)
+  t.ok(gaps.every((g) => g >= 20), 'none sooner than half an interval after the previous one')
   await new Promise((r) => setTimeout(r, 120))
   t.equal(at.length, n, 'no probe after close')
 })
 
-t.test('checker: jitter spreads probes within interval..interval+jitter', async (t) => {
+t.test('checker: jitter adds 0..jitter to each interval', async (t) => {
   const { pool, metrics } = poolOf([1])
   const at: number[] = []
   const probe: Probe = { check: async () => (at.push(performance.now()), { ok: true, detail: 'ok' }) }
   const c = new HealthChecker(pool, check({ intervalMs: 20, jitterMs: 20 }), metrics, () => {}, probe)
   t.teardown(() => c.close())
   await c.start()
-  await eventually(() => at.length >= 8, 'eight probes')
+  await eventually(() => at.length >= 13, 'thirteen probes')
   const gaps = at.slice(1).map((x, i) => x - (at[i] as number))
-  t.ok(gaps.every((g) => g >= 18 && g < 80), `gaps within bounds: ${gaps.map((g) => g.toFixed(0)).join(', ')}`)
+  const mean = ((at.at(-1) as number) - (at[0] as number)) / (at.length - 1)
+  t.ok(mean >= 24 && mean < 45, `a mean gap of interval + jitter/2 = 30 ms, give or take (${mean.toFixed(1)} ms; gaps ${gaps.map((g) => g.toFixed(0)).join(', ')})`)
+  t.ok(gaps.every((g) => g >= 10), 'none sooner than half an interval after the previous one')
 })
 
 t.test('pool health over a real server: starts down until the first probe, falls after 3, rises after 2', async (t) => {
@@ -158,4 +162,81 @@ t.test('pool health: draining and disabled are an operator\'s word; checks do no
   await eventually(async () => (await passes()) >= before + 3, 'three more passing probes')
   t.equal(b.state, 'draining', 'still draining while its checks pass')
   t.equal(b.healthState, 'up', 'what enable would return it to')
+})
+
+t.test('checker: first probes of many backends are spread, then each keeps its own share of the interval', async (t) => {
+  const n = 200
+  const interval = 300
+  const { pool, metrics } = poolOf(Array.from({ length: n }, (_, i) => 10_000 + i))
+  const starts = new Map<number, number[]>()
+  const t0 = performance.now()
+  const probe: Probe = {
+    check: async (target) => {
+      const list = starts.get(target.port) ?? []
+      list.push(performance.now() - t0)
+      starts.set(target.port, list)
+      return { ok: true, detail: 'ok' }
+    },
+  }
+  const c = new HealthChecker(pool, check({ intervalMs: interval, timeoutMs: interval, jitterMs: 0 }), metrics, () => {}, probe)
+  t.teardown(() => c.close())
+  await c.start()
+  const firsts = [...starts.values()].map((l) => l[0] as number).sort((a, b) => a - b)
+  t.equal(firsts.length, n, 'every backend had its first probe before start resolved')
+  const span = (firsts.at(-1) as number) - (firsts[0] as number)
+  const expected = (n - 1) * Math.min(1, interval / n)
+  t.ok(span >= expected * 0.9 && span <= expected + 150, `the first round spread over ${span.toFixed(0)} ms (${expected.toFixed(0)} expected: ${n} backends, one a ms at most), not in one burst`)
+  await eventually(() => [...starts.values()].every((l) => l.length >= 3), 'three probes of every backend')
+  // After the first round: how many probes start within any tenth of the interval. In
+  // lockstep that is all of them; spread, about n / 10.
+  const later = [...starts.values()].flatMap((l) => l.slice(1, 3)).sort((a, b) => a - b)
+  let busiest = 0
+  for (let i = 0, j = 0; i < later.length; i++) {
+    while ((later[i] as number) - (later[j] as number) > interval / 10) j++
+    busiest = Math.max(busiest, i - j + 1)
+  }
+  t.ok(busiest <= n / 2, `at most ${busiest} of ${n} backends' probes start within any ${interval / 10} ms`)
+})
+
+t.test('checker: a small pool is checked within a few ms of start, not an interval later', async (t) => {
+  const { pool, metrics } = poolOf([1, 2, 3])
+  const at: number[] = []
+  const t0 = performance.now()
+  const probe: Probe = { check: async () => (at.push(performance.now() - t0), { ok: true, detail: 'ok' }) }
+  const c = new HealthChecker(pool, check({ intervalMs: 10_000, timeoutMs: 1000, jitterMs: 1000 }), metrics, () => {}, probe)
+  t.teardown(() => c.close())
+  await c.start()
+  t.equal(at.length, 3)
+  t.ok((at.at(-1) as number) < 500, `all three first probes within ${(at.at(-1) as number).toFixed(1)} ms`)
+})
+
+t.test('checker: after the process stalls, each backend returns to its own place in the interval', async (t) => {
+  const n = 50
+  const interval = 200
+  const { pool, metrics } = poolOf(Array.from({ length: n }, (_, i) => 20_000 + i))
+  const starts: number[] = []
+  let stalled = false
+  const probe: Probe = {
+    check: async () => {
+      starts.push(performance.now())
+      if (!stalled && starts.length === 2 * n) {
+        // Block the event loop for three intervals: every timer comes due at once.
+        stalled = true
+        const until = performance.now() + 3 * interval
+        while (performance.now() < until) { /* busy */ }
+      }
+      return { ok: true, detail: 'ok' }
+    },
+  }
+  const c = new HealthChecker(pool, check({ intervalMs: interval, timeoutMs: interval, jitterMs: 0 }), metrics, () => {}, probe)
+  t.teardown(() => c.close())
+  await c.start()
+  await eventually(() => starts.length >= 6 * n, 'six rounds of probes')
+  const recovered = starts.slice(4 * n, 6 * n).sort((a, b) => a - b)
+  let busiest = 0
+  for (let i = 0, j = 0; i < recovered.length; i++) {
+    while ((recovered[i] as number) - (recovered[j] as number) > interval / 10) j++
+    busiest = Math.max(busiest, i - j + 1)
+  }
+  t.ok(busiest <= n / 2, `two rounds after the stall, at most ${busiest} of ${n} probes start within any ${interval / 10} ms`)
 })

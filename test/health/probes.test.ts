@@ -101,7 +101,7 @@ t.test('mysql: a protocol 10 greeting passes; an error packet fails with its mes
   const blocked = await scripted(t, (s) => s.end(Buffer.concat([Buffer.from([err.length, 0, 0, 0]), err])))
   const r = await probe('mysql', null, blocked.port)
   t.equal(r.ok, false)
-  t.match(r.detail, /^server refused: Host '10\.0\.0\.9' is blocked/)
+  t.match(r.detail, /^server refused: ERROR 1129: Host '10\.0\.0\.9' is blocked/)
 })
 
 t.test('smtp: 220 banner and EHLO → 250 (multi-line) pass; a 554 banner or a refused EHLO fails', async (t) => {

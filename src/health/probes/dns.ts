@@ -3,6 +3,7 @@ import { isIP } from 'node:net'
 import { randomInt } from 'node:crypto'
 import { errnoCode } from '../../errors.js'
 import { formatDuration } from '../../config/duration.js'
+import { encodeV2 } from '../../proxy/proxy-header-out.js'
 import { ProbeFailure, type ProbeFactory, type ProbeResult, type ProbeTarget } from '../probe.js'
 import { converse } from './conversation.js'
 
@@ -55,6 +56,7 @@ export const dnsProbe: ProbeFactory<DnsProbeOptions> = {
   create: (o) => ({
     check: (target) => (o.transport === 'udp' ? udpQuery(target, o) : tcpQuery(target, o)),
   }),
+  datagram: (o) => o.transport === 'udp',
 }
 
 /** A DNS query message with a random id. */
@@ -109,11 +111,18 @@ function tcpQuery(target: ProbeTarget, o: DnsProbeOptions): Promise<ProbeResult>
   })
 }
 
-/** One UDP query (sent again once at half the timeout, for a lost datagram); the socket is always closed. */
+/**
+ * One UDP query (sent again once at half the timeout, for a lost datagram); the socket is
+ * always closed. With `target.proxy` v2 each datagram starts with a LOCAL header (v1 has no
+ * datagram form; the configuration refuses it).
+ */
 function udpQuery(target: ProbeTarget, o: DnsProbeOptions): Promise<ProbeResult> {
   return new Promise((resolve) => {
     const sock = createSocket(isIP(target.host) === 6 ? 'udp6' : 'udp4')
-    const { id, msg } = buildQuery(o.query, o.queryType)
+    const query = buildQuery(o.query, o.queryType)
+    const id = query.id
+    // A pool that sends PROXY v2 on each datagram gets it on the probe's too (LOCAL: no client).
+    const msg = target.proxy === 'v2' ? Buffer.concat([encodeV2(undefined, 'dgram'), query.msg]) : query.msg
     let done = false
     const finish = (r: ProbeResult): void => {
       if (done) return
