@@ -27,6 +27,17 @@ export interface PendingRead {
 }
 
 /**
+ * Leaves `socket` without a 'data' listener, not flowing, but still reading into its bounded
+ * stream buffer (highWaterMark): what arrives waits there for the splice, and a reset while
+ * the backend connect is in flight is still noticed (a socket that stopped reading would not
+ * see it until its next read).
+ */
+function keepReading(socket: Socket): void {
+  socket.pause()
+  socket.read(0)
+}
+
+/**
  * Reads `socket` until `step` says it has enough. `step` sees every byte so far and returns
  * undefined for "more", or the outcome. `silentMs` > 0: `onSilent` when nothing at all arrived
  * in that time.
@@ -44,7 +55,7 @@ function readPrefix<T>(socket: Socket, first: Buffer | undefined, step: (buf: Bu
   const stop = (): void => {
     clearTimeout(timer)
     socket.off('data', onData)
-    socket.pause()
+    keepReading(socket)
   }
   const onData = (chunk: Buffer): void => {
     clearTimeout(timer)
@@ -55,7 +66,7 @@ function readPrefix<T>(socket: Socket, first: Buffer | undefined, step: (buf: Bu
   if (buf.length > 0) {
     const o = step(buf)
     if (o !== undefined) {
-      socket.pause()
+      keepReading(socket)
       // Called from the caller's own turn: report on the next one, as a read would.
       process.nextTick(() => finish(o))
       return { cancel: () => (over = true) }
