@@ -1,39 +1,58 @@
-import { Registry } from 'prom-client'
-import type { AdminConfig, AnyListenerConfig, Config, DemoBackendConfig } from './config/types.js'
+import { AggregatorRegistry, Registry } from 'prom-client'
+import type { AdminConfig, Config, DemoBackendConfig } from './config/types.js'
 import type { Logger } from './log.js'
 import { Metrics } from './metrics/metrics.js'
 import { Pool } from './upstream/pool.js'
-import { createListener, type Listener } from './listener/listener.js'
-import { TcpListener } from './listener/tcp-listener.js'
+import type { Listener } from './listener/listener.js'
 import { createDemoBackend, type DemoServer } from './demo/demo-backend.js'
 import { formatDuration } from './config/duration.js'
 import { PoolHealth } from './health/pool-health.js'
 import { AdminServer } from './admin/admin-server.js'
-import { planListeners } from './listener/listener-plan.js'
 import { SluiceError } from './errors.js'
+import { SharedCounters, SlotAllocator } from './control/shared-counters.js'
+import { backendSlotKey, listenerSlotKey, type BackendStateEntry, type FromWorker, type SlotTable, type WorkerSnapshot } from './control/messages.js'
+import { InProcessWorker, ThreadWorker, type WorkerLink } from './control/worker-link.js'
+import { ReloadWhileStopping, type ControlApi, type ListenerView, type WorkerView } from './control/control-api.js'
+
+export { ReloadWhileStopping }
 
 export interface DaemonOptions {
   log: Logger
   /** Defaults to a fresh Registry, so several daemons can live in one process (tests). */
   registry?: Registry
+  /**
+   * With several workers: where the worker threads' log lines go (newline-separated JSON
+   * lines): the destination of `log`, so one writer owns it. Unset: stdout.
+   */
+  workerLines?: (lines: string) => void
 }
 
+/** Slots in the shared counter table: two per backend (active, consecutive failures), one per listener. */
+const COUNTER_SLOTS = 1 << 17
+
 /**
- * The running load balancer: pools, listeners and demo backends built from a Config.
- * Starts in order (demo backends, pools, listeners) and stops in reverse. A reload applies
- * a new Config as a diff and never cuts an open connection.
+ * The control plane, and the composition of the whole daemon. It owns the configuration
+ * (load, check, two-phase reload), health checking and passive ejection, backend admin state,
+ * the admin API and the aggregation of metrics and status; it never touches a client byte.
+ * The data plane (listeners, pools, sessions) runs in `workers` data planes: in this thread
+ * for one worker, in worker threads for more, reached through the same messages either way.
+ * Its pools here are the decided state: health and operators write them, and every change is
+ * sent to every worker.
  */
-export class Daemon {
+export class Daemon implements ControlApi {
   readonly metrics: Metrics
   readonly registry: Registry
+  /** The decided state of every pool: what health checks and operators write. */
   readonly pools = new Map<string, Pool>()
-  readonly listeners = new Map<string, Listener>()
   private readonly demo = new Map<string, DemoServer>()
   /** Active checks and passive ejection per pool (docs/health-checks.md). */
   private readonly health = new Map<string, PoolHealth>()
-  /** Listeners taken out by a reload, still finishing their connections. */
-  private readonly retiring = new Set<Listener>()
-  /** Set by the first stop() or destroy(): from then on no reload is taken. */
+  private readonly counters = SharedCounters.create(COUNTER_SLOTS)
+  private readonly slots = new SlotAllocator(this.counters)
+  private workers: WorkerLink[] = []
+  /** Ports of listeners configured with port 0, as the first worker bound them (every worker binds the same). */
+  private ports: Record<string, number> = {}
+  private seq = 0
   private stopRequested = false
   private stopRun: Promise<void> | undefined
   /** Reloads being applied: a stop lets them finish (or give up) before it reports "sluice stopped". */
@@ -44,14 +63,17 @@ export class Daemon {
    */
   private admin: AdminServer | undefined
   readonly startedAt = Date.now()
+  private readonly workerLines: (lines: string) => void
 
   private constructor(
     private cfg: Config,
     readonly log: Logger,
     registry: Registry,
+    workerLines: ((lines: string) => void) | undefined,
   ) {
     this.registry = registry
     this.metrics = new Metrics(registry, () => this.flushCounters())
+    this.workerLines = workerLines ?? ((lines) => process.stdout.write(`${lines}\n`))
   }
 
   get config(): Config {
@@ -60,17 +82,18 @@ export class Daemon {
 
   /** Builds and binds everything; on failure closes what it opened and rethrows. */
   static async start(config: Config, opts: DaemonOptions): Promise<Daemon> {
-    const d = new Daemon(config, opts.log, opts.registry ?? new Registry())
+    const d = new Daemon(config, opts.log, opts.registry ?? new Registry(), opts.workerLines)
     try {
-      for (const dc of config.demoBackends) await d.startDemo(demoKey(dc), createDemoBackend(dc))
-      for (const pc of config.pools.values()) d.pools.set(pc.name, new Pool(pc, d.metrics))
+      for (const dc of config.demoBackends) {
+        const db = createDemoBackend(dc)
+        await db.listen()
+        d.demo.set(demoKey(dc), db)
+      }
+      for (const pc of config.pools.values()) d.pools.set(pc.name, d.makePool(pc.name, config))
       // Every checked backend gets its first probe (bounded by its timeout) before any listener accepts.
       await d.syncHealth()
-      for (const lc of config.listeners) {
-        const l = d.makeListener(lc)
-        await l.listen()
-        d.listeners.set(lc.name, l)
-      }
+      d.workers = Array.from({ length: config.workers }, (_, i) => d.makeWorker(i + 1))
+      await d.prepareAndCommit(config, d.workers)
       if (config.admin !== undefined) {
         const admin = new AdminServer(config.admin, d)
         await admin.listen()
@@ -84,11 +107,29 @@ export class Daemon {
     return d
   }
 
+  /** The in-process data plane (one worker), if that is how this daemon runs. */
+  private get local(): InProcessWorker | undefined {
+    const w = this.workers[0]
+    return w instanceof InProcessWorker ? w : undefined
+  }
+
+  /** The listeners of the in-process data plane (one worker); empty with worker threads. */
+  get listeners(): ReadonlyMap<string, Listener> {
+    return this.local?.plane.listeners ?? new Map()
+  }
+
+  /** The pools of the in-process data plane (one worker), which carry the traffic; empty with worker threads. */
+  get dataPools(): ReadonlyMap<string, Pool> {
+    return this.local?.plane.pools ?? new Map()
+  }
+
   /** The bound address of a listener (its real port when configured with port 0). */
   listenerAddress(name: string): { host: string; port: number } {
-    const l = this.listeners.get(name)
-    if (l === undefined) throw new TypeError(`no listener named ${name}`)
-    return l.address()
+    const l = this.local?.plane.listeners.get(name)
+    if (l !== undefined) return l.address()
+    const lc = this.cfg.listeners.find((x) => x.name === name)
+    if (lc === undefined) throw new TypeError(`no listener named ${name}`)
+    return { host: lc.host, port: lc.port === 0 ? (this.ports[name] ?? 0) : lc.port }
   }
 
   /** The admin API's bound address, when it runs. */
@@ -104,18 +145,22 @@ export class Daemon {
   /** Listeners bound, configuration loaded, not stopping: what GET /readyz reports. */
   get ready(): boolean {
     if (this.stopRequested) return false
-    for (const l of this.listeners.values()) if (!l.listening) return false
-    return true
+    const local = this.local
+    if (local !== undefined) for (const l of local.plane.listeners.values()) if (!l.listening) return false
+    return this.workers.length > 0
+  }
+
+  /** Connections open now, over every worker (exact only for the in-process data plane). */
+  get openConnections(): number {
+    return this.local?.plane.openConnections ?? 0
   }
 
   /**
-   * Applies `next` as a diff. New listeners are bound first; if any cannot bind, nothing
-   * changes and the error is thrown. Then pools update in place (backends that stay keep
-   * their counters and open connections), listeners keep their socket by address (protocol,
-   * host, port: a renamed listener keeps its socket and its connections, see planListeners)
-   * and switch to the new settings, and the listeners no one takes over stop accepting and
-   * drain. Once stop() has begun a reload is refused with ReloadWhileStopping, also when the
-   * stop begins while the new sockets are being bound: those are closed again.
+   * Applies `next` as a diff, in two phases across the workers: each prepares (builds new
+   * pools, binds the listeners it needs; a listener keeps its socket by address), and only
+   * when all have succeeded do they all switch over; a failure anywhere changes nothing
+   * anywhere and is thrown. Once stop() has begun a reload is refused with
+   * ReloadWhileStopping, also when the stop begins while the new sockets are being bound.
    */
   reload(next: Config): Promise<void> {
     if (this.stopRequested) return Promise.reject(new ReloadWhileStopping())
@@ -130,48 +175,33 @@ export class Daemon {
   }
 
   private async applyReload(next: Config): Promise<void> {
-    const plan = planListeners(this.listeners.values(), next.listeners)
-    const started = new Map<AnyListenerConfig, Listener>()
     const startedDemo: [string, DemoServer][] = []
-    const newPools = new Map<string, Pool>()
     let newAdmin: AdminServer | undefined
-    const stillRunning = (): void => {
-      if (this.stopRequested) throw new ReloadWhileStopping()
-    }
+    let prepared: SlotTable | undefined
     try {
       for (const dc of next.demoBackends) {
         if (!this.demo.has(demoKey(dc))) {
           const db = createDemoBackend(dc)
           await db.listen()
           startedDemo.push([demoKey(dc), db])
-          stillRunning()
+          this.stillRunning()
         }
       }
-      for (const pc of next.pools.values()) {
-        if (!this.pools.has(pc.name)) newPools.set(pc.name, new Pool(pc, this.metrics))
-      }
-      for (const lc of plan.bind) {
-        const l = createListener(lc, this.pools.get(lc.pool) ?? (newPools.get(lc.pool) as Pool), this.log, this.metrics, next.log.accessLog)
-        // Until the switch-over below, a route may name a pool that only this reload creates.
-        if (l instanceof TcpListener) l.poolLookup = (name) => this.pools.get(name) ?? newPools.get(name)
-        // Recorded before it binds, so a failed bind still closes what the listener holds.
-        started.set(lc, l)
-        await l.listen()
-        stillRunning()
-      }
+      prepared = await this.prepare(next, this.workers)
+      this.stillRunning()
       if (next.admin !== undefined && (this.admin === undefined || !sameAdminAddress(this.admin.config, next.admin))) {
         newAdmin = new AdminServer(next.admin, this)
         await newAdmin.listen()
-        stillRunning()
+        this.stillRunning()
       }
     } catch (err) {
       newAdmin?.destroy()
-      for (const l of started.values()) l.destroy()
+      if (prepared !== undefined) for (const w of this.workers) w.send({ type: 'abort', seq: ++this.seq })
       for (const [, db] of startedDemo) db.close()
       throw err
     }
 
-    // Everything that can fail has succeeded, and no stop has begun: switch over.
+    // Every worker prepared, and no stop has begun: switch over, here and then in the workers.
     this.log.level = next.log.level
     for (const [listen, db] of startedDemo) this.demo.set(listen, db)
     const wantedDemo = new Set(next.demoBackends.map(demoKey))
@@ -181,20 +211,21 @@ export class Daemon {
         this.demo.delete(listen)
       }
     }
+    const gone: string[] = []
     for (const pc of next.pools.values()) {
       const existing = this.pools.get(pc.name)
-      if (existing !== undefined) existing.update(pc)
-      else this.pools.set(pc.name, newPools.get(pc.name) as Pool)
+      if (existing === undefined) {
+        this.pools.set(pc.name, this.makePool(pc.name, next))
+        continue
+      }
+      for (const b of existing.update(pc)) gone.push(backendSlotKey(pc.name, b.id))
+      this.bindSlots(existing)
     }
-    for (const name of [...this.pools.keys()]) if (!next.pools.has(name)) this.pools.delete(name)
-
-    this.listeners.clear()
-    for (const lc of next.listeners) {
-      const kept = plan.keep.get(lc)
-      if (kept !== undefined) kept.update(lc, this.pools.get(lc.pool) as Pool, next.log.accessLog)
-      this.listeners.set(lc.name, kept ?? (started.get(lc) as Listener))
+    for (const [name, pool] of [...this.pools]) {
+      if (next.pools.has(name)) continue
+      this.pools.delete(name)
+      for (const b of pool.backends) gone.push(backendSlotKey(name, b.id))
     }
-    for (const l of plan.retire) this.retire(l)
     if (newAdmin !== undefined) {
       // The old server finishes the request in flight (perhaps this very POST /api/reload).
       void this.admin?.close()
@@ -205,14 +236,139 @@ export class Daemon {
     } else {
       this.admin?.update(next.admin)
     }
+    const previous = this.cfg
     this.cfg = next
-    await this.syncHealth()
+    // New backends are marked down until their first probe before the workers switch over.
+    const firstProbes = this.syncHealth()
+    await this.commit(this.workers)
+    for (const key of gone) this.slots.release(key)
+    for (const lc of previous.listeners) if (!next.listeners.some((x) => x.name === lc.name)) this.slots.release(listenerSlotKey(lc.name))
+    await firstProbes
     this.logSummary('configuration reloaded')
   }
 
+  private stillRunning(): void {
+    if (this.stopRequested) throw new ReloadWhileStopping()
+  }
+
   /**
-   * Graceful stop: stop accepting everywhere, let open connections finish for up to
-   * shutdown_timeout, then close what is left. Calling it again returns the same promise.
+   * Phase one in `workers`: the first binds (so listeners on port 0 get their port), then the
+   * others bind the same ports. Returns the slot table sent. Throws (after aborting the
+   * workers that prepared) when any fails.
+   */
+  private async prepare(config: Config, workers: readonly WorkerLink[]): Promise<SlotTable> {
+    const slots = this.slotTable(config)
+    const source = { text: config.source?.text ?? '', file: config.file, env: config.source?.env ?? {} }
+    const done: WorkerLink[] = []
+    const one = async (w: WorkerLink, ports: Record<string, number>): Promise<Record<string, number>> => {
+      const r = await w.request({ type: 'prepare', seq: ++this.seq, source, slots, ports }, config)
+      if (!r.ok) throw new SluiceError(r.code === 'SLUICE_ERR_LISTEN' ? 'SLUICE_ERR_LISTEN' : 'SLUICE_ERR_RELOAD', workers.length > 1 ? `worker ${w.id}: ${r.message}` : r.message)
+      done.push(w)
+      return r.ports
+    }
+    try {
+      const [first, ...rest] = workers
+      if (first === undefined) return slots
+      const ports = { ...this.ports, ...(await one(first, this.ports)) }
+      await Promise.all(rest.map((w) => one(w, ports)))
+      this.ports = ports
+    } catch (err) {
+      for (const w of done) w.send({ type: 'abort', seq: ++this.seq })
+      throw err
+    }
+    return slots
+  }
+
+  /** Phase two in `workers`, with the decided state of every backend. */
+  private async commit(workers: readonly WorkerLink[]): Promise<void> {
+    const states = this.states()
+    await Promise.all(workers.map((w) => w.request({ type: 'commit', seq: ++this.seq, states }).catch(() => undefined)))
+  }
+
+  private async prepareAndCommit(config: Config, workers: readonly WorkerLink[]): Promise<void> {
+    await this.prepare(config, workers)
+    await this.commit(workers)
+  }
+
+  private states(): BackendStateEntry[] {
+    const out: BackendStateEntry[] = []
+    for (const p of this.pools.values()) for (const b of p.backends) out.push({ pool: p.name, backend: b.id, state: b.state })
+    return out
+  }
+
+  /** The shared-counter slots of `config`'s backends and listeners (allocated as needed). */
+  private slotTable(config: Config): SlotTable {
+    const slots: SlotTable = {}
+    for (const pc of config.pools.values()) {
+      for (const b of pc.backends) {
+        const key = backendSlotKey(pc.name, b.address)
+        slots[key] = this.backendSlot(key)
+      }
+    }
+    for (const lc of config.listeners) slots[listenerSlotKey(lc.name)] = this.slots.slotOf(listenerSlotKey(lc.name))
+    return slots
+  }
+
+  /** A backend's pair of slots: active connections, then consecutive failures. */
+  private backendSlot(key: string): number {
+    return this.slots.slotOf(key)
+  }
+
+  private makePool(name: string, config: Config): Pool {
+    const pool = new Pool(config.pools.get(name)!, this.metrics, undefined, 'control')
+    this.bindSlots(pool)
+    pool.onStateChange = (b, firstCheck) => {
+      for (const w of this.workers) w.send({ type: 'backend-state', pool: pool.name, backend: b.id, state: b.state, firstCheck })
+    }
+    return pool
+  }
+
+  private bindSlots(pool: Pool): void {
+    for (const b of pool.backends) b.bindShared(this.counters, this.backendSlot(backendSlotKey(pool.name, b.id)))
+  }
+
+  private makeWorker(id: number): WorkerLink {
+    const onEvent = (link: WorkerLink, m: FromWorker): void => this.onWorkerEvent(link, m)
+    if (this.cfg.workers <= 1) return new InProcessWorker(id, this.log, this.counters, onEvent)
+    return new ThreadWorker(id, this.counters, this.cfg.log.level, onEvent)
+  }
+
+  private onWorkerEvent(link: WorkerLink, m: FromWorker): void {
+    if (m.type === 'connect-failed') {
+      // Passive health: the shared consecutive-failure count already includes this one.
+      const pool = this.pools.get(m.pool)
+      const b = pool?.find(m.backend)
+      if (pool !== undefined && b !== undefined) pool.onConnectFailure?.(b, m.reason)
+      return
+    }
+    if (m.type === 'log') {
+      this.workerLines(m.line)
+      return
+    }
+    if (m.type === 'fatal') void this.workerDied(link, m.message)
+  }
+
+  /** A worker thread died: log it, count it, and start another in its place with the running configuration. */
+  private async workerDied(link: WorkerLink, message: string): Promise<void> {
+    const i = this.workers.indexOf(link)
+    if (i < 0 || this.stopRequested) return
+    this.metrics.workerRestartsTotal.inc()
+    this.log.error({ code: 'SLUICE_ERR_WORKER', worker: link.id, error: message }, `worker ${link.id} died; its open connections are lost; starting it again`)
+    void link.terminate()
+    const fresh = this.makeWorker(link.id)
+    this.workers[i] = fresh
+    try {
+      await this.prepare(this.cfg, [fresh])
+      await this.commit([fresh])
+      this.log.info({ worker: fresh.id }, `worker ${fresh.id} started again`)
+    } catch (err) {
+      this.log.error({ code: 'SLUICE_ERR_WORKER', worker: fresh.id, error: err instanceof Error ? err.message : String(err) }, `worker ${fresh.id} could not be started again`)
+    }
+  }
+
+  /**
+   * Graceful stop: every worker stops accepting and lets open connections finish for up to
+   * shutdown_timeout, then closes what is left. Calling it again returns the same promise.
    */
   stop(): Promise<void> {
     this.stopRequested = true
@@ -227,38 +383,20 @@ export class Daemon {
     this.health.clear()
     this.admin?.destroy()
     this.admin = undefined
-    for (const l of [...this.listeners.values(), ...this.retiring]) l.destroy()
+    for (const w of this.workers) void w.terminate()
+    this.workers = []
     for (const db of this.demo.values()) db.close()
-    this.listeners.clear()
-    this.retiring.clear()
     this.demo.clear()
   }
 
-  get openConnections(): number {
-    let n = 0
-    for (const l of [...this.listeners.values(), ...this.retiring]) n += l.sessions.size
-    return n
-  }
-
   private async gracefulStop(): Promise<void> {
-    const all = [...this.listeners.values(), ...this.retiring]
-    const open = this.openConnections
     const limit = this.cfg.shutdownTimeoutMs
+    // Every worker stops accepting first; the count of what is left open comes after.
+    const stopped = Promise.all(this.workers.map((w) => w.request({ type: 'stop', seq: ++this.seq, timeoutMs: limit }).catch(() => undefined)))
+    const views = await this.workerSnapshots()
+    const open = views.reduce((n, s) => n + s.activeConnections, 0)
     this.log.info({ open_connections: open, shutdown_timeout: formatDuration(limit) }, 'sluice stopping: no new connections; open ones may finish')
-    const drained = Promise.all(all.map((l) => l.close()))
-    let timer: NodeJS.Timeout | undefined
-    const deadline = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), limit)
-    })
-    const outcome = await Promise.race([drained.then(() => 'drained' as const), deadline])
-    clearTimeout(timer)
-    if (outcome === 'timeout') {
-      this.log.warn({ open_connections: this.openConnections }, 'shutdown_timeout reached: closing the connections still open')
-      for (const l of all) l.destroy()
-      // Destroyed sockets close on the next turns of the loop; wait (briefly) so each one
-      // still gets its access-log line.
-      await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, 1000).unref())])
-    }
+    await stopped
     // A reload that switched over just before the stop may still wait for its new backends'
     // first probes: stopping the checks ends that wait, so it reports before "sluice stopped".
     for (const h of this.health.values()) h.close()
@@ -269,15 +407,6 @@ export class Daemon {
     await admin?.close()
     this.destroy()
     this.log.info('sluice stopped')
-  }
-
-  private makeListener(lc: AnyListenerConfig): Listener {
-    const pool = this.pools.get(lc.pool)
-    if (pool === undefined) throw new TypeError(`listener ${lc.name}: pool ${lc.pool} passed validation but does not exist`)
-    const l = createListener(lc, pool, this.log, this.metrics, this.cfg.log.accessLog)
-    // Routes find their pools in the daemon's live map (reloads update it in place).
-    if (l instanceof TcpListener) l.poolLookup = (name) => this.pools.get(name)
-    return l
   }
 
   /** Starts, updates or stops each pool's health checking to match the pools; resolves after new backends' first probes. */
@@ -302,28 +431,60 @@ export class Daemon {
     return Promise.all(firsts).then(() => undefined)
   }
 
-  private async startDemo(listen: string, db: DemoServer): Promise<void> {
-    await db.listen()
-    this.demo.set(listen, db)
+  private async workerSnapshots(): Promise<WorkerSnapshot[]> {
+    const out: WorkerSnapshot[] = []
+    for (const r of await this.workerStats()) out.push(r.snapshot)
+    return out
   }
 
-  private retire(l: Listener): void {
-    this.retiring.add(l)
-    void l.close().then(() => this.retiring.delete(l))
+  private workerStats(): Promise<Extract<FromWorker, { type: 'stats' }>[]> {
+    return Promise.all(this.workers.map((w) => w.request({ type: 'stats', seq: ++this.seq }).catch(() => undefined))).then((rs) => rs.filter((r) => r !== undefined))
+  }
+
+  async listenerViews(): Promise<ListenerView[]> {
+    const shares = await this.workerSnapshots()
+    const by = new Map<string, { name: string; protocol: 'tcp' | 'udp'; listen: string; pool: string; listening: boolean; activeConnections: number }>()
+    for (const s of shares) {
+      for (const l of s.listeners) {
+        const v = by.get(l.name)
+        if (v === undefined) by.set(l.name, { name: l.name, protocol: l.protocol, listen: l.listen, pool: l.pool, listening: l.listening, activeConnections: l.active })
+        else {
+          v.activeConnections += l.active
+          v.listening = v.listening && l.listening
+        }
+      }
+    }
+    return this.cfg.listeners.map((lc) => by.get(lc.name)).filter((v) => v !== undefined)
+  }
+
+  async workerViews(): Promise<WorkerView[]> {
+    const stats = await this.workerStats()
+    return stats.map((r, i) => ({ id: this.workers[i]?.id ?? i + 1, activeConnections: r.snapshot.activeConnections, connectionsTotal: r.snapshot.connectionsTotal }))
+  }
+
+  /** Connections handed to each backend since start, summed over the workers (`pool\nbackend` → n). */
+  async backendTotals(): Promise<Map<string, number>> {
+    const totals = new Map<string, number>()
+    for (const s of await this.workerSnapshots()) for (const b of s.backends) totals.set(backendSlotKey(b.pool, b.backend), (totals.get(backendSlotKey(b.pool, b.backend)) ?? 0) + b.total)
+    return totals
+  }
+
+  readonly metricsContentType = Registry.PROMETHEUS_CONTENT_TYPE
+
+  async metricsText(): Promise<string> {
+    const stats = await this.workerStats()
+    const own = await this.registry.getMetricsAsJSON()
+    const merged = AggregatorRegistry.aggregate([own, ...stats.map((s) => s.metrics)])
+    return merged.metrics()
   }
 
   private flushCounters(): void {
-    for (const l of this.listeners.values()) l.flushCounters()
-    for (const l of this.retiring) l.flushCounters()
     for (const p of this.pools.values()) p.flushCounters()
   }
 
   private logSummary(msg: string): void {
-    const listeners = [...this.listeners.values()].map((l) => ({
-      name: l.name,
-      listen: l.address().text,
-      pool: l.config.pool,
-    }))
+    const local = this.local?.plane.listeners
+    const listeners = this.cfg.listeners.map((lc) => ({ name: lc.name, listen: local?.get(lc.name)?.address().text ?? formatListen(lc.host === '' ? '0.0.0.0' : lc.host, this.listenerAddress(lc.name).port), pool: lc.pool }))
     const pools = [...this.pools.values()].map((p) => ({
       name: p.name,
       algorithm: p.config.algorithm,
@@ -331,8 +492,12 @@ export class Daemon {
     }))
     const demo = [...this.demo.values()].map((d) => `${d.config.protocol} ${d.config.listen}`)
     const admin = this.admin?.address().text
-    this.log.info({ file: this.cfg.file, listeners, pools, demo_backends: demo.length > 0 ? demo : undefined, admin }, msg)
+    this.log.info({ file: this.cfg.file, workers: this.cfg.workers, listeners, pools, demo_backends: demo.length > 0 ? demo : undefined, admin }, msg)
   }
+}
+
+function formatListen(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
 }
 
 function sameAdminAddress(a: AdminConfig, b: AdminConfig): boolean {
@@ -341,12 +506,4 @@ function sameAdminAddress(a: AdminConfig, b: AdminConfig): boolean {
 
 function demoKey(d: DemoBackendConfig): string {
   return `${d.protocol}:${d.listen}`
-}
-
-/** A reload asked of a daemon that is stopping: it is refused, nothing changes. */
-export class ReloadWhileStopping extends SluiceError {
-  constructor() {
-    super('SLUICE_ERR_RELOAD', 'reload refused: sluice is stopping (open connections are draining); nothing was changed')
-    this.name = 'ReloadWhileStopping'
-  }
 }

@@ -1,7 +1,7 @@
 import { loadConfig } from './config/load.js'
 import { ConfigError, SluiceError, errorMessage, type ErrorCode } from './errors.js'
 import type { Config } from './config/types.js'
-import { ReloadWhileStopping, type Daemon } from './daemon.js'
+import { ReloadWhileStopping, type Reloadable } from './control/control-api.js'
 
 /** What happened to one reload, for the log, the admin API and `sluice reload`. */
 export interface ReloadOutcome {
@@ -28,14 +28,14 @@ export interface ReloadOutcome {
 export type ReloadResult = 'success' | 'failure' | 'refused'
 
 /** Reloads of one daemon run one after the other: a SIGHUP during an API reload waits its turn. */
-const queues = new WeakMap<Daemon, Promise<unknown>>()
+const queues = new WeakMap<Reloadable, Promise<unknown>>()
 
 /**
  * Re-reads `file`, validates it, and applies it to `daemon` as a diff. The one path for both
  * SIGHUP and POST /api/reload: a file that does not validate, or a diff that cannot be applied
  * (a new port in use), changes nothing. Counted in sluice_config_reloads_total{result}.
  */
-export function reloadFromFile(daemon: Daemon, file: string, trigger: ReloadOutcome['trigger']): Promise<ReloadOutcome> {
+export function reloadFromFile(daemon: Reloadable, file: string, trigger: ReloadOutcome['trigger']): Promise<ReloadOutcome> {
   // A stopping daemon refuses at once, without waiting for the turn of a reload in flight.
   if (daemon.stopping) return Promise.resolve(refuse(daemon, file, trigger, Date.now()))
   const prev = queues.get(daemon) ?? Promise.resolve()
@@ -44,7 +44,7 @@ export function reloadFromFile(daemon: Daemon, file: string, trigger: ReloadOutc
   return next
 }
 
-async function reloadNow(daemon: Daemon, file: string, trigger: ReloadOutcome['trigger']): Promise<ReloadOutcome> {
+async function reloadNow(daemon: Reloadable, file: string, trigger: ReloadOutcome['trigger']): Promise<ReloadOutcome> {
   const started = Date.now()
   if (daemon.stopping) return refuse(daemon, file, trigger, started)
   const log = daemon.log
@@ -86,7 +86,7 @@ async function reloadNow(daemon: Daemon, file: string, trigger: ReloadOutcome['t
 }
 
 /** A reload asked of a stopping daemon: one warning, counted as `refused`, nothing changed. */
-function refuse(daemon: Daemon, file: string, trigger: ReloadOutcome['trigger'], started: number): ReloadOutcome {
+function refuse(daemon: Reloadable, file: string, trigger: ReloadOutcome['trigger'], started: number): ReloadOutcome {
   const err = new ReloadWhileStopping()
   daemon.metrics.configReloadsTotal.inc({ result: 'refused' })
   daemon.log.warn({ code: err.code, file, trigger }, err.message)

@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import type { AdminConfig } from '../config/types.js'
-import type { Daemon } from '../daemon.js'
+import type { ControlApi } from '../control/control-api.js'
 import type { ErrorCode } from '../errors.js'
 import { errnoCode, errorMessage } from '../errors.js'
 import { bindError } from '../listener/bind-error.js'
@@ -27,7 +27,7 @@ export class AdminServer {
 
   constructor(
     private cfg: AdminConfig,
-    private readonly daemon: Daemon,
+    private readonly daemon: ControlApi,
   ) {
     this.tokenDigest = digest(cfg.token)
     this.server = createServer({ requestTimeout: 30_000, headersTimeout: 10_000 }, (req, res) => {
@@ -129,8 +129,8 @@ export class AdminServer {
     }
     if (path === '/metrics') {
       if (!this.onlyGet(method, res)) return
-      const text = await this.daemon.registry.metrics()
-      res.writeHead(200, { 'content-type': this.daemon.registry.contentType, 'cache-control': 'no-store' })
+      const text = await this.daemon.metricsText()
+      res.writeHead(200, { 'content-type': this.daemon.metricsContentType, 'cache-control': 'no-store' })
       res.end(text)
       return
     }
@@ -143,7 +143,7 @@ export class AdminServer {
     if (path === '/api/status') {
       if (!this.onlyGet(method, res)) return
       const admin = { listen: this.address().text, token_required: this.tokenDigest !== undefined }
-      sendJson(res, 200, buildStatus(this.daemon, VERSION, admin))
+      sendJson(res, 200, await buildStatus(this.daemon, VERSION, admin))
       return
     }
     if (path === '/api/reload') {

@@ -1,4 +1,4 @@
-import type { Daemon } from '../daemon.js'
+import type { ControlApi } from '../control/control-api.js'
 import type { BackendState } from '../upstream/backend.js'
 import type { Backend } from '../upstream/backend.js'
 import type { Pool } from '../upstream/pool.js'
@@ -15,6 +15,8 @@ export interface StatusDocument {
   listeners: ListenerStatus[]
   pools: PoolStatus[]
   totals: { listeners: number; pools: number; backends: number; backends_up: number; active_connections: number }
+  /** The data-plane workers (one when the data plane runs in the main thread). */
+  workers: { id: number; active_connections: number; connections_total: number }[]
 }
 
 export interface ListenerStatus {
@@ -46,7 +48,8 @@ export interface BackendStatus {
   consecutive_failures: number
 }
 
-export function backendStatus(b: Backend): BackendStatus {
+/** `total`: connections handed to it over every worker (the decided pools count none themselves). */
+export function backendStatus(b: Backend, total = b.total): BackendStatus {
   return {
     address: b.id,
     state: b.state,
@@ -54,25 +57,27 @@ export function backendStatus(b: Backend): BackendStatus {
     backup: b.backup,
     max_connections: b.maxConnections,
     active_connections: b.active,
-    total_connections: b.total,
+    total_connections: total,
     consecutive_failures: b.consecutiveFailures,
   }
 }
 
 /**
- * A snapshot of the daemon for the admin API. With several workers the per-worker counters
- * (active, total) are what gets summed; states come from their one owner, the pool.
+ * A snapshot of the daemon for the admin API: states from their one owner (the control
+ * plane's pools), active connections from the shared counters, and the per-worker counters
+ * (listener sessions, connections per backend) summed over the workers.
  */
-export function buildStatus(daemon: Daemon, version: string, admin: StatusDocument['admin']): StatusDocument {
-  const listeners: ListenerStatus[] = [...daemon.listeners.values()].map((l) => ({
+export async function buildStatus(daemon: ControlApi, version: string, admin: StatusDocument['admin']): Promise<StatusDocument> {
+  const [views, totals, workers] = await Promise.all([daemon.listenerViews(), daemon.backendTotals(), daemon.workerViews()])
+  const listeners: ListenerStatus[] = views.map((l) => ({
     name: l.name,
     protocol: l.protocol,
-    listen: l.address().text,
-    pool: l.config.pool,
+    listen: l.listen,
+    pool: l.pool,
     listening: l.listening,
-    active_connections: l.sessions.size,
+    active_connections: l.activeConnections,
   }))
-  const pools = [...daemon.pools.values()].map((p) => poolStatus(p, listeners))
+  const pools = [...daemon.pools.values()].map((p) => poolStatus(p, listeners, totals))
   const backends = pools.flatMap((p) => p.backends)
   return {
     version,
@@ -91,11 +96,12 @@ export function buildStatus(daemon: Daemon, version: string, admin: StatusDocume
       backends_up: backends.filter((b) => b.state === 'up').length,
       active_connections: listeners.reduce((n, l) => n + l.active_connections, 0),
     },
+    workers: workers.map((w) => ({ id: w.id, active_connections: w.activeConnections, connections_total: w.connectionsTotal })),
   }
 }
 
-function poolStatus(p: Pool, listeners: readonly ListenerStatus[]): PoolStatus {
-  const backends = p.backends.map(backendStatus)
+function poolStatus(p: Pool, listeners: readonly ListenerStatus[], totals: ReadonlyMap<string, number>): PoolStatus {
+  const backends = p.backends.map((b) => backendStatus(b, totals.get(`${p.name}\n${b.id}`) ?? 0))
   return {
     name: p.name,
     algorithm: p.config.algorithm,

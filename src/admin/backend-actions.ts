@@ -1,4 +1,5 @@
-import type { Daemon } from '../daemon.js'
+import type { PoolSource } from '../control/control-api.js'
+import type { Logger } from '../log.js'
 import type { ErrorCode } from '../errors.js'
 import { formatAddress, parseAddress } from '../config/address.js'
 import type { BackendState } from '../upstream/backend.js'
@@ -37,7 +38,7 @@ export interface ActionRefused {
  * Applies an operator's drain/enable/disable to one backend of one pool. Open connections
  * are never cut: draining and disabled backends only stop receiving new ones.
  */
-export function backendAction(daemon: Daemon, poolName: string, address: string, action: BackendAction): ActionDone | ActionRefused {
+export function backendAction(daemon: PoolSource & { readonly log: Logger }, poolName: string, address: string, action: BackendAction): ActionDone | ActionRefused {
   const pool = daemon.pools.get(poolName)
   if (pool === undefined) {
     const known = [...daemon.pools.keys()].join(', ')

@@ -26,7 +26,16 @@ export function formatStatus(s: StatusDocument): string {
       .trimEnd()
   const t = s.totals
   const summary = `sluice ${s.version} (pid ${s.pid}), up ${formatUptime(s.uptime_seconds)}, ${s.config_file}; ${t.listeners} listener${t.listeners === 1 ? '' : 's'}, ${t.backends_up}/${t.backends} backends up, ${t.active_connections} active connection${t.active_connections === 1 ? '' : 's'}${s.ready ? '' : ' (NOT READY)'}`
-  return [summary, '', line(head), ...rows.map(line)].join('\n')
+  const out = [summary, '', line(head), ...rows.map(line)]
+  // With several workers, each one's share (a single in-process data plane needs no table).
+  const workers = s.workers ?? []
+  if (workers.length > 1) {
+    out.push('', 'WORKER  ACTIVE  TOTAL')
+    const wa = Math.max(6, ...workers.map((w) => String(w.active_connections).length))
+    const wt = Math.max(5, ...workers.map((w) => String(w.connections_total).length))
+    for (const w of workers) out.push(`${String(w.id).padEnd(6)}  ${String(w.active_connections).padStart(wa)}  ${String(w.connections_total).padStart(wt)}`)
+  }
+  return out.join('\n')
 }
 
 function formatUptime(s: number): string {

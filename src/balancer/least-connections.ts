@@ -46,6 +46,10 @@ export class LeastConnections extends StrideBalancer {
     this.moved(backend)
   }
 
+  onLoadChanged(backend: Backend): void {
+    this.moved(backend)
+  }
+
   private moved(backend: Backend): void {
     const slot = this.slots.get(backend)
     if (slot !== undefined) this.reorder(slot)

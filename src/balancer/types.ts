@@ -30,6 +30,11 @@ export interface Balancer {
   onWeightChange?(backend: Backend): void
   onConnectionOpen?(backend: Backend): void
   onConnectionClose?(backend: Backend): void
+  /**
+   * `b`'s active count changed without this balancer opening or closing the connection (another
+   * worker did): re-key it. Only load-ordered algorithms need it.
+   */
+  onLoadChanged?(b: Backend): void
   /** A connection to the backend was established `ms` milliseconds after it was started. */
   onConnectLatency?(backend: Backend, ms: number): void
 }

@@ -25,7 +25,19 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     const sorted = [...reader.issues].sort((a, b) => a.line - b.line || a.col - b.col)
     throw new ConfigError(sorted)
   }
+  config.source = { text, env: usedEnv(text, env) }
   return config
+}
+
+/** The variables `text` names (${NAME} or ${NAME:-default}) that `env` has: all a worker needs to expand it the same way. */
+function usedEnv(text: string, env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const m of text.matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)/g)) {
+    const name = m[1]!
+    const v = env[name]
+    if (v !== undefined) out[name] = v
+  }
+  return out
 }
 
 /** Reads FILE and parses it; an unreadable file is SLUICE_ERR_CONFIG_READ. */

@@ -8,6 +8,12 @@ export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal'
 export interface Config {
   /** The file this configuration came from, for messages. */
   file: string
+  /**
+   * The text it was parsed from and the environment its ${VAR}s were expanded from: what a
+   * worker thread parses to build the same configuration (set by parseConfig).
+   */
+  source?: { text: string; env: Record<string, string> }
+  /** Data-plane worker threads (1: in the main thread). */
   workers: number
   shutdownTimeoutMs: number
   log: LogConfig

@@ -2,6 +2,7 @@ import { isIP } from 'node:net'
 import type { Document } from 'yaml'
 import { ConfigReader, closest, type Located, type MapView } from './reader.js'
 import { formatAddress, type HostPort } from './address.js'
+import { availableParallelism } from 'node:os'
 import {
   DEFAULTS,
   type BackendConfig,
@@ -85,12 +86,25 @@ function readMap(reader: ConfigReader, at: Located, keys: readonly string[], kin
   return view
 }
 
+/** Node 22.12 is the first with `reusePort` for net and dgram, which several workers need. */
+export function reusePortAvailable(version = process.versions.node): boolean {
+  const [major = 0, minor = 0] = version.split('.').map(Number)
+  return major > 22 || (major === 22 && minor >= 12)
+}
+
+/** `workers: N | auto`: data-plane threads; above 1 they share each port through SO_REUSEPORT. */
 function readWorkers(reader: ConfigReader, at: Located): number | undefined {
   const t = reader.text(at, 'workers')
   if (t === undefined) return undefined
-  if (t === '1') return 1
-  reader.report(at, `workers: ${t} — running several worker processes is not available in this version yet; use workers: 1`)
-  return undefined
+  // auto: one per CPU this process may use; 1 on a Node.js without reusePort.
+  if (t === 'auto') return reusePortAvailable() ? availableParallelism() : 1
+  const n = reader.int(at, 'workers (a number of worker threads, or auto: one per CPU)', 1, 256)
+  if (n === undefined) return undefined
+  if (n > 1 && !reusePortAvailable()) {
+    reader.report(at, `workers: ${t} needs Node.js 22.12 or newer (SO_REUSEPORT for several threads on one port); this is Node.js ${process.versions.node}: use workers: 1 or a newer Node.js`)
+    return undefined
+  }
+  return n
 }
 
 function readLog(reader: ConfigReader, root: MapView): Config['log'] | undefined {

@@ -24,9 +24,15 @@ export interface Listener {
   readonly pool: Pool
   /** Open connections (TCP) or sessions (UDP). */
   readonly sessions: { readonly size: number }
+  /** Connections (TCP) or sessions (UDP) taken since this listener started. */
+  readonly accepted: number
   readonly listening: boolean
-  /** Binds the listen address; rejects with SLUICE_ERR_LISTEN and a reason an operator can act on. */
-  listen(): Promise<void>
+  /**
+   * Binds the listen address; rejects with SLUICE_ERR_LISTEN and a reason an operator can act
+   * on. `shared`: several workers bind the same address (SO_REUSEPORT; the kernel spreads new
+   * connections, and keeps a UDP client's address:port on one of them).
+   */
+  listen(shared?: boolean): Promise<void>
   address(): ListenerAddress
   /**
    * Takes new settings after a reload that kept this listener's address and protocol (its
@@ -40,6 +46,12 @@ export interface Listener {
   close(): Promise<void>
   /** Ends everything now. */
   destroy(): void
+}
+
+/** Where a TCP listener counts its open connections for the whole daemon (max_connections). */
+export interface AdmissionCounter {
+  tryAcquire(max: number): boolean
+  release(): void
 }
 
 /** The listener for `config.protocol`. */

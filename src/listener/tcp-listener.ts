@@ -9,7 +9,7 @@ import { bindError } from './bind-error.js'
 import { formatAddress } from '../config/address.js'
 import { KEEPALIVE_INITIAL_DELAY_MS, STREAM_BUFFER_BYTES, TcpSession, type SessionOwner } from '../proxy/tcp-session.js'
 import { admit } from './admission.js'
-import type { Listener } from './listener.js'
+import type { AdmissionCounter, Listener } from './listener.js'
 import { OpeningStage } from '../proxy/proxy-opening.js'
 import { TlsTerminator } from '../proxy/tls.js'
 
@@ -22,7 +22,7 @@ export class TcpListener implements SessionOwner, Listener {
   readonly protocol = 'tcp'
   readonly sessions = new Set<TcpSession>()
   /** Connections accepted, and how many of them /metrics has counted (see flushCounters). */
-  private accepted = 0
+  accepted = 0
   private countedAccepted = 0
   readonly uncountedBytes = { in: 0, out: 0 }
   readonly throttle = new LogThrottle()
@@ -34,6 +34,11 @@ export class TcpListener implements SessionOwner, Listener {
   private tls: TlsTerminator | undefined
   /** Where route pools are found: the daemon's live pools (set by the daemon). */
   poolLookup: ((name: string) => Pool | undefined) | undefined
+  /**
+   * Open connections of this listener in every worker (shared counters), so max_connections
+   * is for the whole daemon; unset, this listener's own sessions are the count.
+   */
+  admission: AdmissionCounter | undefined
 
   constructor(
     public config: ListenerConfig,
@@ -64,7 +69,7 @@ export class TcpListener implements SessionOwner, Listener {
   }
 
   /** Binds the listen address; rejects with SLUICE_ERR_LISTEN and a reason an operator can act on. */
-  listen(): Promise<void> {
+  listen(shared = false): Promise<void> {
     const { host, port, name, listen } = this.config
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => {
@@ -77,7 +82,10 @@ export class TcpListener implements SessionOwner, Listener {
       }
       this.server.once('error', onError)
       this.server.once('listening', onListening)
-      this.server.listen({ host: host === '' ? undefined : host, port, backlog: 511 })
+      // reusePort (Node 22.12+) is in the typings of newer @types/node only.
+      const opts: { host: string | undefined; port: number; backlog: number; reusePort?: boolean } = { host: host === '' ? undefined : host, port, backlog: 511 }
+      if (shared) opts.reusePort = true
+      this.server.listen(opts)
     })
   }
 
@@ -130,7 +138,7 @@ export class TcpListener implements SessionOwner, Listener {
   }
 
   sessionEnded(session: TcpSession): void {
-    this.sessions.delete(session)
+    if (this.sessions.delete(session)) this.admission?.release()
     if (this.sessions.size === 0 && this.idleWaiters.length > 0) {
       const waiters = this.idleWaiters
       this.idleWaiters = []
@@ -179,7 +187,8 @@ export class TcpListener implements SessionOwner, Listener {
       this.refuse(socket, 'shutdown')
       return
     }
-    const refusal = admit(config, this.sessions.size)
+    const admission = this.admission
+    const refusal = admission === undefined ? admit(config, this.sessions.size) : admission.tryAcquire(config.maxConnections) ? undefined : 'max_connections'
     if (refusal !== undefined) {
       const suppressed = this.throttle.take(`admit:${refusal}`)
       if (suppressed !== false) {

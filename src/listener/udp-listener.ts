@@ -33,6 +33,11 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
   readonly sessions = new Map<string, UdpSession>()
   readonly stats = new UdpStats()
   readonly throttle = new LogThrottle()
+  /** Sessions started since this listener started (dns mode: queries relayed). */
+  get accepted(): number {
+    return this.opened + (this.dns?.relayed ?? 0)
+  }
+  private opened = 0
   private socket: Socket | undefined
   private socketOpen = false
   private closing = false
@@ -62,11 +67,11 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
     return this.socketOpen
   }
 
-  async listen(): Promise<void> {
+  async listen(shared = false): Promise<void> {
     const { host, port, name, listen } = this.config
     let socket: Socket
     try {
-      socket = await bindUdp(host, port)
+      socket = await bindUdp(host, port, shared)
     } catch (err) {
       throw bindError('SLUICE_ERR_LISTEN', `listener "${name}"`, listen, err instanceof Error ? err : new Error(errorMessage(err)))
     }
@@ -215,6 +220,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
       return undefined
     }
     const s = new UdpSession(this, pool, key, address, port, now)
+    this.opened++
     this.sessions.set(key, s)
     this.stats.sessions++
     this.wheel.add(s)
@@ -243,24 +249,27 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
 }
 
 /** Binds `host:port`; an empty host is every address, IPv6 and IPv4 where the host has both. */
-async function bindUdp(host: string, port: number): Promise<Socket> {
+async function bindUdp(host: string, port: number, shared: boolean): Promise<Socket> {
   if (host === '') {
     try {
-      return await bindOnce('udp6', '::', port)
+      return await bindOnce('udp6', '::', port, shared)
     } catch (err) {
       const errno = errnoCode(err)
       if (errno !== 'EAFNOSUPPORT' && errno !== 'EADDRNOTAVAIL') throw err
-      return bindOnce('udp4', '0.0.0.0', port)
+      return bindOnce('udp4', '0.0.0.0', port, shared)
     }
   }
   const family = isIP(host) || (await lookupAsync(host)).family
-  return bindOnce(family === 6 ? 'udp6' : 'udp4', host, port)
+  return bindOnce(family === 6 ? 'udp6' : 'udp4', host, port, shared)
 }
 
-function bindOnce(type: SocketType, address: string, port: number): Promise<Socket> {
+function bindOnce(type: SocketType, address: string, port: number, shared: boolean): Promise<Socket> {
   return new Promise((resolve, reject) => {
     // literalLookup: every reply is sent to an IP literal (the client's), at no DNS cost.
-    const s = createSocket({ type, ipv6Only: false, lookup: literalLookup })
+    // reusePort (Node 22.12+; not in these typings): several workers on one port.
+    const opts: { type: SocketType; ipv6Only: boolean; lookup: typeof literalLookup; reusePort?: boolean } = { type, ipv6Only: false, lookup: literalLookup }
+    if (shared) opts.reusePort = true
+    const s = createSocket(opts)
     const onError = (err: Error): void => {
       try {
         s.close()
@@ -270,7 +279,7 @@ function bindOnce(type: SocketType, address: string, port: number): Promise<Sock
       reject(err)
     }
     s.once('error', onError)
-    s.bind({ port, address, exclusive: true }, () => {
+    s.bind({ port, address, exclusive: !shared }, () => {
       s.off('error', onError)
       resolve(s)
     })

@@ -18,6 +18,7 @@ export class Metrics {
   readonly udpSessionsActive: Gauge<'listener'>
   readonly udpDatagramsTotal: Counter<'listener' | 'direction'>
   readonly dnsDroppedTotal: Counter<'listener' | 'reason'>
+  readonly workerRestartsTotal: Counter<string>
   readonly healthChecksTotal: Counter<'pool' | 'backend' | 'result'>
   readonly backendEjectionsTotal: Counter<'pool' | 'backend'>
 
@@ -106,6 +107,11 @@ export class Metrics {
       name: 'sluice_udp_datagrams_total',
       help: 'UDP datagrams relayed; direction "in" is client to backend, "out" is backend to client.',
       labelNames: ['listener', 'direction'],
+      registers,
+    })
+    this.workerRestartsTotal = new Counter({
+      name: 'sluice_worker_restarts_total',
+      help: 'Data-plane worker threads that died and were started again (their open connections were lost).',
       registers,
     })
     this.dnsDroppedTotal = new Counter({

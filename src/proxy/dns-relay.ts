@@ -172,6 +172,8 @@ export class DnsRelay {
   private readonly ctx: PickContext = { protocol: 'udp', remoteAddress: '', remotePort: 0 }
   private sweep: NodeJS.Timeout
   private closing = false
+  /** Queries relayed since the relay started. */
+  relayed = 0
   private idleWaiters: (() => void)[] = []
 
   constructor(
@@ -231,6 +233,7 @@ export class DnsRelay {
       link.next = link.next + 1 === n ? 0 : link.next + 1
       if (u.send(msg, header, hash, address, port, Date.now())) {
         pool.acquire(b)
+        this.relayed++
         stats.datagramsIn++
         stats.bytesIn += msg.length
         return
@@ -260,7 +263,7 @@ export class DnsRelay {
     const errno = errnoCode(err)
     // ICMP port unreachable: nothing listens there. Counted like a failed connect, so passive
     // ejection can take the backend out; the queries in flight time out.
-    b.consecutiveFailures++
+    b.failedOnce()
     this.pool.onConnectFailure?.(b, errno === 'ECONNREFUSED' ? 'refused' : (errno ?? err.message))
     const suppressed = this.owner.throttle.take(`dns-upstream:${b.id}`)
     if (suppressed !== false) {

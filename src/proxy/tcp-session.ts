@@ -321,7 +321,7 @@ export class TcpSession {
     up.destroy()
     this.pool.release(b)
     this.backend = undefined
-    b.consecutiveFailures++
+    b.failedOnce()
     const timeout = err instanceof SluiceError && err.code === 'SLUICE_ERR_CONNECT_TIMEOUT'
     this.pool.onConnectFailure?.(b, timeout ? 'timeout' : (errnoCode(err) ?? err.message))
     reportConnectFailure(this.owner, this.pool.name, b, err, this.attempts)

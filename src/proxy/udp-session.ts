@@ -273,7 +273,7 @@ export class UdpSession implements Expiring {
    */
   private backendFailed(b: Backend, err: Error, code: 'SLUICE_ERR_CONNECT' | 'SLUICE_ERR_UDP_UNREACHABLE'): void {
     const errno = errnoCode(err)
-    b.consecutiveFailures++
+    b.failedOnce()
     const { metrics, log, config, throttle } = this.owner
     const reason = errno === 'ECONNREFUSED' ? 'refused' : errno === 'ENOTFOUND' || errno === 'EAI_AGAIN' ? 'dns' : UNREACHABLE.has(errno ?? '') ? 'unreachable' : 'other'
     metrics.connectErrorsTotal.inc({ pool: this.pool.name, backend: b.id, reason })

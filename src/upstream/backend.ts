@@ -1,4 +1,5 @@
 import type { BackendConfig } from '../config/types.js'
+import type { SharedCounters } from '../control/shared-counters.js'
 
 /**
  * `up`: takes new connections. `down`: failed its checks. `draining`: finishes what it has,
@@ -17,15 +18,22 @@ export class Backend {
   /** 0 = unlimited. */
   maxConnections: number
   state: BackendState = 'up'
-  /** Connections open or being opened to this backend (this worker). */
-  active = 0
+  /**
+   * Where `active` and `consecutiveFailures` live: a pair of slots of the daemon's shared
+   * counters, so every worker (and the control plane) sees the same numbers. Unset (tests,
+   * tools), they are plain fields of this object.
+   */
+  private shared: SharedCounters | undefined
+  private slot = 0
+  private localActive = 0
+  private localFailures = 0
+  /** `active` as this worker's balancer last heard of it (see Pool.resync). */
+  seenActive = 0
   /** Connections handed to this backend since start (this worker). */
   total = 0
   /** Connections established to this backend since start (this worker), and how many of them /metrics has counted. */
   established = 0
   countedEstablished = 0
-  /** Consecutive failed connects; reset by a successful one. */
-  consecutiveFailures = 0
   /** Removed from its pool by a reload; its open connections finish, it takes no new ones. */
   retired = false
   /** Slow start: the share of `weight` in effect while it ramps up after joining (1 = all). */
@@ -44,6 +52,46 @@ export class Backend {
     this.weight = cfg.weight
     this.backup = cfg.backup
     this.maxConnections = cfg.maxConnections
+  }
+
+  /** Counts in `counters` at slots `slot` (active) and `slot + 1` (consecutive failures) from now on. */
+  bindShared(counters: SharedCounters, slot: number): void {
+    this.shared = counters
+    this.slot = slot
+  }
+
+  /** Connections open or being opened to this backend, by every worker. */
+  get active(): number {
+    return this.shared === undefined ? this.localActive : this.shared.load(this.slot)
+  }
+
+  /** Sets `active` outright (tests and tools; the data path counts with addActive). */
+  set active(n: number) {
+    if (this.shared === undefined) this.localActive = n
+    else this.shared.store(this.slot, n)
+  }
+
+  /** Adds `delta` to `active` (atomically across workers). */
+  addActive(delta: number): void {
+    if (this.shared === undefined) this.localActive += delta
+    else this.shared.add(this.slot, delta)
+  }
+
+  /** Consecutive failed connects, by every worker; reset by a successful one. */
+  get consecutiveFailures(): number {
+    return this.shared === undefined ? this.localFailures : this.shared.load(this.slot + 1)
+  }
+
+  set consecutiveFailures(n: number) {
+    if (this.shared === undefined) this.localFailures = n
+    else if (n === 0) this.shared.store(this.slot + 1, 0)
+    else this.shared.store(this.slot + 1, n)
+  }
+
+  /** One more failed connect (atomically across workers); returns the new count. */
+  failedOnce(): number {
+    if (this.shared === undefined) return ++this.localFailures
+    return this.shared.add(this.slot + 1, 1)
   }
 
   /** In rotation: may be handed new connections (capacity aside). */

@@ -27,11 +27,23 @@ export class Pool {
   /** Passive health: called after each failed connect to `b` (its consecutiveFailures already counts it). */
   onConnectFailure: ((b: Backend, reason: string) => void) | undefined
 
+  /**
+   * Other workers open and close connections to these backends too (shared counters): before
+   * each pick, load-ordered balancers re-key the backends whose count moved (O(n) per pick).
+   */
+  sharedLoad = false
+
   constructor(
     cfg: PoolConfig,
     private readonly metrics: Metrics,
     /** Milliseconds, for slow start's ramps (tests pass a clock of their own). */
     now: () => number = () => performance.now(),
+    /**
+     * Which metrics this pool keeps: `control` (the decided state: sluice_backend_up, and
+     * sluice_backend_connections_active from the shared counters), `data` (what one worker
+     * counts: sluice_backend_connections_total), or `both` in one object.
+     */
+    private readonly plane: 'control' | 'data' | 'both' = 'both',
   ) {
     this.name = cfg.name
     this.cfg = cfg
@@ -67,6 +79,7 @@ export class Pool {
   /** A backend for a new connection that is not in `tried`, or undefined. Never throws. */
   pick(ctx: PickContext, tried?: ReadonlySet<Backend>): Backend | undefined {
     this.slowStart.tick()
+    if (this.sharedLoad) this.resync()
     const ex = this.exclusion
     ex.tried = tried
     const b = this.primary.pick(ctx, ex) ?? this.backup.pick(ctx, ex)
@@ -76,16 +89,27 @@ export class Pool {
 
   /** A connection to `b` is being opened. */
   acquire(b: Backend): void {
-    b.active++
+    b.addActive(1)
+    b.seenActive = b.active
     b.total++
     this.balancerOf(b).onConnectionOpen?.(b)
   }
 
   /** A connection to `b` (opened with acquire) is over, whether it ever connected or not. */
   release(b: Backend): void {
-    b.active--
+    b.addActive(-1)
+    b.seenActive = b.active
     if (b.retired) return
     this.balancerOf(b).onConnectionClose?.(b)
+  }
+
+  private resync(): void {
+    for (const b of this.members) {
+      const a = b.active
+      if (a === b.seenActive) continue
+      b.seenActive = a
+      if (!b.retired) this.balancerOf(b).onLoadChanged?.(b)
+    }
   }
 
   /**
@@ -96,7 +120,8 @@ export class Pool {
     const m = this.metrics
     for (const b of this.members) {
       const labels = { pool: this.name, backend: b.id }
-      m.backendConnectionsActive.set(labels, b.active)
+      if (this.plane !== 'data') m.backendConnectionsActive.set(labels, b.active)
+      if (this.plane === 'control') continue
       if (b.established > b.countedEstablished) {
         m.backendConnectionsTotal.inc(labels, b.established - b.countedEstablished)
         b.countedEstablished = b.established
@@ -127,8 +152,12 @@ export class Pool {
       if (!starting) this.slowStart.join(b)
       this.balancerOf(b).onBackendUp(b)
     }
-    this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
+    if (this.plane !== 'data') this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
+    this.onStateChange?.(b, firstCheck)
   }
+
+  /** Called after every change of a backend's state (the control plane tells the workers). */
+  onStateChange: ((b: Backend, firstCheck: boolean) => void) | undefined
 
   /**
    * Takes a new configuration of this pool in place: backends whose address stays keep their
@@ -151,8 +180,10 @@ export class Pool {
     for (const b of old.values()) {
       b.retired = true
       removed.push(b)
-      this.metrics.backendUp.remove({ pool: this.name, backend: b.id })
-      this.metrics.backendConnectionsActive.remove({ pool: this.name, backend: b.id })
+      if (this.plane !== 'data') {
+        this.metrics.backendUp.remove({ pool: this.name, backend: b.id })
+        this.metrics.backendConnectionsActive.remove({ pool: this.name, backend: b.id })
+      }
     }
     this.cfg = cfg
     this.factory = factoryFor(cfg)
@@ -167,7 +198,7 @@ export class Pool {
     this.members.forEach((b, i) => (b.position = i))
     for (const b of this.members) {
       if (b.inRotation) this.balancerOf(b).onBackendUp(b)
-      this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
+      if (this.plane !== 'data') this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
     }
   }
 

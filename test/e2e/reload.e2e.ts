@@ -5,6 +5,7 @@ import { eventually } from '../helpers/net.js'
 import { startSluice, tempFile } from '../helpers/spawn.js'
 import { run, skipWithout, which } from '../helpers/tools.js'
 import { redisCli, redisServer, startRedisServers } from '../helpers/servers.js'
+import { reusePortAvailable } from '../../src/config/validate.js'
 
 const redisBenchmark = which('redis-benchmark')
 
@@ -39,7 +40,8 @@ function bench(name: string, port: number, n: number, extra: string[]): Bench {
   return { name, n, done, running: () => child.exitCode === null && child.signalCode === null }
 }
 
-t.test(`redis-benchmark through sluice across ${RELOADS} reloads that change the pool and rename the listener: zero failed requests`, async (t) => {
+for (const workers of [1, 2]) {
+t.test(`redis-benchmark through sluice (workers: ${workers}) across ${RELOADS} reloads that change the pool and rename the listener: zero failed requests`, { skip: workers > 1 && !reusePortAvailable() ? `workers: ${workers} needs Node.js 22.12+ (reusePort); this is ${process.version}` : false }, async (t) => {
   if (skipWithout(t, { 'redis-server': redisServer, 'redis-benchmark': redisBenchmark, 'redis-cli': redisCli })) return
   const ports = await startRedisServers(t, 2, ['--maxclients', '10000'])
   const [r1, r2] = ports.map((p) => `127.0.0.1:${p}`)
@@ -52,6 +54,7 @@ t.test(`redis-benchmark through sluice across ${RELOADS} reloads that change the
   ]
   let listen = '127.0.0.1:0'
   const yaml = (i: number): string => `
+workers: ${workers}
 admin: { listen: "127.0.0.1:0" }
 log: { level: info, access_log: false }
 listeners: [{ name: ${i % 2 === 0 ? 'redis' : 'redis-renamed'}, listen: "${listen}", pool: redis }]
@@ -115,3 +118,4 @@ pools:
   t.equal((await sluice.exited).code, 0)
   t.notOk(sluice.lines.some((l) => l.level === 'error'), 'no errors logged')
 })
+}

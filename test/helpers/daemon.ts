@@ -71,13 +71,13 @@ export async function startDaemon(t: Test, yaml: string, file = 'test.yaml'): Pr
   const logs = new LogSink()
   const log = createLogger(config.log.level, logs)
   const registry = new Registry()
-  const daemon = await Daemon.start(config, { log, registry })
+  const daemon = await Daemon.start(config, { log, registry, workerLines: (line) => logs.write(`${line}\n`) })
   t.teardown(() => daemon.destroy())
   return {
     daemon,
     logs,
     registry,
     port: (name) => daemon.listenerAddress(name).port,
-    metrics: () => registry.metrics(),
+    metrics: () => daemon.metricsText(),
   }
 }

@@ -27,13 +27,20 @@ export function namedBackend(t: Test, name: string, host = '127.0.0.1'): ReturnT
   }, host)
 }
 
-/** A port on 127.0.0.1 with nothing listening (bound then released). */
+/** Ports deadPort() has handed out in this process: never handed out twice. */
+const deadPorts = new Set<number>()
+
+/** A port on 127.0.0.1 with nothing listening (bound then released), never one it returned before. */
 export async function deadPort(): Promise<number> {
-  const s = createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as AddressInfo).port
-  await new Promise<void>((resolve) => s.close(() => resolve()))
-  return port
+  for (;;) {
+    const s = createServer()
+    await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
+    const port = (s.address() as AddressInfo).port
+    await new Promise<void>((resolve) => s.close(() => resolve()))
+    if (deadPorts.has(port)) continue
+    deadPorts.add(port)
+    return port
+  }
 }
 
 export function dial(port: number, host = '127.0.0.1'): Promise<Socket> {

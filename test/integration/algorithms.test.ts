@@ -203,7 +203,8 @@ listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
 pools:
   p: { algorithm: peak-ewma, ewma_decay: 1h, backends: [${addr.get('fast')}, ${addr.get('slow')}] }
 `)
-  const p = pool(run)
+  // Latency is the data plane's business: watch the pool that carries the traffic.
+  const p = run.daemon.dataPools.get('p')!
   const observed: [string, number][] = []
   const observe = p.observeConnect.bind(p)
   p.observeConnect = (b, ms) => {

@@ -1,0 +1,255 @@
+import type { Registry } from 'prom-client'
+import type { AnyListenerConfig, Config } from '../config/types.js'
+import type { Logger } from '../log.js'
+import { Metrics } from '../metrics/metrics.js'
+import { Pool } from '../upstream/pool.js'
+import type { BackendState } from '../upstream/backend.js'
+import { createListener, type Listener } from '../listener/listener.js'
+import { TcpListener } from '../listener/tcp-listener.js'
+import { planListeners, type ListenerPlan } from '../listener/listener-plan.js'
+import { formatDuration } from '../config/duration.js'
+import { SluiceError } from '../errors.js'
+import type { SharedCounters } from '../control/shared-counters.js'
+import { backendSlotKey, listenerSlotKey, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
+
+export interface DataPlaneOptions {
+  /** 1-based; the one data plane of a one-worker daemon is worker 1. */
+  id: number
+  log: Logger
+  registry: Registry
+  counters: SharedCounters
+  /** Several workers share each port (SO_REUSEPORT) and the balancing state. */
+  shared: boolean
+  /** What this data plane tells the control plane (connect failures, for passive health). */
+  report(msg: FromWorker): void
+}
+
+interface Prepared {
+  config: Config
+  slots: SlotTable
+  plan: ListenerPlan
+  started: Map<AnyListenerConfig, Listener>
+  newPools: Map<string, Pool>
+}
+
+/**
+ * One worker's data path: the listeners, the pools and balancers, and every session, built
+ * from the configuration the control plane sends. It obeys decided state (backend states
+ * arrive as messages) and reports what it sees (failed connects); it never decides health.
+ * Start and reload are the same two phases: prepare (bind what is new; nothing running
+ * changes), then commit or abort, so a reload that fails in any worker changes no worker.
+ */
+export class DataPlane {
+  readonly id: number
+  readonly metrics: Metrics
+  readonly pools = new Map<string, Pool>()
+  readonly listeners = new Map<string, Listener>()
+  /** Listeners taken out by a reload, still finishing their connections. */
+  private readonly retiring = new Set<Listener>()
+  private cfg: Config | undefined
+  private prepared: Prepared | undefined
+  private stopping = false
+  private readonly log: Logger
+  private readonly counters: SharedCounters
+  private readonly shared: boolean
+  private readonly report: (msg: FromWorker) => void
+
+  constructor(opts: DataPlaneOptions) {
+    this.id = opts.id
+    this.log = opts.log
+    this.counters = opts.counters
+    this.shared = opts.shared
+    this.report = opts.report
+    this.metrics = new Metrics(opts.registry, () => this.flushCounters())
+  }
+
+  get config(): Config | undefined {
+    return this.cfg
+  }
+
+  /**
+   * Phase one: builds the pools this configuration adds and binds the listeners it needs
+   * (`ports` fixes the port of listeners configured with port 0, so every worker binds the
+   * same one). Returns every listener's bound port. Nothing that runs changes.
+   */
+  async prepare(config: Config, slots: SlotTable, ports: Record<string, number>): Promise<Record<string, number>> {
+    this.abort()
+    const listeners = config.listeners.map((lc) => (lc.port === 0 && ports[lc.name] !== undefined ? { ...lc, port: ports[lc.name] as number } : lc))
+    const wanted: Config = { ...config, listeners }
+    const plan = planListeners(this.listeners.values(), listeners)
+    const p: Prepared = { config: wanted, slots, plan, started: new Map(), newPools: new Map() }
+    this.prepared = p
+    try {
+      for (const pc of wanted.pools.values()) {
+        if (!this.pools.has(pc.name)) {
+          const pool = this.makePool(pc.name, wanted, slots)
+          p.newPools.set(pc.name, pool)
+        }
+      }
+      for (const lc of plan.bind) {
+        const pool = this.pools.get(lc.pool) ?? (p.newPools.get(lc.pool) as Pool)
+        const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog)
+        if (l instanceof TcpListener) {
+          l.poolLookup = (name) => this.pools.get(name) ?? p.newPools.get(name)
+          const slot = slots[listenerSlotKey(lc.name)]
+          if (slot !== undefined) l.admission = admissionAt(this.counters, slot)
+        }
+        // Recorded before it binds, so a failed bind still closes what the listener holds.
+        p.started.set(lc, l)
+        await l.listen(this.shared)
+        // Aborted (a stop, or another worker failed) while this one was binding.
+        if (this.prepared !== p) throw new SluiceError('SLUICE_ERR_RELOAD', 'the reload was called off while its listeners were being bound')
+      }
+    } catch (err) {
+      if (this.prepared === p) this.prepared = undefined
+      for (const l of p.started.values()) l.destroy()
+      throw err
+    }
+    const bound: Record<string, number> = {}
+    for (const lc of listeners) {
+      const l = plan.keep.get(lc) ?? p.started.get(lc)
+      if (l !== undefined) bound[lc.name] = l.address().port
+    }
+    return bound
+  }
+
+  /** Phase two: every worker prepared; switch over to the prepared configuration. */
+  commit(): void {
+    const p = this.prepared
+    if (p === undefined) return
+    this.prepared = undefined
+    const next = p.config
+    this.log.level = next.log.level
+    for (const pc of next.pools.values()) {
+      const existing = this.pools.get(pc.name)
+      if (existing !== undefined) {
+        existing.update(pc)
+        this.bindSlots(existing, p.slots)
+      } else {
+        this.pools.set(pc.name, p.newPools.get(pc.name) as Pool)
+      }
+    }
+    for (const name of [...this.pools.keys()]) if (!next.pools.has(name)) this.pools.delete(name)
+    this.listeners.clear()
+    for (const lc of next.listeners) {
+      const kept = p.plan.keep.get(lc)
+      if (kept !== undefined) kept.update(lc, this.pools.get(lc.pool) as Pool, next.log.accessLog)
+      const l = kept ?? (p.started.get(lc) as Listener)
+      if (l instanceof TcpListener) l.poolLookup = (name) => this.pools.get(name)
+      this.listeners.set(lc.name, l)
+    }
+    for (const l of p.plan.retire) this.retire(l)
+    this.cfg = next
+  }
+
+  /** Some worker could not prepare: close what this one bound for the reload. */
+  abort(): void {
+    const p = this.prepared
+    if (p === undefined) return
+    this.prepared = undefined
+    for (const l of p.started.values()) l.destroy()
+  }
+
+  /** The control plane decided a backend's state (health, ejection, an operator's action). */
+  backendState(poolName: string, id: string, state: BackendState, firstCheck: boolean): void {
+    const pool = this.pools.get(poolName) ?? this.prepared?.newPools.get(poolName)
+    const b = pool?.find(id)
+    if (pool === undefined || b === undefined) return
+    pool.setState(b, state, firstCheck)
+  }
+
+  /** This worker's share of the counters, for /api/status and /metrics. */
+  snapshot(): WorkerSnapshot {
+    const all = [...this.listeners.values(), ...this.retiring]
+    const listeners = [...this.listeners.values()].map((l) => ({
+      name: l.name,
+      protocol: l.protocol,
+      listen: l.address().text,
+      pool: l.config.pool,
+      listening: l.listening,
+      active: l.sessions.size,
+    }))
+    const backends = [...this.pools.values()].flatMap((p) => p.backends.map((b) => ({ pool: p.name, backend: b.id, total: b.total })))
+    let total = 0
+    for (const l of all) total += l.accepted
+    return { listeners, backends, activeConnections: all.reduce((n, l) => n + l.sessions.size, 0), connectionsTotal: total }
+  }
+
+  get openConnections(): number {
+    let n = 0
+    for (const l of [...this.listeners.values(), ...this.retiring]) n += l.sessions.size
+    return n
+  }
+
+  /**
+   * Stops accepting everywhere, lets open connections finish for up to `timeoutMs`, then
+   * closes what is left.
+   */
+  async stop(timeoutMs: number): Promise<void> {
+    this.stopping = true
+    this.abort()
+    const all = [...this.listeners.values(), ...this.retiring]
+    const drained = Promise.all(all.map((l) => l.close()))
+    let timer: NodeJS.Timeout | undefined
+    const deadline = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), timeoutMs)
+    })
+    const outcome = await Promise.race([drained.then(() => 'drained' as const), deadline])
+    clearTimeout(timer)
+    if (outcome === 'timeout') {
+      this.log.warn({ worker: this.id, open_connections: this.openConnections, shutdown_timeout: formatDuration(timeoutMs) }, 'shutdown_timeout reached: closing the connections still open')
+      for (const l of all) l.destroy()
+      // Destroyed sockets close on the next turns of the loop; wait (briefly) so each one
+      // still gets its access-log line.
+      await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, 1000).unref())])
+    }
+    this.destroy()
+  }
+
+  destroy(): void {
+    this.stopping = true
+    this.abort()
+    for (const l of [...this.listeners.values(), ...this.retiring]) l.destroy()
+    this.listeners.clear()
+    this.retiring.clear()
+  }
+
+  get isStopping(): boolean {
+    return this.stopping
+  }
+
+  private makePool(name: string, config: Config, slots: SlotTable): Pool {
+    const pool = new Pool(config.pools.get(name)!, this.metrics, undefined, 'data')
+    pool.sharedLoad = this.shared
+    this.bindSlots(pool, slots)
+    pool.onConnectFailure = (b, reason) => this.report({ type: 'connect-failed', pool: name, backend: b.id, reason })
+    return pool
+  }
+
+  private bindSlots(pool: Pool, slots: SlotTable): void {
+    for (const b of pool.backends) {
+      const slot = slots[backendSlotKey(pool.name, b.id)]
+      if (slot !== undefined) b.bindShared(this.counters, slot)
+    }
+  }
+
+  private retire(l: Listener): void {
+    this.retiring.add(l)
+    void l.close().then(() => this.retiring.delete(l))
+  }
+
+  private flushCounters(): void {
+    for (const l of this.listeners.values()) l.flushCounters()
+    for (const l of this.retiring) l.flushCounters()
+    for (const p of this.pools.values()) p.flushCounters()
+  }
+}
+
+function admissionAt(counters: SharedCounters, slot: number): { tryAcquire(max: number): boolean; release(): void } {
+  return {
+    tryAcquire: (max) => counters.tryAcquire(slot, max),
+    release: () => {
+      counters.add(slot, -1)
+    },
+  }
+}
