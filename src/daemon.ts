@@ -118,6 +118,11 @@ export class Daemon implements ControlApi {
     return this.local?.plane.listeners ?? new Map()
   }
 
+  /** Makes worker `id` exit at once, as a crash would (fault injection for tests). */
+  crashWorker(id: number): void {
+    this.workers.find((w) => w.id === id)?.send({ type: 'exit', code: 1 })
+  }
+
   /** The pools of the in-process data plane (one worker), which carry the traffic; empty with worker threads. */
   get dataPools(): ReadonlyMap<string, Pool> {
     return this.local?.plane.pools ?? new Map()

@@ -48,6 +48,8 @@ export type ToWorker =
   | { type: 'stats'; seq: number }
   /** Stop accepting; let open connections finish for up to `timeoutMs`; then close them. */
   | { type: 'stop'; seq: number; timeoutMs: number }
+  /** Fault injection: the worker thread exits with `code` at once, as a crash would (tests). */
+  | { type: 'exit'; code: number }
 
 /** One listener's share in one worker. */
 export interface ListenerShare {

@@ -1,3 +1,4 @@
+import { isMainThread } from 'node:worker_threads'
 import type { Registry } from 'prom-client'
 import type { Config } from '../config/types.js'
 import { SluiceError, errorMessage } from '../errors.js'
@@ -39,6 +40,10 @@ export async function dispatch(plane: DataPlane, registry: Registry, msg: ToWork
     case 'stop':
       await plane.stop(msg.timeoutMs)
       reply({ type: 'stopped', seq: msg.seq })
+      return
+    case 'exit':
+      // Only a worker thread can exit on its own; the in-process data plane is the process.
+      if (!isMainThread) process.exit(msg.code)
       return
   }
 }

@@ -138,3 +138,42 @@ t.test('workers: 2 — graceful shutdown lets an open connection finish', { skip
   t.equal(run.logs.lines.at(-1)?.msg, 'sluice stopped')
 })
 
+
+t.test('workers: 2 — a worker that dies is logged, counted and started again; the other keeps its connections', { skip }, async (t) => {
+  const a = await namedBackend(t, 'a')
+  const run = await startDaemon(t, twoWorkers([a.address]))
+  const port = run.port('l')
+  // Open connections until each worker holds at least one.
+  const held: Socket[] = []
+  t.teardown(() => held.forEach((s) => s.destroy()))
+  await eventually(async () => {
+    const s = await dial(port)
+    await readUntil(s, 'line')
+    held.push(s)
+    const views = await run.daemon.workerViews()
+    return views.every((w) => w.activeConnections > 0)
+  }, 'both workers to hold a connection', 10_000)
+  const views = await run.daemon.workerViews()
+  const onTwo = views.find((w) => w.id === 2)!.activeConnections
+  run.daemon.crashWorker(2)
+  const died = await run.logs.waitFor((l) => l.code === 'SLUICE_ERR_WORKER')
+  t.equal(died.worker, 2, 'the dead worker is named')
+  await run.logs.waitFor((l) => l.msg === 'worker 2 started again')
+  t.match(await run.metrics(), /sluice_worker_restarts_total 1\b/, 'counted')
+  let alive = 0
+  for (const s of held) {
+    if (s.destroyed || s.readyState !== 'open') continue
+    const ok = await new Promise<boolean>((resolve) => {
+      s.once('error', () => resolve(false))
+      s.once('close', () => resolve(false))
+      s.write('ping\n')
+      readUntil(s, 'line', 2000).then((l) => resolve(l.toString() === 'ping\n'), () => resolve(false))
+    })
+    if (ok) alive++
+  }
+  t.equal(alive, held.length - onTwo, `the connections of worker 1 still work (${alive} of ${held.length}; worker 2 had ${onTwo})`)
+  const after = await greetings(port, 40)
+  t.equal(after.length, 40, 'new connections are served')
+  await run.logs.waitForAccess(1)
+  await eventually(async () => (await run.daemon.workerViews()).length === 2, 'two workers again')
+})
