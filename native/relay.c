@@ -1,0 +1,1264 @@
+/*
+ * The native relay: moves the bytes of established TCP connections between a client and a
+ * backend on a thread of its own, so that no Node socket object stays alive per connection.
+ *
+ * JS hands over both descriptors of a connection (add): the relay dup()s them and JS closes
+ * its own sockets. Each Relay object runs one epoll thread that relays every connection it
+ * holds; any number of Relay objects may exist, in any number of worker threads (all state
+ * lives in the object; there is no mutable global).
+ *
+ * Per connection and direction (client -> backend, backend -> client):
+ *   - a chunk read is written on at once: in copy mode through one read buffer per relay
+ *     (recv, send), in splice mode through one pipe per relay (splice in, splice out, no copy
+ *     through user space). What the destination does not take is copied into a buffer of the
+ *     connection's own and waits there; the source is not read again until it is written: at
+ *     most one chunk waits per direction, and a slow reader stops the fast writer through
+ *     TCP's own flow control;
+ *   - a FIN is passed on (shutdown(SHUT_WR)) once what came before it is written; when both
+ *     directions have passed theirs, both descriptors are closed;
+ *   - a reset or error on either side closes both;
+ *   - an idle timeout is checked on a coarse timing wheel, not with a timer per connection.
+ * An idle connection holds its struct only (about 200 bytes): no buffer, no pipe.
+ *
+ * Ends are reported to JS in batches through a thread-safe function; byte counters per group
+ * (for example one per listener) are read by JS when it wants them (takeBytes).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <node_api.h>
+
+/* Bytes read per call (the pipe's capacity in splice mode), and so the most that waits per
+ * direction of a connection. Larger chunks mean fewer system calls per byte. */
+#ifndef CHUNK
+#define CHUNK (256 * 1024)
+#endif
+/* Bytes a direction may move in one turn before the other connections get theirs. */
+#define TURN_BYTES (1024 * 1024)
+#define BUDGET (TURN_BYTES / CHUNK > 0 ? TURN_BYTES / CHUNK : 1)
+#define MAX_EVENTS 128
+/* The idle timeout is checked every tick: a connection expires at most a tick late. */
+#define TICK_MS 100
+#define WHEEL_SLOTS 1024 /* a power of two: one turn of the wheel is about 100 s */
+#define THREAD_STACK (256 * 1024)
+
+enum side { CLIENT = 0, BACKEND = 1 };
+
+/* Why a connection ended; the order is the one of `reasons` exported to JS. */
+enum reason {
+  R_CLIENT_CLOSED,  /* both FINs passed on; the client's came first */
+  R_BACKEND_CLOSED, /* both FINs passed on; the backend's came first */
+  R_CLIENT_ERROR,   /* the client reset the connection, or a read or write on it failed */
+  R_BACKEND_ERROR,  /* the same on the backend's side */
+  R_IDLE_TIMEOUT,   /* no byte moved either way for the connection's idle timeout */
+  R_DESTROYED,      /* destroy(), close(), or the relay could not take the connection */
+  R_COUNT
+};
+
+static const char *const reason_names[R_COUNT] = {
+  "client_closed", "backend_closed", "client_error", "backend_error", "idle_timeout", "destroyed",
+};
+
+/* One direction of a connection: bytes read from side d and written to side 1 - d. */
+typedef struct {
+  uint8_t *buf;       /* bytes read and not yet written: allocated only while some wait */
+  uint32_t off, len;  /* buf[off, len) waits */
+  uint64_t bytes;     /* bytes written to the destination, the initial ones not counted */
+  bool initial;       /* buf holds the initial bytes JS gave (not counted) */
+  bool eof;           /* the source sent its FIN */
+  bool shut;          /* ... and it was passed on to the destination */
+} dir_t;
+
+typedef struct conn conn_t;
+struct conn {
+  uint64_t id;
+  int fd[2];             /* [CLIENT], [BACKEND]: the relay's own duplicates */
+  dir_t dir[2];          /* [CLIENT]: client -> backend; [BACKEND]: backend -> client */
+  bool readable[2];      /* the side may have bytes (or a FIN) to read: cleared at EAGAIN */
+  bool writable[2];      /* the side may take bytes: cleared at EAGAIN, set by EPOLLOUT */
+  bool registered[2];    /* in the epoll set */
+  bool in_table;         /* in the id table */
+  bool closed;           /* closed, waiting to be freed at the end of the turn */
+  bool queued;           /* in the ready list */
+  int8_t first_fin;      /* the side whose FIN came first, or -1 */
+  uint32_t group;        /* byte counter group */
+  uint32_t idle_ms;      /* 0: no idle timeout */
+  int64_t last_active;   /* monotonic ms of the last byte moved either way */
+  conn_t *wprev, *wnext; /* timing wheel slot list */
+  int32_t wslot;         /* the wheel slot, or -1 */
+  conn_t *next;          /* the add queue, then the list of closed connections */
+  conn_t *rnext;         /* the ready list */
+};
+
+/* A connection's end, as JS receives it: four doubles per end. */
+typedef struct {
+  double id, bytes_in, bytes_out, reason;
+} end_t;
+
+typedef struct {
+  /* Set at creation, then read-only. */
+  bool splice_mode;
+  uint32_t groups;
+  int ep;                  /* the epoll set */
+  int wake_fd;             /* eventfd: commands wait in the queue */
+  _Atomic uint64_t *bytes; /* [2 * group + direction]: bytes written since the last takeBytes */
+
+  /* JS thread only. */
+  napi_env env;
+  napi_threadsafe_function tsfn; /* NULL once finalized */
+  bool tsfn_released;
+  bool tsfn_refed;
+  napi_ref on_end;
+  uint64_t next_id;
+  uint32_t live;    /* connections added whose end JS has not yet received */
+  bool closed;      /* close() ran, or the environment is going away */
+  bool hook_added;
+  bool thread_running; /* started and not yet joined */
+  pthread_t thread;
+  int refs; /* the JS object and the thread-safe function each hold one */
+
+  /* Shared by both threads, under mu. */
+  pthread_mutex_t mu;
+  conn_t *add_head, *add_tail;
+  uint64_t *kills;
+  uint32_t nkills, kills_cap;
+  bool stop;
+  bool woken;   /* wake_fd was written and the thread has not yet taken the commands */
+  end_t *ends;  /* ends_cap >= live, reserved by add(): the relay thread never allocates here */
+  uint32_t nends, ends_cap;
+  bool ends_signalled; /* a thread-safe call is on its way to JS */
+  int thread_error;    /* the errno that stopped the relay thread, 0 while it runs */
+
+  /* Relay thread only. */
+  conn_t **table; /* id -> connection: open addressing, linear probing */
+  uint32_t table_cap, table_count;
+  conn_t *ready; /* connections that spent their budget with bytes left to move */
+  conn_t *grave; /* closed connections, freed at the end of the turn */
+  conn_t *wheel[WHEEL_SLOTS];
+  uint32_t wheel_count;
+  int64_t wheel_tick; /* the last tick processed */
+  int64_t now;        /* monotonic ms, read once per turn */
+  uint8_t *buf;       /* the one read buffer (copy mode, and splice mode without a pipe) */
+  int pipe_r, pipe_w; /* splice mode: the one pipe, empty between chunks; -1 until made */
+  uint32_t pipe_size; /* its capacity */
+  uint64_t *spare_kills;
+  uint32_t spare_cap;
+  bool ends_dirty; /* ends were queued this turn */
+  bool stopping;
+} relay_t;
+
+/* ---------------------------------------------------------------------------------------- */
+/* Small helpers                                                                            */
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  /* CLOCK_MONOTONIC cannot fail with a valid clock id and pointer. */
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Closes a descriptor. Its result is not acted on: Linux releases the descriptor even when
+ * close reports an error (EINTR, EIO), so there is nothing to retry, and a socket or pipe has
+ * no write-back that could be lost. */
+static void close_fd(int fd) {
+  if (fd >= 0) (void)close(fd);
+}
+
+static void lock(relay_t *r) { pthread_mutex_lock(&r->mu); }
+static void unlock(relay_t *r) { pthread_mutex_unlock(&r->mu); }
+
+/* Writes the eventfd so the relay thread takes the commands. The write cannot fail: the
+ * eventfd is open until the thread is joined, and its counter cannot overflow (the thread
+ * reads it back to 0 each time; EAGAIN would only mean it is already signalled). */
+static void wake(relay_t *r) {
+  uint64_t one = 1;
+  ssize_t n = write(r->wake_fd, &one, sizeof one);
+  (void)n;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The id table (relay thread only)                                                         */
+
+static uint32_t hash_id(uint64_t id) { return (uint32_t)((id * 0x9E3779B97F4A7C15ull) >> 32); }
+
+static bool table_grow(relay_t *r) {
+  uint32_t cap = r->table_cap ? r->table_cap * 2 : 64;
+  conn_t **t = calloc(cap, sizeof *t);
+  if (t == NULL) return false;
+  for (uint32_t i = 0; i < r->table_cap; i++) {
+    conn_t *c = r->table[i];
+    if (c == NULL) continue;
+    uint32_t j = hash_id(c->id) & (cap - 1);
+    while (t[j] != NULL) j = (j + 1) & (cap - 1);
+    t[j] = c;
+  }
+  free(r->table);
+  r->table = t;
+  r->table_cap = cap;
+  return true;
+}
+
+static bool table_put(relay_t *r, conn_t *c) {
+  if ((r->table_count + 1) * 2 > r->table_cap && !table_grow(r)) return false;
+  uint32_t mask = r->table_cap - 1;
+  uint32_t i = hash_id(c->id) & mask;
+  while (r->table[i] != NULL) i = (i + 1) & mask;
+  r->table[i] = c;
+  r->table_count++;
+  c->in_table = true;
+  return true;
+}
+
+static conn_t *table_get(relay_t *r, uint64_t id) {
+  if (r->table_cap == 0) return NULL;
+  uint32_t mask = r->table_cap - 1;
+  for (uint32_t i = hash_id(id) & mask; r->table[i] != NULL; i = (i + 1) & mask)
+    if (r->table[i]->id == id) return r->table[i];
+  return NULL;
+}
+
+/* Removes c, then shifts later entries of its run back into the hole where their home slot
+ * allows, so lookups never need tombstones. */
+static void table_del(relay_t *r, conn_t *c) {
+  uint32_t mask = r->table_cap - 1;
+  uint32_t i = hash_id(c->id) & mask;
+  while (r->table[i] != c) i = (i + 1) & mask;
+  r->table[i] = NULL;
+  r->table_count--;
+  c->in_table = false;
+  for (uint32_t j = (i + 1) & mask; r->table[j] != NULL; j = (j + 1) & mask) {
+    uint32_t home = hash_id(r->table[j]->id) & mask;
+    if (((j - home) & mask) >= ((j - i) & mask)) {
+      r->table[i] = r->table[j];
+      r->table[j] = NULL;
+      i = j;
+    }
+  }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The timing wheel (relay thread only)                                                     */
+
+/* Files c in the slot of the tick its idle deadline falls in (at least the next tick). */
+static void wheel_file(relay_t *r, conn_t *c) {
+  int64_t tick = (c->last_active + c->idle_ms + TICK_MS - 1) / TICK_MS;
+  if (tick <= r->wheel_tick) tick = r->wheel_tick + 1;
+  uint32_t s = (uint32_t)(tick & (WHEEL_SLOTS - 1));
+  c->wslot = (int32_t)s;
+  c->wprev = NULL;
+  c->wnext = r->wheel[s];
+  if (c->wnext != NULL) c->wnext->wprev = c;
+  r->wheel[s] = c;
+  r->wheel_count++;
+}
+
+static void wheel_unfile(relay_t *r, conn_t *c) {
+  if (c->wprev != NULL) c->wprev->wnext = c->wnext;
+  else r->wheel[c->wslot] = c->wnext;
+  if (c->wnext != NULL) c->wnext->wprev = c->wprev;
+  c->wslot = -1;
+  r->wheel_count--;
+}
+
+static void conn_close(relay_t *r, conn_t *c, enum reason why);
+
+/* Visits the slots of the ticks that passed: a connection idle for its whole timeout expires;
+ * one that moved bytes since it was filed is filed again at its new deadline. Activity itself
+ * only writes last_active, so a busy connection costs one visit per timeout. */
+static void wheel_advance(relay_t *r) {
+  int64_t now_tick = r->now / TICK_MS;
+  int64_t t = r->wheel_tick + 1;
+  if (now_tick - r->wheel_tick > WHEEL_SLOTS) t = now_tick - WHEEL_SLOTS + 1; /* each slot once */
+  for (; t <= now_tick; t++) {
+    r->wheel_tick = t;
+    uint32_t s = (uint32_t)(t & (WHEEL_SLOTS - 1));
+    conn_t *c = r->wheel[s];
+    r->wheel[s] = NULL;
+    while (c != NULL) {
+      conn_t *next = c->wnext;
+      c->wslot = -1;
+      r->wheel_count--;
+      if (c->last_active + c->idle_ms <= r->now) conn_close(r, c, R_IDLE_TIMEOUT);
+      else wheel_file(r, c);
+      c = next;
+    }
+  }
+  if (r->wheel_tick < now_tick) r->wheel_tick = now_tick;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The pipe of splice mode (relay thread only)                                              */
+
+/* Makes the relay's pipe, CHUNK bytes large if the kernel allows (a user past
+ * pipe-user-pages-soft gets a smaller one, which works too). False when no pipe can be made
+ * (EMFILE...): chunks then move through the read buffer. */
+static bool pipe_ready(relay_t *r) {
+  if (r->pipe_r >= 0) return true;
+  int p[2];
+  if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) return false;
+  (void)fcntl(p[1], F_SETPIPE_SZ, CHUNK); /* on failure (EPERM) the size below is the default */
+  int size = fcntl(p[1], F_GETPIPE_SZ);
+  r->pipe_r = p[0];
+  r->pipe_w = p[1];
+  r->pipe_size = size > 0 && size < CHUNK ? (uint32_t)size : CHUNK;
+  return true;
+}
+
+/* Closes the pipe (it may hold bytes of a connection that failed): the next chunk makes a
+ * new, empty one. */
+static void pipe_discard(relay_t *r) {
+  close_fd(r->pipe_r);
+  close_fd(r->pipe_w);
+  r->pipe_r = r->pipe_w = -1;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Moving bytes (relay thread only)                                                         */
+
+static bool errno_again(void) { return errno == EAGAIN || errno == EWOULDBLOCK; }
+
+static void count(relay_t *r, conn_t *c, int d, size_t n) {
+  c->dir[d].bytes += n;
+  c->last_active = r->now;
+  atomic_fetch_add_explicit(&r->bytes[2 * c->group + (uint32_t)d], n, memory_order_relaxed);
+}
+
+static void conn_fail(relay_t *r, conn_t *c, int side) {
+  conn_close(r, c, side == CLIENT ? R_CLIENT_ERROR : R_BACKEND_ERROR);
+}
+
+static bool waiting(const dir_t *dr) { return dr->off < dr->len; }
+
+/* Writes what waits in direction d's buffer. 1: all written; 0: the destination is full;
+ * -1: the connection was closed. */
+static int flush_buf(relay_t *r, conn_t *c, int d) {
+  dir_t *dr = &c->dir[d];
+  int out = c->fd[1 - d];
+  while (dr->off < dr->len) {
+    ssize_t m = send(out, dr->buf + dr->off, dr->len - dr->off, MSG_NOSIGNAL);
+    if (m < 0) {
+      if (errno == EINTR) continue;
+      if (errno_again()) {
+        c->writable[1 - d] = false;
+        return 0;
+      }
+      conn_fail(r, c, 1 - d);
+      return -1;
+    }
+    dr->off += (uint32_t)m;
+    if (dr->initial) c->last_active = r->now;
+    else count(r, c, d, (size_t)m);
+  }
+  free(dr->buf);
+  dr->buf = NULL;
+  dr->off = dr->len = 0;
+  dr->initial = false;
+  return 1;
+}
+
+/* Notes the FIN of side d. */
+static void saw_eof(conn_t *c, int d) {
+  c->dir[d].eof = true;
+  if (c->first_fin < 0) c->first_fin = (int8_t)d;
+}
+
+/* Reads a chunk from side d into the read buffer and writes it on at once; a remainder the
+ * destination does not take is copied aside and waits. 1: progress (bytes or the FIN);
+ * 0: the source is empty; -1: the connection was closed. */
+static int read_buf(relay_t *r, conn_t *c, int d) {
+  dir_t *dr = &c->dir[d];
+  ssize_t n = recv(c->fd[d], r->buf, CHUNK, 0);
+  if (n < 0) {
+    if (errno == EINTR) return 1;
+    if (errno_again()) {
+      c->readable[d] = false;
+      return 0;
+    }
+    conn_fail(r, c, d);
+    return -1;
+  }
+  if (n == 0) {
+    saw_eof(c, d);
+    return 1;
+  }
+  c->last_active = r->now;
+  ssize_t m = send(c->fd[1 - d], r->buf, (size_t)n, MSG_NOSIGNAL);
+  if (m < 0) {
+    if (errno_again()) c->writable[1 - d] = false;
+    else if (errno != EINTR) {
+      conn_fail(r, c, 1 - d);
+      return -1;
+    }
+    m = 0;
+  }
+  if (m > 0) count(r, c, d, (size_t)m);
+  if (m < n) {
+    dr->buf = malloc((size_t)(n - m));
+    if (dr->buf == NULL) {
+      conn_close(r, c, R_DESTROYED);
+      return -1;
+    }
+    memcpy(dr->buf, r->buf + m, (size_t)(n - m));
+    dr->off = 0;
+    dr->len = (uint32_t)(n - m);
+  }
+  return 1;
+}
+
+/* Splice mode: moves a chunk from side d into the relay's pipe and on into the destination
+ * without copying it; what the destination does not take is read back out of the pipe into
+ * the direction's buffer, where it waits, so the pipe is empty again for the next chunk.
+ * Same results as read_buf. */
+static int read_pipe(relay_t *r, conn_t *c, int d) {
+  dir_t *dr = &c->dir[d];
+  if (!pipe_ready(r)) return read_buf(r, c, d);
+  /* The pipe is empty, so EAGAIN means the socket has nothing to read. */
+  ssize_t n = splice(c->fd[d], NULL, r->pipe_w, NULL, r->pipe_size, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  if (n < 0) {
+    if (errno == EINTR) return 1;
+    if (errno_again()) {
+      c->readable[d] = false;
+      return 0;
+    }
+    conn_fail(r, c, d);
+    return -1;
+  }
+  if (n == 0) {
+    saw_eof(c, d);
+    return 1;
+  }
+  c->last_active = r->now;
+  size_t in_pipe = (size_t)n;
+  while (in_pipe > 0) {
+    ssize_t m = splice(r->pipe_r, NULL, c->fd[1 - d], NULL, in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (m < 0 && errno == EINTR) continue;
+    if (m < 0 && errno_again()) {
+      c->writable[1 - d] = false;
+      break;
+    }
+    if (m <= 0) { /* the destination failed (0: a pipe that lost its bytes, never expected) */
+      pipe_discard(r);
+      if (m < 0) conn_fail(r, c, 1 - d);
+      else conn_close(r, c, R_DESTROYED);
+      return -1;
+    }
+    in_pipe -= (size_t)m;
+    count(r, c, d, (size_t)m);
+  }
+  if (in_pipe == 0) return 1;
+  /* The destination is full: the rest waits in the direction's own buffer. */
+  dr->buf = malloc(in_pipe);
+  if (dr->buf == NULL) {
+    pipe_discard(r);
+    conn_close(r, c, R_DESTROYED);
+    return -1;
+  }
+  size_t got = 0;
+  while (got < in_pipe) {
+    ssize_t k = read(r->pipe_r, dr->buf + got, in_pipe - got);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) { /* cannot happen with the bytes in the pipe; never leave them there */
+      pipe_discard(r);
+      conn_close(r, c, R_DESTROYED);
+      return -1;
+    }
+    got += (size_t)k;
+  }
+  dr->off = 0;
+  dr->len = (uint32_t)in_pipe;
+  return 1;
+}
+
+/* Passes side d's FIN on to the other side once nothing waits before it; closes the
+ * connection when both directions are done. False when the connection was closed. */
+static bool pass_fin(relay_t *r, conn_t *c, int d) {
+  dir_t *dr = &c->dir[d];
+  if (dr->shut) return true;
+  dr->shut = true;
+  if (shutdown(c->fd[1 - d], SHUT_WR) < 0) { /* ENOTCONN: the other side was reset */
+    conn_fail(r, c, 1 - d);
+    return false;
+  }
+  if (c->dir[1 - d].shut) {
+    conn_close(r, c, c->first_fin == BACKEND ? R_BACKEND_CLOSED : R_CLIENT_CLOSED);
+    return false;
+  }
+  return true;
+}
+
+/* Moves direction d as far as it goes: what waits first, then chunks read from the source,
+ * until the source is empty, the destination is full, or the budget is spent (then *more is
+ * set and the connection gets another turn after the others). False when it was closed. */
+static bool pump(relay_t *r, conn_t *c, int d, bool *more) {
+  dir_t *dr = &c->dir[d];
+  for (int budget = BUDGET;;) {
+    if (waiting(dr)) {
+      if (!c->writable[1 - d]) return true;
+      int rc = flush_buf(r, c, d);
+      if (rc < 0) return false;
+      if (rc == 0) return true;
+    }
+    if (dr->eof) return pass_fin(r, c, d);
+    if (!c->readable[d]) return true;
+    if (budget-- == 0) {
+      *more = true;
+      return true;
+    }
+    int rc = r->splice_mode ? read_pipe(r, c, d) : read_buf(r, c, d);
+    if (rc < 0) return false;
+    if (rc == 0) return true;
+  }
+}
+
+/* Gives a connection its turn: both directions. */
+static void run(relay_t *r, conn_t *c) {
+  bool more = false;
+  if (!pump(r, c, CLIENT, &more)) return;
+  if (!pump(r, c, BACKEND, &more)) return;
+  if (more && !c->queued) {
+    c->queued = true;
+    c->rnext = r->ready;
+    r->ready = c;
+  }
+}
+
+/* Runs the connections that spent their budget last turn. */
+static void run_ready(relay_t *r) {
+  conn_t *c = r->ready;
+  r->ready = NULL;
+  while (c != NULL) {
+    conn_t *next = c->rnext;
+    c->queued = false;
+    if (!c->closed) run(r, c);
+    c = next;
+  }
+}
+
+/* An epoll event on one side of a connection. */
+static void conn_event(relay_t *r, conn_t *c, int side, uint32_t events) {
+  if (c->closed) return;
+  if (events & EPOLLERR) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->fd[side], SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    if (err != 0) {
+      conn_fail(r, c, side);
+      return;
+    }
+  }
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->readable[side] = true;
+  if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->writable[side] = true;
+  if (!c->queued) run(r, c);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Connection life (relay thread)                                                           */
+
+/* Takes a connection JS added: registers both sides (edge-triggered) and gives it a first
+ * turn, which writes the initial bytes and reads what is already there. */
+static void conn_start(relay_t *r, conn_t *c) {
+  c->last_active = r->now;
+  if (!table_put(r, c)) {
+    conn_close(r, c, R_DESTROYED);
+    return;
+  }
+  for (int side = CLIENT; side <= BACKEND; side++) {
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)side;
+    if (epoll_ctl(r->ep, EPOLL_CTL_ADD, c->fd[side], &ev) < 0) {
+      if (errno == EBADF || errno == EPERM) conn_fail(r, c, side); /* not a usable socket */
+      else conn_close(r, c, R_DESTROYED);                          /* ENOMEM, ENOSPC */
+      return;
+    }
+    c->registered[side] = true;
+  }
+  if (c->idle_ms > 0) wheel_file(r, c);
+  run(r, c);
+}
+
+/* Closes both sides now, frees what the connection holds and queues its end for JS. The
+ * struct itself is freed at the end of the turn (events later in this turn may name it). */
+static void conn_close(relay_t *r, conn_t *c, enum reason why) {
+  if (c->closed) return;
+  c->closed = true;
+  for (int side = CLIENT; side <= BACKEND; side++) {
+    /* Explicitly, since JS may still hold the original descriptor of the same socket (the
+     * registration would outlive ours). Removing a registered descriptor cannot fail. */
+    if (c->registered[side]) (void)epoll_ctl(r->ep, EPOLL_CTL_DEL, c->fd[side], NULL);
+    close_fd(c->fd[side]);
+    c->fd[side] = -1;
+    dir_t *dr = &c->dir[side];
+    free(dr->buf);
+    dr->buf = NULL;
+    dr->off = dr->len = 0;
+  }
+  if (c->in_table && !r->stopping) table_del(r, c);
+  if (c->wslot >= 0) wheel_unfile(r, c);
+  lock(r);
+  /* Room was reserved when JS added the connection: ends_cap >= live > nends. */
+  end_t *e = &r->ends[r->nends++];
+  e->id = (double)c->id;
+  e->bytes_in = (double)c->dir[CLIENT].bytes;
+  e->bytes_out = (double)c->dir[BACKEND].bytes;
+  e->reason = (double)why;
+  unlock(r);
+  r->ends_dirty = true;
+  c->next = r->grave;
+  r->grave = c;
+}
+
+/* Frees the connections closed this turn, except those still in the ready list (freed the
+ * turn after, once run_ready has taken them out). */
+static void bury(relay_t *r) {
+  conn_t *keep = NULL;
+  conn_t *c = r->grave;
+  while (c != NULL) {
+    conn_t *next = c->next;
+    if (c->queued) {
+      c->next = keep;
+      keep = c;
+    } else {
+      free(c);
+    }
+    c = next;
+  }
+  r->grave = keep;
+}
+
+/* Tells JS that ends wait, unless a call is already on its way (it takes them all). */
+static void report(relay_t *r) {
+  if (!r->ends_dirty) return;
+  r->ends_dirty = false;
+  lock(r);
+  bool call = !r->ends_signalled && r->nends > 0;
+  if (call) r->ends_signalled = true;
+  unlock(r);
+  /* napi_closing only while the environment is going away: its ends are then dropped. */
+  if (call) napi_call_threadsafe_function(r->tsfn, NULL, napi_tsfn_nonblocking);
+}
+
+/* Takes what JS queued: new connections first, then destroy requests (so a destroy right
+ * after an add finds its connection), then a stop. */
+static void take_commands(relay_t *r) {
+  uint64_t v;
+  /* Resets the counter; EAGAIN (already reset) is the only possible failure. */
+  ssize_t n = read(r->wake_fd, &v, sizeof v);
+  (void)n;
+  lock(r);
+  conn_t *adds = r->add_head;
+  r->add_head = r->add_tail = NULL;
+  uint64_t *kills = r->kills;
+  uint32_t nkills = r->nkills, cap = r->kills_cap;
+  r->kills = r->spare_kills;
+  r->kills_cap = r->spare_cap;
+  r->nkills = 0;
+  r->spare_kills = kills;
+  r->spare_cap = cap;
+  bool stop = r->stop;
+  r->woken = false;
+  unlock(r);
+  while (adds != NULL) {
+    conn_t *next = adds->next;
+    adds->next = NULL;
+    conn_start(r, adds);
+    adds = next;
+  }
+  for (uint32_t i = 0; i < nkills; i++) {
+    conn_t *c = table_get(r, kills[i]);
+    if (c != NULL) conn_close(r, c, R_DESTROYED);
+  }
+  if (stop) r->stopping = true;
+}
+
+/* Closes every connection (reason destroyed), including those JS added that the thread had
+ * not yet taken. Called once, as the thread ends. */
+static void close_all(relay_t *r) {
+  r->stopping = true;
+  lock(r);
+  conn_t *adds = r->add_head;
+  r->add_head = r->add_tail = NULL;
+  unlock(r);
+  while (adds != NULL) {
+    conn_t *next = adds->next;
+    conn_close(r, adds, R_DESTROYED);
+    adds = next;
+  }
+  for (uint32_t i = 0; i < r->table_cap; i++) {
+    if (r->table[i] != NULL) conn_close(r, r->table[i], R_DESTROYED);
+    r->table[i] = NULL;
+  }
+  r->table_count = 0;
+  for (conn_t *c = r->ready; c != NULL; c = c->rnext) c->queued = false;
+  r->ready = NULL;
+  bury(r);
+}
+
+/* epoll_wait's timeout: none while connections wait for a turn, until the next tick while
+ * some have an idle timeout, else forever. */
+static int next_timeout(const relay_t *r) {
+  if (r->ready != NULL) return 0;
+  if (r->wheel_count == 0) return -1;
+  int64_t ms = (r->wheel_tick + 1) * TICK_MS - now_ms();
+  return ms < 1 ? 1 : (int)ms;
+}
+
+/* The relay thread. */
+static void *relay_main(void *arg) {
+  relay_t *r = arg;
+  struct epoll_event evs[MAX_EVENTS];
+  r->now = now_ms();
+  r->wheel_tick = r->now / TICK_MS;
+  int error = 0;
+  while (!r->stopping) {
+    int n = epoll_wait(r->ep, evs, MAX_EVENTS, next_timeout(r));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      error = errno; /* EBADF, EFAULT, EINVAL: cannot go on */
+      break;
+    }
+    r->now = now_ms();
+    bool commands = false;
+    for (int i = 0; i < n; i++) {
+      uint64_t tag = evs[i].data.u64;
+      if (tag == 0) commands = true;
+      else conn_event(r, (conn_t *)(uintptr_t)(tag & ~(uint64_t)1), (int)(tag & 1), evs[i].events);
+    }
+    if (commands) take_commands(r);
+    run_ready(r);
+    if (r->wheel_count > 0) wheel_advance(r);
+    else r->wheel_tick = r->now / TICK_MS;
+    bury(r);
+    report(r);
+  }
+  if (error != 0) {
+    lock(r);
+    r->thread_error = error;
+    unlock(r);
+  }
+  close_all(r);
+  /* After a stop JS takes the ends itself, once it has joined this thread. */
+  if (error != 0) report(r);
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* N-API glue (JS thread)                                                                   */
+
+/* Throws `message: strerror(err)` with the errno name (EMFILE...) as the error's code. */
+static void throw_errno(napi_env env, int err, const char *message) {
+  char text[256], why[128];
+  snprintf(text, sizeof text, "%s: %s", message, strerror_r(err, why, sizeof why));
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)
+  const char *name = strerrorname_np(err);
+#else
+  const char *name = NULL;
+#endif
+  napi_throw_error(env, name != NULL ? name : "ERR_RELAY_SYSTEM", text);
+}
+
+/* Makes sure a failed N-API call leaves an exception for JS to see. */
+static void throw_last(napi_env env) {
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
+  const napi_extended_error_info *info = NULL;
+  napi_get_last_error_info(env, &info);
+  const char *msg = info != NULL && info->error_message != NULL ? info->error_message : "N-API call failed";
+  napi_throw_error(env, "ERR_RELAY_NAPI", msg);
+}
+
+#define NAPI_CALL(env, call)  \
+  do {                        \
+    if ((call) != napi_ok) {  \
+      throw_last(env);        \
+      return NULL;            \
+    }                         \
+  } while (0)
+
+static void relay_free(relay_t *r) {
+  close_fd(r->pipe_r);
+  close_fd(r->pipe_w);
+  close_fd(r->ep);
+  close_fd(r->wake_fd);
+  free(r->table);
+  free(r->buf);
+  free(r->ends);
+  free(r->kills);
+  free(r->spare_kills);
+  free((void *)r->bytes);
+  pthread_mutex_destroy(&r->mu);
+  free(r);
+}
+
+static void relay_unref(relay_t *r) {
+  if (--r->refs == 0) relay_free(r);
+}
+
+/* Hands the queued ends to `cb` as one Float64Array of [id, bytesIn, bytesOut, reason] * n. */
+static void deliver_ends(napi_env env, relay_t *r, napi_value cb) {
+  napi_value ab, arr, undefined;
+  void *data = NULL;
+  lock(r);
+  uint32_t n = r->nends;
+  r->ends_signalled = false;
+  if (n == 0 || napi_create_arraybuffer(env, n * sizeof(end_t), &data, &ab) != napi_ok) {
+    unlock(r); /* nothing, or no memory: the ends stay queued for the next call */
+    return;
+  }
+  memcpy(data, r->ends, n * sizeof(end_t));
+  r->nends = 0;
+  unlock(r);
+  r->live -= n;
+  if (r->live == 0 && r->tsfn_refed && !r->tsfn_released) {
+    /* Nothing left to wait for: the relay no longer keeps the event loop alive. */
+    napi_unref_threadsafe_function(env, r->tsfn);
+    r->tsfn_refed = false;
+  }
+  if (napi_create_typedarray(env, napi_float64_array, (size_t)n * 4, ab, 0, &arr) != napi_ok) return;
+  if (napi_get_undefined(env, &undefined) != napi_ok) return;
+  /* An exception thrown by cb propagates as any callback's would. */
+  napi_call_function(env, undefined, cb, 1, &arr, NULL);
+}
+
+/* The thread-safe function's call on the JS thread (env is NULL while it is torn down). */
+static void tsfn_call(napi_env env, napi_value js_cb, void *context, void *data) {
+  (void)data;
+  if (env == NULL || js_cb == NULL) return;
+  deliver_ends(env, context, js_cb);
+}
+
+static void tsfn_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  relay_t *r = data;
+  r->tsfn = NULL;
+  r->tsfn_released = true;
+  relay_unref(r);
+}
+
+static void cleanup_hook(void *arg);
+
+/* Stops the relay: every connection is closed now and the thread joined; with `deliver` the
+ * ends go to JS before this returns. Idempotent. */
+static void relay_shut(relay_t *r, napi_env env, bool deliver) {
+  if (r->closed) return;
+  r->closed = true;
+  if (r->thread_running) {
+    lock(r);
+    r->stop = true;
+    unlock(r);
+    wake(r);
+    /* The thread only closes descriptors from here on: the join is short. */
+    pthread_join(r->thread, NULL);
+    r->thread_running = false;
+  }
+  if (deliver && env != NULL && r->on_end != NULL) {
+    napi_value cb;
+    if (napi_get_reference_value(env, r->on_end, &cb) == napi_ok && cb != NULL) deliver_ends(env, r, cb);
+  }
+  if (r->tsfn != NULL && !r->tsfn_released) {
+    r->tsfn_released = true;
+    napi_release_threadsafe_function(r->tsfn, napi_tsfn_abort);
+  }
+  if (r->on_end != NULL && env != NULL) {
+    napi_delete_reference(env, r->on_end);
+    r->on_end = NULL;
+  }
+  if (r->hook_added) {
+    r->hook_added = false;
+    napi_remove_env_cleanup_hook(r->env, cleanup_hook, r);
+  }
+}
+
+/* The environment (the main thread or a worker) is going away without close(). */
+static void cleanup_hook(void *arg) {
+  relay_t *r = arg;
+  r->hook_added = false;
+  relay_shut(r, r->env, false);
+}
+
+/* The JS object was collected. */
+static void relay_finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  relay_t *r = data;
+  relay_shut(r, env, false);
+  relay_unref(r);
+}
+
+static relay_t *this_relay(napi_env env, napi_callback_info info, size_t *argc, napi_value *argv) {
+  napi_value self;
+  void *data = NULL;
+  if (napi_get_cb_info(env, info, argc, argv, &self, NULL) != napi_ok || napi_unwrap(env, self, &data) != napi_ok) {
+    throw_last(env);
+    return NULL;
+  }
+  return data;
+}
+
+/* Reads a uint32 argument, throwing a TypeError when it is not one. */
+static bool arg_u32(napi_env env, napi_value v, const char *name, uint32_t *out) {
+  napi_valuetype t;
+  double d;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number || napi_get_value_double(env, v, &d) != napi_ok ||
+      !(d >= 0 && d <= 4294967295.0) || d != (double)(uint32_t)d) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be an integer from 0 to 2^32-1", name);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+    return false;
+  }
+  *out = (uint32_t)d;
+  return true;
+}
+
+/* Reads an optional Uint8Array argument (undefined or null: none), copying it into *out. */
+static bool arg_bytes(napi_env env, napi_value v, const char *name, uint8_t **out, uint32_t *len) {
+  napi_valuetype t;
+  *out = NULL;
+  *len = 0;
+  if (napi_typeof(env, v, &t) != napi_ok) return false;
+  if (t == napi_undefined || t == napi_null) return true;
+  bool is_ta = false;
+  napi_typedarray_type type;
+  size_t n = 0;
+  void *data = NULL;
+  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta ||
+      napi_get_typedarray_info(env, v, &type, &n, &data, NULL, NULL) != napi_ok || type != napi_uint8_array ||
+      n > UINT32_MAX) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be a Uint8Array or undefined", name);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+    return false;
+  }
+  if (n == 0) return true;
+  *out = malloc(n);
+  if (*out == NULL) {
+    throw_errno(env, ENOMEM, "relay add");
+    return false;
+  }
+  memcpy(*out, data, n);
+  *len = (uint32_t)n;
+  return true;
+}
+
+/* A duplicate of fd (close-on-exec), non-blocking; -1 with errno set on failure. */
+static int dup_nonblocking(int fd) {
+  int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (d < 0) return -1;
+  int fl = fcntl(d, F_GETFL);
+  if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(d, F_SETFL, fl | O_NONBLOCK) < 0)) {
+    int err = errno;
+    close_fd(d);
+    errno = err;
+    return -1;
+  }
+  return d;
+}
+
+/* new Relay(onEnd, splice, groups): starts a relay thread. onEnd(ends: Float64Array) gets the
+ * ends in batches; splice chooses splice(2) through a pipe over recv/send; groups is the
+ * number of byte counter groups. */
+static napi_value relay_new(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], self;
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, &self, NULL));
+  napi_valuetype t;
+  bool splice_mode = false;
+  uint32_t groups = 0;
+  if (argc < 3 || napi_typeof(env, argv[0], &t) != napi_ok || t != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "onEnd must be a function");
+    return NULL;
+  }
+  NAPI_CALL(env, napi_get_value_bool(env, argv[1], &splice_mode));
+  if (!arg_u32(env, argv[2], "groups", &groups)) return NULL;
+  if (groups < 1 || groups > 65536) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "groups must be from 1 to 65536");
+    return NULL;
+  }
+
+  relay_t *r = calloc(1, sizeof *r);
+  if (r == NULL) {
+    throw_errno(env, ENOMEM, "relay");
+    return NULL;
+  }
+  r->env = env;
+  r->splice_mode = splice_mode;
+  r->groups = groups;
+  r->ep = r->wake_fd = r->pipe_r = r->pipe_w = -1;
+  r->refs = 1; /* the JS object's, once wrapped */
+  pthread_mutex_init(&r->mu, NULL);
+  r->bytes = calloc(2 * (size_t)groups, sizeof *r->bytes);
+  r->buf = malloc(CHUNK);
+  if (r->bytes == NULL || r->buf == NULL) {
+    relay_free(r);
+    throw_errno(env, ENOMEM, "relay");
+    return NULL;
+  }
+  r->ep = epoll_create1(EPOLL_CLOEXEC);
+  if (r->ep < 0) {
+    int err = errno;
+    relay_free(r);
+    throw_errno(env, err, "relay: epoll_create1");
+    return NULL;
+  }
+  r->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
+  if (r->wake_fd < 0 || epoll_ctl(r->ep, EPOLL_CTL_ADD, r->wake_fd, &ev) < 0) {
+    int err = errno;
+    relay_free(r);
+    throw_errno(env, err, "relay: eventfd");
+    return NULL;
+  }
+  if (napi_wrap(env, self, r, relay_finalize, NULL, NULL) != napi_ok) {
+    throw_last(env);
+    relay_free(r);
+    return NULL;
+  }
+  /* From here the JS object owns r (freed once it is collected); a failure shuts it. */
+  napi_value name;
+  napi_status st = napi_create_reference(env, argv[0], 1, &r->on_end);
+  if (st == napi_ok) st = napi_create_string_utf8(env, "sluice native relay", NAPI_AUTO_LENGTH, &name);
+  if (st == napi_ok)
+    st = napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, r, tsfn_finalize, r, tsfn_call, &r->tsfn);
+  if (st == napi_ok) {
+    r->refs++;
+    /* No connection yet: nothing to keep the event loop alive for. */
+    st = napi_unref_threadsafe_function(env, r->tsfn);
+  }
+  if (st == napi_ok) st = napi_add_env_cleanup_hook(env, cleanup_hook, r);
+  if (st != napi_ok) {
+    throw_last(env);
+    relay_shut(r, env, false);
+    return NULL;
+  }
+  r->hook_added = true;
+
+  /* The thread takes no signals: they stay with Node's threads. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_attr_t attr;
+  int rc = pthread_attr_init(&attr);
+  if (rc == 0) rc = pthread_attr_setstacksize(&attr, THREAD_STACK);
+  if (rc == 0) {
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&r->thread, &attr, relay_main, r);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+  }
+  if (rc != 0) {
+    relay_shut(r, env, false);
+    throw_errno(env, rc, "relay: pthread_create");
+    return NULL;
+  }
+  r->thread_running = true;
+  /* A name for top and perf; it cannot fail (the name fits in 16 bytes). */
+  (void)pthread_setname_np(r->thread, "sluice-relay");
+  return self;
+}
+
+/* add(clientFd, backendFd, idleMs, group, toBackend?, toClient?) -> id: takes over both
+ * descriptors (duplicates them; JS then closes its own) and relays the connection. */
+static napi_value relay_add(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  relay_t *r = this_relay(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  if (r->closed) {
+    napi_throw_error(env, "ERR_RELAY_CLOSED", "the relay is closed");
+    return NULL;
+  }
+  napi_value undefined;
+  NAPI_CALL(env, napi_get_undefined(env, &undefined));
+  for (size_t i = argc; i < 6; i++) argv[i] = undefined;
+  uint32_t cfd, bfd, idle_ms, group;
+  if (!arg_u32(env, argv[0], "clientFd", &cfd) || !arg_u32(env, argv[1], "backendFd", &bfd) ||
+      !arg_u32(env, argv[2], "idleMs", &idle_ms) || !arg_u32(env, argv[3], "group", &group))
+    return NULL;
+  if (cfd > INT32_MAX || bfd > INT32_MAX || cfd == bfd) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "clientFd and backendFd must be two different descriptors");
+    return NULL;
+  }
+  if (group >= r->groups) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "group must be below the relay's groups");
+    return NULL;
+  }
+  conn_t *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    throw_errno(env, ENOMEM, "relay add");
+    return NULL;
+  }
+  c->fd[CLIENT] = c->fd[BACKEND] = -1;
+  c->first_fin = -1;
+  c->wslot = -1;
+  c->group = group;
+  c->idle_ms = idle_ms;
+  c->readable[CLIENT] = c->readable[BACKEND] = true;
+  c->writable[CLIENT] = c->writable[BACKEND] = true;
+  int err = 0;
+  const char *what = NULL;
+  if (!arg_bytes(env, argv[4], "toBackend", &c->dir[CLIENT].buf, &c->dir[CLIENT].len) ||
+      !arg_bytes(env, argv[5], "toClient", &c->dir[BACKEND].buf, &c->dir[BACKEND].len))
+    goto fail_thrown;
+  c->dir[CLIENT].initial = c->dir[CLIENT].buf != NULL;
+  c->dir[BACKEND].initial = c->dir[BACKEND].buf != NULL;
+  c->fd[CLIENT] = dup_nonblocking((int)cfd);
+  if (c->fd[CLIENT] < 0) {
+    err = errno;
+    what = "relay add: the client descriptor";
+    goto fail;
+  }
+  c->fd[BACKEND] = dup_nonblocking((int)bfd);
+  if (c->fd[BACKEND] < 0) {
+    err = errno;
+    what = "relay add: the backend descriptor";
+    goto fail;
+  }
+  lock(r);
+  if (r->thread_error != 0) {
+    err = r->thread_error;
+    unlock(r);
+    what = "relay add: the relay thread stopped";
+    goto fail;
+  }
+  if (r->ends_cap < r->live + 1) { /* room for this connection's end, taken now */
+    uint32_t cap = r->ends_cap ? r->ends_cap * 2 : 64;
+    end_t *ends = realloc(r->ends, cap * sizeof *ends);
+    if (ends == NULL) {
+      unlock(r);
+      err = ENOMEM;
+      what = "relay add";
+      goto fail;
+    }
+    r->ends = ends;
+    r->ends_cap = cap;
+  }
+  c->id = ++r->next_id;
+  if (r->add_tail != NULL) r->add_tail->next = c;
+  else r->add_head = c;
+  r->add_tail = c;
+  bool need_wake = !r->woken;
+  r->woken = true;
+  unlock(r);
+  if (need_wake) wake(r);
+  r->live++;
+  if (!r->tsfn_refed) {
+    NAPI_CALL(env, napi_ref_threadsafe_function(env, r->tsfn));
+    r->tsfn_refed = true;
+  }
+  napi_value id;
+  NAPI_CALL(env, napi_create_double(env, (double)c->id, &id));
+  return id;
+
+fail:
+  throw_errno(env, err, what);
+fail_thrown:
+  close_fd(c->fd[CLIENT]);
+  close_fd(c->fd[BACKEND]);
+  free(c->dir[CLIENT].buf);
+  free(c->dir[BACKEND].buf);
+  free(c);
+  return NULL;
+}
+
+/* destroy(id): closes the connection now (its end comes with reason destroyed). An id that
+ * already ended, or never existed, is ignored. */
+static napi_value relay_destroy(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  relay_t *r = this_relay(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  double d = 0;
+  if (argc < 1 || napi_get_value_double(env, argv[0], &d) != napi_ok || !(d >= 1 && d <= 9007199254740991.0) ||
+      d != (double)(uint64_t)d) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "id must be a connection id");
+    return NULL;
+  }
+  if (r->closed) return NULL;
+  lock(r);
+  if (r->nkills == r->kills_cap) {
+    uint32_t cap = r->kills_cap ? r->kills_cap * 2 : 64;
+    uint64_t *k = realloc(r->kills, cap * sizeof *k);
+    if (k == NULL) {
+      unlock(r);
+      throw_errno(env, ENOMEM, "relay destroy");
+      return NULL;
+    }
+    r->kills = k;
+    r->kills_cap = cap;
+  }
+  r->kills[r->nkills++] = (uint64_t)d;
+  bool need_wake = !r->woken;
+  r->woken = true;
+  unlock(r);
+  if (need_wake) wake(r);
+  return NULL;
+}
+
+/* takeBytes() -> Float64Array(2 * groups): bytes written to the backend ([2g]) and to the
+ * client ([2g + 1]) by group g's connections since the last call. */
+static napi_value relay_take_bytes(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  relay_t *r = this_relay(env, info, &argc, NULL);
+  if (r == NULL) return NULL;
+  napi_value ab, arr;
+  void *data = NULL;
+  size_t n = 2 * (size_t)r->groups;
+  NAPI_CALL(env, napi_create_arraybuffer(env, n * sizeof(double), &data, &ab));
+  double *out = data;
+  for (size_t i = 0; i < n; i++) out[i] = (double)atomic_exchange_explicit(&r->bytes[i], 0, memory_order_relaxed);
+  NAPI_CALL(env, napi_create_typedarray(env, napi_float64_array, n, ab, 0, &arr));
+  return arr;
+}
+
+/* close(): closes every connection now, hands their ends to onEnd before returning and stops
+ * the thread. Later add() calls throw; destroy() calls are ignored. */
+static napi_value relay_close(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  relay_t *r = this_relay(env, info, &argc, NULL);
+  if (r == NULL) return NULL;
+  relay_shut(r, env, true);
+  return NULL;
+}
+
+/* size: connections added whose end JS has not yet received. */
+static napi_value relay_size(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  relay_t *r = this_relay(env, info, &argc, NULL);
+  if (r == NULL) return NULL;
+  napi_value v;
+  NAPI_CALL(env, napi_create_uint32(env, r->live, &v));
+  return v;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor methods[] = {
+    {"add", NULL, relay_add, NULL, NULL, NULL, napi_default_method, NULL},
+    {"destroy", NULL, relay_destroy, NULL, NULL, NULL, napi_default_method, NULL},
+    {"takeBytes", NULL, relay_take_bytes, NULL, NULL, NULL, napi_default_method, NULL},
+    {"close", NULL, relay_close, NULL, NULL, NULL, napi_default_method, NULL},
+    {"size", NULL, NULL, relay_size, NULL, NULL, napi_default, NULL},
+  };
+  napi_value cls, reasons, s;
+  NAPI_CALL(env, napi_define_class(env, "Relay", NAPI_AUTO_LENGTH, relay_new, NULL, sizeof methods / sizeof methods[0],
+                                   methods, &cls));
+  NAPI_CALL(env, napi_set_named_property(env, exports, "Relay", cls));
+  NAPI_CALL(env, napi_create_array_with_length(env, R_COUNT, &reasons));
+  for (uint32_t i = 0; i < R_COUNT; i++) {
+    NAPI_CALL(env, napi_create_string_utf8(env, reason_names[i], NAPI_AUTO_LENGTH, &s));
+    NAPI_CALL(env, napi_set_element(env, reasons, i, s));
+  }
+  NAPI_CALL(env, napi_set_named_property(env, exports, "reasons", reasons));
+  return exports;
+}

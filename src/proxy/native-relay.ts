@@ -1,0 +1,252 @@
+import { createRequire } from 'node:module'
+import { existsSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { Socket } from 'node:net'
+
+/**
+ * The native relay (native/relay.c): relays established TCP connections on an epoll thread of
+ * its own, after taking over both descriptors, so no Node socket stays alive per connection.
+ * Optional: loadNativeRelay() says why when it is not built or does not load, and the caller
+ * runs the JS relay instead.
+ */
+
+/** Why a relayed connection ended (in the addon's order: reasons[code]). */
+export const RELAY_END_REASONS = [
+  'client_closed', // both FINs passed on; the client's came first
+  'backend_closed', // both FINs passed on; the backend's came first
+  'client_error', // the client reset the connection, or a read or write on it failed
+  'backend_error', // the same on the backend's side
+  'idle_timeout', // no byte moved either way for idleMs
+  'destroyed', // destroy(), close(), or the relay could not take the connection
+] as const
+export type RelayEndReason = (typeof RELAY_END_REASONS)[number]
+
+/** A relayed connection that ended; both descriptors are closed. */
+export interface RelayEnd {
+  readonly id: number
+  /** Bytes the relay wrote to the backend (from the client), initial bytes not included. */
+  readonly bytesIn: number
+  /** Bytes the relay wrote to the client (from the backend), initial bytes not included. */
+  readonly bytesOut: number
+  readonly reason: RelayEndReason
+}
+
+/**
+ * How bytes move: `copy` reads a chunk (256 KiB at most) into one buffer per relay with recv(2)
+ * and writes it on with send(2); `splice` moves it through one pipe per relay with splice(2),
+ * without copying it through user space. In both, what the destination does not take waits
+ * in a buffer of the connection's own (one chunk at most per direction) while its source is
+ * not read. Measured on loopback, copy moves as many bytes per CPU-second as splice at this
+ * chunk size and more per second, so it is the default (see bench/native-relay.bench.ts).
+ */
+export type RelayMode = 'copy' | 'splice'
+export const DEFAULT_RELAY_MODE: RelayMode = 'copy'
+
+export interface NativeRelayOptions {
+  /** Called with the connections that ended, in batches (never once per chunk). */
+  onEnd(ends: readonly RelayEnd[]): void
+  mode?: RelayMode
+  /** Byte counter groups (one per listener, say); add() names one. Default 1. */
+  groups?: number
+}
+
+export interface RelayAddOptions {
+  /** Close the connection after this long without a byte either way; 0 or absent: never. */
+  idleMs?: number
+  /** Byte counter group, below the relay's `groups`. Default 0. */
+  group?: number
+  /** Written to the backend before anything the client sends from now on. */
+  toBackend?: Uint8Array
+  /** Written to the client before anything the backend sends from now on. */
+  toClient?: Uint8Array
+}
+
+/** What native/relay.c exports. */
+interface RelayHandle {
+  add(clientFd: number, backendFd: number, idleMs: number, group: number, toBackend: Uint8Array | undefined, toClient: Uint8Array | undefined): number
+  destroy(id: number): void
+  takeBytes(): Float64Array
+  close(): void
+  readonly size: number
+}
+interface RelayBinding {
+  readonly Relay: new (onEnd: (ends: Float64Array) => void, splice: boolean, groups: number) => RelayHandle
+  readonly reasons: readonly string[]
+}
+
+/** The file descriptor under a plain net.Socket; undefined for a TLS socket or a closed one. */
+export function socketFd(socket: Socket): number | undefined {
+  const handle = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle
+  const fd = handle?.fd
+  return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : undefined
+}
+
+/** Takes what Node has read from `socket` and not yet handed out. */
+function takeBuffered(socket: Socket): Buffer | undefined {
+  if (socket.readableLength === 0) return undefined
+  const chunks: Buffer[] = []
+  for (let chunk: unknown = socket.read(); chunk !== null; chunk = socket.read()) {
+    if (Buffer.isBuffer(chunk)) chunks.push(chunk)
+    else if (typeof chunk === 'string') chunks.push(Buffer.from(chunk))
+    if (socket.readableLength === 0) break
+  }
+  return chunks.length === 0 ? undefined : Buffer.concat(chunks)
+}
+
+function joined(a: Uint8Array | undefined, b: Uint8Array | undefined): Uint8Array | undefined {
+  if (a === undefined || a.length === 0) return b
+  if (b === undefined || b.length === 0) return a
+  return Buffer.concat([a, b])
+}
+
+/**
+ * One relay thread and the connections it holds. Call close() when done: it closes what is
+ * left and stops the thread (the environment's teardown does the same for a worker that ends).
+ * The relay keeps the event loop alive only while it holds connections.
+ */
+export class NativeRelay {
+  private readonly handle: RelayHandle
+
+  /** Use NativeRelayAddon.create(). */
+  constructor(binding: RelayBinding, options: NativeRelayOptions) {
+    const groups = options.groups ?? 1
+    if (!Number.isInteger(groups) || groups < 1 || groups > 65536) throw new RangeError(`groups must be an integer from 1 to 65536, not ${groups}`)
+    const onEnd = options.onEnd
+    this.handle = new binding.Relay(
+      (flat) => {
+        const ends: RelayEnd[] = []
+        for (let i = 0; i + 3 < flat.length; i += 4) {
+          ends.push({ id: flat[i] ?? 0, bytesIn: flat[i + 1] ?? 0, bytesOut: flat[i + 2] ?? 0, reason: RELAY_END_REASONS[flat[i + 3] ?? 5] ?? 'destroyed' })
+        }
+        try {
+          onEnd(ends)
+        } catch (err) {
+          // Thrown here, it would only be warned about by N-API: make it an uncaught exception.
+          queueMicrotask(() => {
+            throw err
+          })
+        }
+      },
+      (options.mode ?? DEFAULT_RELAY_MODE) === 'splice',
+      groups,
+    )
+  }
+
+  /**
+   * Relays the connection whose sockets are `clientFd` and `backendFd`: the relay duplicates
+   * both, so the caller closes (destroys) its own sockets right after, without sending
+   * anything. Bytes Node had already read from one side go in toBackend/toClient. Returns the
+   * connection's id. Throws (err.code an errno name) when a descriptor cannot be duplicated.
+   */
+  add(clientFd: number, backendFd: number, options: RelayAddOptions = {}): number {
+    return this.handle.add(clientFd, backendFd, options.idleMs ?? 0, options.group ?? 0, options.toBackend, options.toClient)
+  }
+
+  /**
+   * Takes over two connected plain TCP sockets: what Node had read from each and not handed
+   * out is written on first (after options.toBackend/toClient), and both sockets are
+   * destroyed. Detach their 'data', 'end' and 'close' listeners first (taking the buffered
+   * bytes emits 'data', and destroying them emits 'close'). The sockets must be created with
+   * allowHalfOpen (else Node answers a FIN it reads before the handover) and have nothing
+   * left to write. Throws TypeError when a socket cannot be taken over.
+   */
+  adopt(client: Socket, backend: Socket, options: RelayAddOptions = {}): number {
+    const cfd = socketFd(client)
+    const bfd = socketFd(backend)
+    if (cfd === undefined || bfd === undefined) throw new TypeError('adopt() needs two open plain TCP sockets')
+    if (client.writableLength > 0 || backend.writableLength > 0) throw new TypeError('adopt() needs sockets with nothing left to write')
+    client.pause()
+    backend.pause()
+    const fromClient = takeBuffered(client)
+    const fromBackend = takeBuffered(backend)
+    const id = this.add(cfd, bfd, {
+      ...options,
+      toBackend: joined(options.toBackend, fromClient),
+      toClient: joined(options.toClient, fromBackend),
+    })
+    client.destroy()
+    backend.destroy()
+    return id
+  }
+
+  /** Closes the connection now; its end follows with reason 'destroyed' (unless it ended already). */
+  destroy(id: number): void {
+    this.handle.destroy(id)
+  }
+
+  /**
+   * Bytes written since the last call, per group: [2g] to the backend, [2g + 1] to the client.
+   * For live byte metrics; a connection's own totals come with its end.
+   */
+  takeBytes(): Float64Array {
+    return this.handle.takeBytes()
+  }
+
+  /** Connections added whose end has not yet been handed to onEnd. */
+  get size(): number {
+    return this.handle.size
+  }
+
+  /**
+   * Closes every connection now and stops the thread; their ends are handed to onEnd before
+   * this returns. add() then throws; destroy() does nothing. Idempotent.
+   */
+  close(): void {
+    this.handle.close()
+  }
+}
+
+export interface NativeRelayAddon {
+  /** The addon file that was loaded. */
+  readonly path: string
+  create(options: NativeRelayOptions): NativeRelay
+}
+
+export type NativeRelayLoad = { addon: NativeRelayAddon; reason?: undefined } | { addon: undefined; reason: string }
+
+const ADDON_FILE = join('native', 'build', 'Release', 'sluice_relay.node')
+
+/** The built addon, searched upward from this module (src/proxy, dist/proxy, dist-bench/src/proxy). */
+function findAddon(): string | undefined {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  for (let i = 0; i < 5; i++) {
+    const candidate = join(dir, ADDON_FILE)
+    if (existsSync(candidate)) return candidate
+    const up = dirname(dir)
+    if (up === dir) break
+    dir = up
+  }
+  return undefined
+}
+
+function isBinding(m: unknown): m is RelayBinding {
+  if (typeof m !== 'object' || m === null) return false
+  const b = m as { Relay?: unknown; reasons?: unknown }
+  return typeof b.Relay === 'function' && Array.isArray(b.reasons)
+}
+
+const loaded = new Map<string, NativeRelayLoad>()
+
+/**
+ * Loads the native relay once (per thread): `addon` when it is built and loads, else
+ * undefined with the reason, one line for the start-up log. `path` loads another file.
+ */
+export function loadNativeRelay(path?: string): NativeRelayLoad {
+  const file = path ?? findAddon()
+  if (file === undefined) return { addon: undefined, reason: `not built (no ${ADDON_FILE}; npm run build:native builds it)` }
+  const known = loaded.get(file)
+  if (known !== undefined) return known
+  let result: NativeRelayLoad
+  try {
+    const m: unknown = createRequire(import.meta.url)(file)
+    if (!isBinding(m)) result = { addon: undefined, reason: `${file} is not the native relay` }
+    else if (m.reasons.join() !== RELAY_END_REASONS.join()) result = { addon: undefined, reason: `${file} is out of date (npm run build:native rebuilds it)` }
+    else result = { addon: { path: file, create: (options) => new NativeRelay(m, options) } }
+  } catch (err) {
+    const message = err instanceof Error ? err.message.split('\n')[0] : String(err)
+    result = { addon: undefined, reason: `${file} failed to load: ${message}` }
+  }
+  loaded.set(file, result)
+  return result
+}
