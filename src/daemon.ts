@@ -1,4 +1,5 @@
-import { AggregatorRegistry, Registry } from 'prom-client'
+import { Registry } from 'prom-client'
+import { mergeExposition } from './control/metrics-merge.js'
 import type { AdminConfig, Config, DemoBackendConfig } from './config/types.js'
 import type { Logger } from './log.js'
 import { Metrics } from './metrics/metrics.js'
@@ -479,8 +480,7 @@ export class Daemon implements ControlApi {
   async metricsText(): Promise<string> {
     const stats = await this.workerStats()
     const own = await this.registry.getMetricsAsJSON()
-    const merged = AggregatorRegistry.aggregate([own, ...stats.map((s) => s.metrics)])
-    return merged.metrics()
+    return mergeExposition([own, ...stats.map((s) => s.metrics)])
   }
 
   private flushCounters(): void {

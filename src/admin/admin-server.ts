@@ -12,6 +12,9 @@ import { reloadFromFile } from '../reload.js'
 import { buildStatus } from './admin-status.js'
 import { backendAction, isBackendAction } from './backend-actions.js'
 
+/** Admin requests answered at once; more get 503 (SLUICE_ERR_ADMIN_BUSY) with Retry-After. */
+export const MAX_IN_FLIGHT = 16
+
 const BACKEND_PATH = /^\/api\/pools\/([^/]+)\/backends\/([^/]+)\/([a-z]+)$/
 
 /**
@@ -24,6 +27,8 @@ export class AdminServer {
   private tokenDigest: Buffer | undefined
   private readonly throttle = new LogThrottle(10_000)
   private closing = false
+  /** Requests being answered now (every path but /healthz). */
+  private inFlight = 0
 
   constructor(
     private cfg: AdminConfig,
@@ -110,6 +115,24 @@ export class AdminServer {
       if (this.onlyGet(method, res)) sendText(res, 200, 'ok\n')
       return
     }
+    // A bound on the admin work in flight: a flood of scrapes or status calls cannot queue up
+    // unbounded work on the event loop (shared with the data plane when workers is 1).
+    if (this.inFlight >= MAX_IN_FLIGHT) {
+      const suppressed = this.throttle.take('busy')
+      if (suppressed !== false) this.daemon.log.warn({ code: 'SLUICE_ERR_ADMIN_BUSY', in_flight: this.inFlight, suppressed: suppressed || undefined }, `admin API: ${MAX_IN_FLIGHT} requests already in flight; answering 503`)
+      res.setHeader('retry-after', '1')
+      sendError(res, 503, 'SLUICE_ERR_ADMIN_BUSY', `the admin API already has ${MAX_IN_FLIGHT} requests in flight; retry in a second`)
+      return
+    }
+    this.inFlight++
+    try {
+      await this.route(req, res, path, method)
+    } finally {
+      this.inFlight--
+    }
+  }
+
+  private async route(req: IncomingMessage, res: ServerResponse, path: string, method: string): Promise<void> {
     const authorized = this.authorized(req)
     if (path === '/' || path === '/index.html') {
       // The page holds no data (it asks the API with the token typed into it), so a browser

@@ -60,7 +60,7 @@ export class DataPlane {
     this.counters = opts.counters
     this.shared = opts.shared
     this.report = opts.report
-    this.metrics = new Metrics(opts.registry, () => this.flushCounters())
+    this.metrics = new Metrics(opts.registry, () => this.flushCounters(), false)
   }
 
   get config(): Config | undefined {

@@ -22,10 +22,14 @@ export class Metrics {
   readonly healthChecksTotal: Counter<'pool' | 'backend' | 'result'>
   readonly backendEjectionsTotal: Counter<'pool' | 'backend'>
 
-  constructor(readonly registry: Registry, onCollect: () => void = () => {}) {
+  constructor(
+    readonly registry: Registry,
+    onCollect: () => void = () => {},
+    /** Process metrics (CPU, memory, event-loop lag, descriptors): once per process, so not in a worker's registry. */
+    processMetrics = true,
+  ) {
     const registers = [registry]
-    // Process metrics (CPU, memory, event-loop lag, file descriptors), once per registry.
-    if (registry.getSingleMetric('process_cpu_seconds_total') === undefined) collectDefaultMetrics({ register: registry })
+    if (processMetrics && registry.getSingleMetric('process_cpu_seconds_total') === undefined) collectDefaultMetrics({ register: registry })
     // The data path keeps plain counters; `onCollect` copies them into these metrics when
     // /metrics is read. It hangs on the first of sluice's metrics, so every later one is
     // up to date when it is written out.
