@@ -103,7 +103,7 @@ async function run(file: string, io: Io): Promise<number> {
   const log = createLogger(config.log.level, stdout)
   let daemon: Daemon
   try {
-    daemon = await Daemon.start(config, { log, workerLines: (lines) => stdout.write(`${lines}\n`) })
+    daemon = await Daemon.start(config, { log, threads: true, workerLines: (lines) => stdout.write(`${lines}\n`) })
   } catch (err) {
     const msg = err instanceof SluiceError ? err.message : errorMessage(err)
     log.error({ code: err instanceof SluiceError ? err.code : undefined }, msg)

@@ -26,6 +26,12 @@ export interface DaemonOptions {
    * lines): the destination of `log`, so one writer owns it. Unset: stdout.
    */
   workerLines?: (lines: string) => void
+  /**
+   * Run the data plane in a worker thread even with `workers: 1`, so the admin API, scrapes
+   * and health checks never share its event loop (what `sluice run` does). Off, a one-worker
+   * data plane runs in this thread (tests reach its listeners and pools directly).
+   */
+  threads?: boolean
 }
 
 /** Slots in the shared counter table: two per backend (active, consecutive failures), one per listener. */
@@ -65,6 +71,7 @@ export class Daemon implements ControlApi {
   private admin: AdminServer | undefined
   readonly startedAt = Date.now()
   private readonly workerLines: (lines: string) => void
+  private threads = false
 
   private constructor(
     private cfg: Config,
@@ -84,6 +91,7 @@ export class Daemon implements ControlApi {
   /** Builds and binds everything; on failure closes what it opened and rethrows. */
   static async start(config: Config, opts: DaemonOptions): Promise<Daemon> {
     const d = new Daemon(config, opts.log, opts.registry ?? new Registry(), opts.workerLines)
+    d.threads = opts.threads ?? false
     try {
       for (const dc of config.demoBackends) {
         const db = createDemoBackend(dc)
@@ -335,8 +343,8 @@ export class Daemon implements ControlApi {
 
   private makeWorker(id: number): WorkerLink {
     const onEvent = (link: WorkerLink, m: FromWorker): void => this.onWorkerEvent(link, m)
-    if (this.cfg.workers <= 1) return new InProcessWorker(id, this.log, this.counters, onEvent)
-    return new ThreadWorker(id, this.counters, this.cfg.log.level, onEvent)
+    if (this.cfg.workers <= 1 && !this.threads) return new InProcessWorker(id, this.log, this.counters, onEvent)
+    return new ThreadWorker(id, this.counters, this.cfg.log.level, this.cfg.workers > 1, onEvent)
   }
 
   private onWorkerEvent(link: WorkerLink, m: FromWorker): void {
@@ -443,9 +451,26 @@ export class Daemon implements ControlApi {
     return out
   }
 
+  /**
+   * Every worker's snapshot and metrics. A request that comes while a round is under way
+   * shares it (and the exposition built from it) instead of starting another: however many
+   * scrapes and status calls come in at once, one round of collection runs at a time.
+   */
   private workerStats(): Promise<Extract<FromWorker, { type: 'stats' }>[]> {
-    return Promise.all(this.workers.map((w) => w.request({ type: 'stats', seq: ++this.seq }).catch(() => undefined))).then((rs) => rs.filter((r) => r !== undefined))
+    const c = this.statsCache
+    if (c !== undefined && c.pending) return c.stats
+    const entry: { stats: Promise<Extract<FromWorker, { type: 'stats' }>[]>; text: Promise<string> | undefined; pending: boolean } = { stats: Promise.resolve([]), text: undefined, pending: true }
+    entry.stats = Promise.all(this.workers.map((w) => w.request({ type: 'stats', seq: ++this.seq }).catch(() => undefined)))
+      .then((rs) => rs.filter((r) => r !== undefined))
+      .finally(() => {
+        // Still shared by a text being built from it; a later request starts afresh.
+        if (entry.text === undefined) entry.pending = false
+      })
+    this.statsCache = entry
+    return entry.stats
   }
+
+  private statsCache: { stats: Promise<Extract<FromWorker, { type: 'stats' }>[]>; text: Promise<string> | undefined; pending: boolean } | undefined
 
   async listenerViews(): Promise<ListenerView[]> {
     const shares = await this.workerSnapshots()
@@ -477,10 +502,19 @@ export class Daemon implements ControlApi {
 
   readonly metricsContentType = Registry.PROMETHEUS_CONTENT_TYPE
 
-  async metricsText(): Promise<string> {
-    const stats = await this.workerStats()
-    const own = await this.registry.getMetricsAsJSON()
-    return mergeExposition([own, ...stats.map((s) => s.metrics)])
+  metricsText(): Promise<string> {
+    const stats = this.workerStats()
+    const c = this.statsCache
+    if (c !== undefined && c.text !== undefined) return c.text
+    const text = (async (): Promise<string> => {
+      const own = await this.registry.getMetricsAsJSON()
+      return mergeExposition([own, ...(await stats).map((s) => s.metrics)])
+    })()
+    if (c !== undefined) {
+      c.text = text
+      void text.finally(() => (c.pending = false)).catch(() => undefined)
+    }
+    return text
   }
 
   private flushCounters(): void {

@@ -100,6 +100,8 @@ function workerEntry(): URL {
 export interface WorkerData {
   id: number
   counters: SharedArrayBuffer
+  /** Several workers bind each listener (SO_REUSEPORT). */
+  shared: boolean
   logLevel: string
 }
 
@@ -111,9 +113,9 @@ export class ThreadWorker extends WorkerLink {
   private readonly worker: Worker
   private exiting = false
 
-  constructor(id: number, counters: SharedCounters, logLevel: string, onEvent: (link: WorkerLink, m: FromWorker) => void) {
+  constructor(id: number, counters: SharedCounters, logLevel: string, shared: boolean, onEvent: (link: WorkerLink, m: FromWorker) => void) {
     super(id, onEvent)
-    const data: WorkerData = { id, counters: counters.buffer, logLevel }
+    const data: WorkerData = { id, counters: counters.buffer, shared, logLevel }
     this.worker = new Worker(workerEntry(), { workerData: data })
     this.worker.on('message', (m: FromWorker) => this.received(m))
     this.worker.on('error', (err: Error) => {

@@ -50,7 +50,7 @@ const log: Logger = createLogger(
 )
 const child = log.child({ worker: data.id })
 const registry = new Registry()
-const plane = new DataPlane({ id: data.id, log: child, registry, counters: new SharedCounters(data.counters), shared: true, report: post })
+const plane = new DataPlane({ id: data.id, log: child, registry, counters: new SharedCounters(data.counters), shared: data.shared, report: post })
 
 const run = (msg: ToWorker): Promise<void> =>
   dispatch(plane, registry, msg, (m) => parseConfig(m.source.text, m.source.file, m.source.env), post).catch((err: unknown) => {
