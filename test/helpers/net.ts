@@ -30,14 +30,22 @@ export function namedBackend(t: Test, name: string, host = '127.0.0.1'): ReturnT
 /** Ports deadPort() has handed out in this process: never handed out twice. */
 const deadPorts = new Set<number>()
 
-/** A port on 127.0.0.1 with nothing listening (bound then released), never one it returned before. */
+/**
+ * A port on 127.0.0.1 with nothing listening. Taken below the kernel's ephemeral range
+ * (32768 and up), where no listen on port 0 (of this process or of a test running beside it)
+ * can be given it after it was released; checked free, and never handed out twice.
+ */
 export async function deadPort(): Promise<number> {
   for (;;) {
-    const s = createServer()
-    await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-    const port = (s.address() as AddressInfo).port
-    await new Promise<void>((resolve) => s.close(() => resolve()))
+    const port = 20_000 + Math.floor(Math.random() * 12_000)
     if (deadPorts.has(port)) continue
+    const s = createServer()
+    const free = await new Promise<boolean>((resolve) => {
+      s.once('error', () => resolve(false))
+      s.listen(port, '127.0.0.1', () => resolve(true))
+    })
+    if (!free) continue
+    await new Promise<void>((resolve) => s.close(() => resolve()))
     deadPorts.add(port)
     return port
   }
