@@ -332,7 +332,8 @@ export class Daemon implements ControlApi {
     const pool = new Pool(config.pools.get(name)!, this.metrics, undefined, 'control')
     this.bindSlots(pool)
     pool.onStateChange = (b, firstCheck) => {
-      for (const w of this.workers) w.send({ type: 'backend-state', pool: pool.name, backend: b.id, state: b.state, firstCheck })
+      const at = Date.now()
+      for (const w of this.workers) w.send({ type: 'backend-state', pool: pool.name, backend: b.id, state: b.state, firstCheck, at })
     }
     return pool
   }

@@ -46,13 +46,15 @@ export class SlowStart {
 
   /**
    * `b` is joining the rotation: sets its starting ramp. Call before its balancer hears of it,
-   * so the balancer sees the reduced weight from the first pick. Returns `b`.
+   * so the balancer sees the reduced weight from the first pick. `agoMs`: the join was
+   * decided that long ago (elsewhere: the control plane), and the ramp runs from then, the
+   * same in every worker. Returns `b`.
    */
-  join(b: Backend): Backend {
+  join(b: Backend, agoMs = 0): Backend {
     if (this.periodMs <= 0) return b
     b.ramp = SLOW_START_FLOOR
     if (!this.since.has(b)) this.ramping.push(b)
-    this.since.set(b, this.now())
+    this.since.set(b, this.now() - Math.max(0, agoMs))
     if (this.ramping.length === 1) this.nextAt = 0
     return b
   }

@@ -43,8 +43,8 @@ export type ToWorker =
   | { type: 'commit'; seq: number; states: BackendStateEntry[] }
   /** Some worker could not prepare: close what this one bound for it. */
   | { type: 'abort'; seq: number }
-  /** Decided state of one backend (health, ejection, drain/enable/disable), to obey. */
-  | { type: 'backend-state'; pool: string; backend: string; state: BackendState; firstCheck: boolean }
+  /** Decided state of one backend (health, ejection, drain/enable/disable), to obey; `at`: when (epoch ms), for slow start. */
+  | { type: 'backend-state'; pool: string; backend: string; state: BackendState; firstCheck: boolean; at: number }
   | { type: 'stats'; seq: number }
   /** Stop accepting; let open connections finish for up to `timeoutMs`; then close them. */
   | { type: 'stop'; seq: number; timeoutMs: number }

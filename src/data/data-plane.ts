@@ -151,11 +151,11 @@ export class DataPlane {
   }
 
   /** The control plane decided a backend's state (health, ejection, an operator's action). */
-  backendState(poolName: string, id: string, state: BackendState, firstCheck: boolean): void {
+  backendState(poolName: string, id: string, state: BackendState, firstCheck: boolean, at?: number): void {
     const pool = this.pools.get(poolName) ?? this.prepared?.newPools.get(poolName)
     const b = pool?.find(id)
     if (pool === undefined || b === undefined) return
-    pool.setState(b, state, firstCheck)
+    pool.setState(b, state, firstCheck, at)
   }
 
   /** This worker's share of the counters, for /api/status and /metrics. */

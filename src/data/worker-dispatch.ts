@@ -29,7 +29,7 @@ export async function dispatch(plane: DataPlane, registry: Registry, msg: ToWork
       plane.abort()
       return
     case 'backend-state':
-      plane.backendState(msg.pool, msg.backend, msg.state, msg.firstCheck)
+      plane.backendState(msg.pool, msg.backend, msg.state, msg.firstCheck, msg.at)
       return
     case 'stats': {
       const snapshot = plane.snapshot()

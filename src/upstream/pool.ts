@@ -142,14 +142,15 @@ export class Pool {
    * with the pool and takes its full weight. (One whose first check failed ramps when a later
    * check brings it up.)
    */
-  setState(b: Backend, state: BackendState, firstCheck = false): void {
+  setState(b: Backend, state: BackendState, firstCheck = false, decidedAt?: number): void {
     if (b.state === state) return
     const was = b.inRotation
     b.state = state
     if (was && !b.inRotation) this.balancerOf(b).onBackendDown(b)
     if (!was && b.inRotation) {
       const starting = this.original.delete(b) && firstCheck
-      if (!starting) this.slowStart.join(b)
+      // decidedAt (epoch ms): the control plane's moment, so every worker ramps from it.
+      if (!starting) this.slowStart.join(b, decidedAt === undefined ? 0 : Date.now() - decidedAt)
       this.balancerOf(b).onBackendUp(b)
     }
     if (this.plane !== 'data') this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
