@@ -1145,6 +1145,9 @@ static napi_value relay_add(napi_env env, napi_callback_info info) {
     r->ends_cap = cap;
   }
   c->id = ++r->next_id;
+  /* Read before the unlock: from then on the relay thread owns `c`, and may close and free
+   * it before this function returns (a connection that fails at once). */
+  const uint64_t added_id = c->id;
   if (r->add_tail != NULL) r->add_tail->next = c;
   else r->add_head = c;
   r->add_tail = c;
@@ -1158,7 +1161,7 @@ static napi_value relay_add(napi_env env, napi_callback_info info) {
     r->tsfn_refed = true;
   }
   napi_value id;
-  NAPI_CALL(env, napi_create_double(env, (double)c->id, &id));
+  NAPI_CALL(env, napi_create_double(env, (double)added_id, &id));
   return id;
 
 fail:

@@ -491,7 +491,7 @@ export class Daemon implements ControlApi {
 
   async workerViews(): Promise<WorkerView[]> {
     const stats = await this.workerStats()
-    return stats.map((r, i) => ({ id: this.workers[i]?.id ?? i + 1, activeConnections: r.snapshot.activeConnections, connectionsTotal: r.snapshot.connectionsTotal }))
+    return stats.map((r, i) => ({ id: this.workers[i]?.id ?? i + 1, relay: r.snapshot.relay, activeConnections: r.snapshot.activeConnections, connectionsTotal: r.snapshot.connectionsTotal }))
   }
 
   /** Connections handed to each backend since start, summed over the workers (`pool\nbackend` → n). */

@@ -15,8 +15,10 @@ export interface StatusDocument {
   listeners: ListenerStatus[]
   pools: PoolStatus[]
   totals: { listeners: number; pools: number; backends: number; backends_up: number; active_connections: number }
+  /** What carries established plain TCP connections: `native` (the native relay) or `js` (Node streams). */
+  relay: 'native' | 'js'
   /** The data-plane workers (one when the data plane runs in the main thread). */
-  workers: { id: number; active_connections: number; connections_total: number }[]
+  workers: { id: number; relay: 'native' | 'js'; active_connections: number; connections_total: number }[]
 }
 
 export interface ListenerStatus {
@@ -96,7 +98,8 @@ export async function buildStatus(daemon: ControlApi, version: string, admin: St
       backends_up: backends.filter((b) => b.state === 'up').length,
       active_connections: listeners.reduce((n, l) => n + l.active_connections, 0),
     },
-    workers: workers.map((w) => ({ id: w.id, active_connections: w.activeConnections, connections_total: w.connectionsTotal })),
+    relay: workers.every((w) => w.relay === 'native') && workers.length > 0 ? 'native' : 'js',
+    workers: workers.map((w) => ({ id: w.id, relay: w.relay, active_connections: w.activeConnections, connections_total: w.connectionsTotal })),
   }
 }
 

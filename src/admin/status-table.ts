@@ -25,7 +25,7 @@ export function formatStatus(s: StatusDocument): string {
       .join('  ')
       .trimEnd()
   const t = s.totals
-  const summary = `sluice ${s.version} (pid ${s.pid}), up ${formatUptime(s.uptime_seconds)}, ${s.config_file}; ${t.listeners} listener${t.listeners === 1 ? '' : 's'}, ${t.backends_up}/${t.backends} backends up, ${t.active_connections} active connection${t.active_connections === 1 ? '' : 's'}${s.ready ? '' : ' (NOT READY)'}`
+  const summary = `sluice ${s.version} (pid ${s.pid}), up ${formatUptime(s.uptime_seconds)}, ${s.config_file}; ${t.listeners} listener${t.listeners === 1 ? '' : 's'}, ${t.backends_up}/${t.backends} backends up, ${t.active_connections} active connection${t.active_connections === 1 ? '' : 's'}${s.relay !== undefined ? `, ${s.relay} relay` : ''}${s.ready ? '' : ' (NOT READY)'}`
   const out = [summary, '', line(head), ...rows.map(line)]
   // With several workers, each one's share (a single in-process data plane needs no table).
   const workers = s.workers ?? []

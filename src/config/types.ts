@@ -15,6 +15,8 @@ export interface Config {
   source?: { text: string; env: Record<string, string> }
   /** Data-plane worker threads (1: in the main thread). */
   workers: number
+  /** What carries established plain TCP connections: the native relay when it loads (`auto`), always (`native`), or Node streams (`js`). */
+  relay: 'auto' | 'native' | 'js'
   shutdownTimeoutMs: number
   log: LogConfig
   listeners: AnyListenerConfig[]
@@ -216,6 +218,7 @@ export interface DemoBackendConfig {
 
 export const DEFAULTS = {
   workers: 1,
+  relay: 'auto' as 'auto' | 'native' | 'js',
   shutdownTimeoutMs: 30_000,
   logLevel: 'info' as LogLevel,
   accessLog: true,

@@ -36,7 +36,7 @@ const NOT_YET: Readonly<Record<string, readonly string[]>> = {
   pool: ['discovery'],
 }
 
-const TOP_KEYS = ['workers', 'shutdown_timeout', 'log', 'admin', 'listeners', 'pools', 'demo_backends']
+const TOP_KEYS = ['workers', 'relay', 'shutdown_timeout', 'log', 'admin', 'listeners', 'pools', 'demo_backends']
 const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp', ...OPENING_KEYS]
 const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start', 'health_check', 'passive', 'proxy_protocol', 'tls']
 const BACKEND_KEYS = ['address', 'weight', 'backup', 'max_connections']
@@ -52,6 +52,7 @@ export function validate(doc: Document, reader: ConfigReader): Config | undefine
   if (root === undefined) return undefined
 
   const workers = root.has('workers') ? readWorkers(reader, root.get('workers')) : DEFAULTS.workers
+  const relay = root.has('relay') ? reader.oneOf(root.get('relay'), 'relay (what carries established plain TCP connections)', ['auto', 'native', 'js'] as const) : DEFAULTS.relay
   const shutdownTimeoutMs = root.has('shutdown_timeout')
     ? reader.duration(root.get('shutdown_timeout'), 'shutdown_timeout', { allowOff: true })
     : DEFAULTS.shutdownTimeoutMs
@@ -67,10 +68,10 @@ export function validate(doc: Document, reader: ConfigReader): Config | undefine
     readListeners(reader, root.get('listeners'), pools, declaredPools, demoBackends, listeners)
   }
 
-  if (reader.issues.length > 0 || workers === undefined || shutdownTimeoutMs === undefined || log === undefined) {
+  if (reader.issues.length > 0 || workers === undefined || relay === undefined || shutdownTimeoutMs === undefined || log === undefined) {
     return undefined
   }
-  return { file: reader.file, workers, shutdownTimeoutMs, log, listeners, pools, demoBackends, ...(admin !== undefined ? { admin } : {}) }
+  return { file: reader.file, workers, relay, shutdownTimeoutMs, log, listeners, pools, demoBackends, ...(admin !== undefined ? { admin } : {}) }
 }
 
 /** `reader.map` with the not-yet-available keys explained instead of called unknown. */

@@ -25,6 +25,8 @@ export interface ListenerView {
 /** One data-plane worker as the status page shows it. */
 export interface WorkerView {
   readonly id: number
+  /** What carries its established plain TCP connections. */
+  readonly relay: 'native' | 'js'
   readonly activeConnections: number
   readonly connectionsTotal: number
 }

@@ -69,6 +69,8 @@ export interface BackendShare {
 }
 
 export interface WorkerSnapshot {
+  /** What carries this worker's established plain TCP connections. */
+  relay: 'native' | 'js'
   listeners: ListenerShare[]
   backends: BackendShare[]
   activeConnections: number

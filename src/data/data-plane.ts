@@ -10,6 +10,7 @@ import { planListeners, type ListenerPlan } from '../listener/listener-plan.js'
 import { formatDuration } from '../config/duration.js'
 import { SluiceError } from '../errors.js'
 import type { SharedCounters } from '../control/shared-counters.js'
+import { RelayHost } from '../proxy/relay-host.js'
 import { backendSlotKey, listenerSlotKey, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
 
 export interface DataPlaneOptions {
@@ -49,6 +50,10 @@ export class DataPlane {
   private cfg: Config | undefined
   private prepared: Prepared | undefined
   private stopping = false
+  /** The native relay, once a configuration asked for one and it loaded. */
+  private relay: RelayHost | undefined
+  /** What carries established plain connections here, for the status and the log. */
+  relayKind: 'native' | 'js' | undefined
   private readonly log: Logger
   private readonly counters: SharedCounters
   private readonly shared: boolean
@@ -74,6 +79,7 @@ export class DataPlane {
    */
   async prepare(config: Config, slots: SlotTable, ports: Record<string, number>): Promise<Record<string, number>> {
     this.abort()
+    this.chooseRelay(config)
     const listeners = config.listeners.map((lc) => (lc.port === 0 && ports[lc.name] !== undefined ? { ...lc, port: ports[lc.name] as number } : lc))
     const wanted: Config = { ...config, listeners }
     const plan = planListeners(this.listeners.values(), listeners)
@@ -90,6 +96,7 @@ export class DataPlane {
         const pool = this.pools.get(lc.pool) ?? (p.newPools.get(lc.pool) as Pool)
         const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog)
         if (l instanceof TcpListener) {
+          l.relay = this.activeRelay
           l.poolLookup = (name) => this.pools.get(name) ?? p.newPools.get(name)
           const slot = slots[listenerSlotKey(lc.name)]
           if (slot !== undefined) l.admission = admissionAt(this.counters, slot)
@@ -135,7 +142,10 @@ export class DataPlane {
       const kept = p.plan.keep.get(lc)
       if (kept !== undefined) kept.update(lc, this.pools.get(lc.pool) as Pool, next.log.accessLog)
       const l = kept ?? (p.started.get(lc) as Listener)
-      if (l instanceof TcpListener) l.poolLookup = (name) => this.pools.get(name)
+      if (l instanceof TcpListener) {
+        l.poolLookup = (name) => this.pools.get(name)
+        l.relay = this.activeRelay
+      }
       this.listeners.set(lc.name, l)
     }
     for (const l of p.plan.retire) this.retire(l)
@@ -172,7 +182,7 @@ export class DataPlane {
     const backends = [...this.pools.values()].flatMap((p) => p.backends.map((b) => ({ pool: p.name, backend: b.id, total: b.total })))
     let total = 0
     for (const l of all) total += l.accepted
-    return { listeners, backends, activeConnections: all.reduce((n, l) => n + l.sessions.size, 0), connectionsTotal: total }
+    return { relay: this.activeRelay === undefined ? 'js' : 'native', listeners, backends, activeConnections: all.reduce((n, l) => n + l.sessions.size, 0), connectionsTotal: total }
   }
 
   get openConnections(): number {
@@ -210,8 +220,46 @@ export class DataPlane {
     this.stopping = true
     this.abort()
     for (const l of [...this.listeners.values(), ...this.retiring]) l.destroy()
+    this.relay?.close()
     this.listeners.clear()
     this.retiring.clear()
+  }
+
+  /**
+   * Opens the native relay when the configuration wants it (`relay: auto` when it loads,
+   * `native` always; an error when it does not load) and says once which relay carries the
+   * connections. A relay, once open, stays for the life of the data plane; `relay: js` in a
+   * later reload only stops new connections from being handed to it.
+   */
+  private chooseRelay(config: Config): void {
+    if (config.relay === 'js') {
+      if (this.relayKind !== 'js') this.log.info({ worker: this.id, relay: 'js' }, 'established TCP connections are relayed by Node streams (relay: js)')
+      this.relayKind = 'js'
+      this.relayWanted = false
+      return
+    }
+    this.relayWanted = true
+    if (this.relay === undefined) {
+      const opened = RelayHost.open(config.relay)
+      if (opened instanceof RelayHost) this.relay = opened
+      else if (config.relay === 'native') throw new SluiceError('SLUICE_ERR_RELAY', `relay: native, but the native relay cannot be used: ${opened.reason}; build it with npm run build:native, or write relay: auto or js`)
+      else if (this.relayKind !== 'js') {
+        this.log.warn({ code: 'SLUICE_ERR_RELAY', worker: this.id, relay: 'js', reason: opened.reason }, `the native relay cannot be used (${opened.reason}): Node streams relay the connections`)
+        this.relayKind = 'js'
+        return
+      }
+    }
+    if (this.relay !== undefined && this.relayKind !== 'native') {
+      this.log.info({ worker: this.id, relay: 'native' }, 'established plain TCP connections are relayed by the native relay')
+      this.relayKind = 'native'
+    }
+  }
+
+  private relayWanted = true
+
+  /** The relay new connections are handed to: none under relay: js. */
+  private get activeRelay(): RelayHost | undefined {
+    return this.relayWanted ? this.relay : undefined
   }
 
   get isStopping(): boolean {
@@ -239,6 +287,7 @@ export class DataPlane {
   }
 
   private flushCounters(): void {
+    if (this.relay !== undefined) this.relay.flush(this.metrics)
     for (const l of this.listeners.values()) l.flushCounters()
     for (const l of this.retiring) l.flushCounters()
     for (const p of this.pools.values()) p.flushCounters()

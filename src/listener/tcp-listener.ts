@@ -10,6 +10,7 @@ import { formatAddress } from '../config/address.js'
 import { KEEPALIVE_INITIAL_DELAY_MS, STREAM_BUFFER_BYTES, TcpSession, type SessionOwner } from '../proxy/tcp-session.js'
 import { admit } from './admission.js'
 import type { AdmissionCounter, Listener } from './listener.js'
+import type { RelayHost } from '../proxy/relay-host.js'
 import { OpeningStage } from '../proxy/proxy-opening.js'
 import { TlsTerminator } from '../proxy/tls.js'
 
@@ -39,6 +40,8 @@ export class TcpListener implements SessionOwner, Listener {
    * is for the whole daemon; unset, this listener's own sessions are the count.
    */
   admission: AdmissionCounter | undefined
+  /** The data plane's native relay for established plain connections (set by the data plane). */
+  relay: RelayHost | undefined
 
   constructor(
     public config: ListenerConfig,

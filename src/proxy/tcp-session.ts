@@ -12,6 +12,8 @@ import type { Opened, OpeningFailure, OpeningRefusal, OpeningStage } from './pro
 import type { PendingRead } from './sni-peek.js'
 import { isPlainPool, proxyHeaderFor, secureUpstream } from './upstream-secure.js'
 import { connectionReset } from './peer-check.js'
+import type { RelayHost } from './relay-host.js'
+import type { RelayEnd } from './native-relay.js'
 import { reportConnectFailure, reportRefusal, writeAccessLine } from './session-report.js'
 
 /** TCP keep-alive probes start after this much silence, so dead peers of idle connections are found. */
@@ -58,6 +60,8 @@ export interface SessionOwner {
   readonly opening?: OpeningStage | undefined
   /** A pool named by a route. */
   poolNamed?(name: string): Pool | undefined
+  /** The native relay that carries established plain connections, when there is one. */
+  readonly relay?: RelayHost | undefined
   sessionEnded(session: TcpSession): void
 }
 
@@ -104,6 +108,13 @@ export class TcpSession {
   private readonly peer: string
   /** Bytes of a PROXY header read from `raw`: not the client's data, not in bytes_in. */
   private headerBytes = 0
+  /** The PROXY header for the backend, held back for the native relay to write first. */
+  private headerOut: Buffer | undefined
+  /** The native relay's id for this connection, once it carries it. */
+  private relayId: number | undefined
+  /** Bytes moved outside the client socket's counters: handed over to, and relayed by, the native relay. */
+  private relayedIn = 0
+  private relayedOut = 0
 
   constructor(
     /** The accepted socket; after TLS termination, the TLSSocket over it. */
@@ -188,6 +199,10 @@ export class TcpSession {
   /** Closes both sides now (shutdown deadline, operator action). */
   destroy(reason: CloseReason): void {
     this.reason ??= reason
+    if (this.relayId !== undefined) {
+      this.owner.relay?.destroy(this.relayId)
+      return
+    }
     this.upstream?.destroy()
     this.client.destroy()
   }
@@ -265,8 +280,14 @@ export class TcpSession {
       return
     }
     const header = proxyHeaderFor(this.pool.config, this.ctx, this.opened, this.client)
-    if (header !== undefined) up.write(header)
     const tls = this.pool.config.tls
+    if (tls === undefined && this.owner.relay !== undefined && this.client === this.raw) {
+      // The native relay writes it first, before anything of the client's.
+      this.headerOut = header
+      this.onConnected(up, b)
+      return
+    }
+    if (header !== undefined) up.write(header)
     if (tls === undefined) {
       this.onConnected(up, b)
       return
@@ -299,6 +320,11 @@ export class TcpSession {
     const config = this.owner.config
     b.established++
     const client = this.client
+    if (this.handOver(up)) return
+    if (this.headerOut !== undefined) {
+      up.write(this.headerOut)
+      this.headerOut = undefined
+    }
     if (config.timeouts.idleMs > 0) {
       client.setTimeout(config.timeouts.idleMs)
       client.on('timeout', this.onIdle)
@@ -311,6 +337,55 @@ export class TcpSession {
     // the other side's writable on FIN, which is the half-close a TCP proxy must pass on.
     client.pipe(up)
     up.pipe(client)
+  }
+
+  /**
+   * Gives an established plain connection (no TLS on either side) to the native relay, when
+   * there is one: it then carries the bytes on its own thread and no Node socket stays alive
+   * for it. What Node had read already goes first (the PROXY header out, a peeked ClientHello,
+   * what either side sent early). False when it cannot: the JS splice carries it.
+   */
+  private handOver(up: Socket): boolean {
+    const relay = this.owner.relay
+    const client = this.client
+    if (relay === undefined || client !== this.raw || up !== this.upstreamTcp) return false
+    const replay = this.opened?.replay
+    const first = this.headerOut === undefined ? replay : replay === undefined ? this.headerOut : Buffer.concat([this.headerOut, replay])
+    const early = up.readableLength
+    this.flushCounters()
+    for (const s of [client, up]) s.removeAllListeners('data').removeAllListeners('end').removeAllListeners('timeout')
+    client.off('error', this.onClientError).off('close', this.onClientClose)
+    up.removeAllListeners('error').removeAllListeners('close')
+    // Errors of the destroyed sockets during the hand-over are the relay's to report now.
+    client.on('error', () => {})
+    up.on('error', () => {})
+    const id = relay.adopt(this.owner.config.name, client, up, this.owner.config.timeouts.idleMs, first, this.onRelayEnd)
+    if (id === undefined) {
+      client.on('error', this.onClientError).on('close', this.onClientClose)
+      up.on('error', (err) => this.onUpstreamError(err))
+      up.on('close', () => {
+        if (up === this.upstream) this.onUpstreamClose()
+      })
+      return false
+    }
+    this.relayId = id
+    this.headerOut = undefined
+    // The backend's early bytes are written by the relay but not counted by it.
+    this.relayedOut = early
+    this.owner.uncountedBytes.out += early
+    return true
+  }
+
+  private readonly onRelayEnd = (end: RelayEnd): void => {
+    this.relayId = undefined
+    this.relayedIn += end.bytesIn
+    this.relayedOut += end.bytesOut
+    if (end.reason === 'destroyed') this.reason ??= 'shutdown'
+    else if (end.reason === 'client_closed' || end.reason === 'backend_closed') this.firstFin ??= end.reason === 'client_closed' ? 'client' : 'backend'
+    else this.reason ??= end.reason
+    this.clientClosed = true
+    this.upstreamClosed = true
+    this.finish()
   }
 
   private onConnectFailed(up: Socket, b: Backend, err: Error): void {
@@ -473,8 +548,8 @@ export class TcpSession {
         peer: this.peer,
         pool: this.pool.name,
         backend: connected ? (b?.id ?? null) : null,
-        bytes_in: this.bytesIn(),
-        bytes_out: this.client.bytesWritten,
+        bytes_in: this.bytesIn() + this.relayedIn,
+        bytes_out: this.client.bytesWritten + this.relayedOut,
         duration_ms: Date.now() - this.startedAt,
         connect_ms: connected ? this.connectedAt - this.startedAt : null,
         attempts: this.attempts,

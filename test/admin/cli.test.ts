@@ -20,7 +20,7 @@ t.test('status: an aligned table, and --json', async (t) => {
   const r = await runCli(['status', '--admin', url], 20_000, noToken)
   t.equal(r.code, 0, r.stderr)
   const lines = r.stdout.trimEnd().split('\n')
-  t.match(lines[0], /^sluice \d+\.\d+\.\d+ \(pid \d+\), up \d+s, .*s\.yaml; 1 listener, 2\/2 backends up, 0 active connections$/)
+  t.match(lines[0], /^sluice \d+\.\d+\.\d+ \(pid \d+\), up \d+s, .*s\.yaml; 1 listener, 2\/2 backends up, 0 active connections, (native|js) relay$/)
   t.equal(lines[1], '')
   t.match(lines[2], /^LISTENER +LISTEN +POOL +BACKEND +STATE +ACTIVE +TOTAL$/)
   t.match(lines[3], new RegExp(`^l/tcp +127\\.0\\.0\\.1:${port} +p +${a.address.replace(/\./g, '\\.')} +up +0 +0$`))

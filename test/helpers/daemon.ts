@@ -65,9 +65,19 @@ export interface Running {
   metrics(): Promise<string>
 }
 
+/**
+ * SLUICE_TEST_RELAY=js|native runs every in-process daemon of a test with that relay (unless
+ * its YAML names one), so the data-path tests hold each relay to the same contract.
+ */
+export function withRelay(yaml: string): string {
+  const relay = process.env.SLUICE_TEST_RELAY
+  if (relay === undefined || relay === '' || /^relay:/m.test(yaml)) return yaml
+  return `relay: ${relay}\n${yaml}`
+}
+
 /** Starts a daemon in this process from YAML text; the test's teardown destroys it. */
 export async function startDaemon(t: Test, yaml: string, file = 'test.yaml'): Promise<Running> {
-  const config = parseConfig(yaml, file, {})
+  const config = parseConfig(withRelay(yaml), file, {})
   const logs = new LogSink()
   const log = createLogger(config.log.level, logs)
   const registry = new Registry()

@@ -175,7 +175,8 @@ for (const kind of KINDS) {
       raw.resetAndDestroy()
     })
     await settled(t, run, be.open, kind)
-    t.ok(run.logs.access.every((l) => l.backend === be.address && (l.bytes_in as number) >= 5), 'each reached the backend and relayed its bytes')
+    const odd = run.logs.access.filter((l) => l.backend !== be.address || (l.bytes_in as number) < 5)
+    t.same(odd, [], 'each reached the backend and relayed its bytes')
   })
 }
 

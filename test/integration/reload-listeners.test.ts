@@ -60,6 +60,8 @@ pools: { p: { backends: ["${a.address}"] } }
   t.same([...run.daemon.listeners.keys()], ['new'], 'the listener has its new name')
   t.equal(run.port('new'), port, 'on the same port')
   t.equal(await echo(open.socket, 'still here'), 'still here', 'the connection opened before the rename still works')
+  // The connections dialed during the reload have ended; their sessions finish as their ends arrive.
+  await eventually(() => run.daemon.listeners.get('new')?.sessions.size === 1, 'only the held connection to remain')
   t.equal(run.daemon.listeners.get('new')?.sessions.size, 1, 'and belongs to the renamed listener')
   t.equal(await greeting(port, host), 'a', 'a new connection is accepted')
   const after = (seen.get(port)?.length ?? 0) + 1
