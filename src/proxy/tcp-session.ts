@@ -1,4 +1,4 @@
-import { connect, type NetConnectOpts, type Socket } from 'node:net'
+import { Socket, connect, type NetConnectOpts } from 'node:net'
 import type { Backend } from '../upstream/backend.js'
 import type { Pool } from '../upstream/pool.js'
 import type { ListenerConfig } from '../config/types.js'
@@ -15,6 +15,14 @@ import { connectionReset } from './peer-check.js'
 import type { RelayHost } from './relay-host.js'
 import type { RelayEnd } from './native-relay.js'
 import { reportConnectFailure, reportRefusal, writeAccessLine } from './session-report.js'
+
+/**
+ * What a session's client and raw socket point to once the native relay carries its
+ * connection: a socket that was never connected and is already destroyed (no descriptor,
+ * zero counts), so the real ones can be collected.
+ */
+const DETACHED: Socket = new Socket()
+DETACHED.destroy()
 
 /** TCP keep-alive probes start after this much silence, so dead peers of idle connections are found. */
 export const KEEPALIVE_INITIAL_DELAY_MS = 60_000
@@ -78,7 +86,7 @@ export class TcpSession {
   /** The TCP connection to the backend (under the TLSSocket when the pool speaks TLS). */
   private upstreamTcp: Socket | undefined
   /** The accepted TCP connection (under the TLSSocket when TLS ends here). */
-  private readonly raw: Socket
+  private raw: Socket
   private connected = false
   /**
    * The client socket (the accepted one, or the TLSSocket over it) errored, was destroyed or
@@ -115,6 +123,9 @@ export class TcpSession {
   /** Bytes moved outside the client socket's counters: handed over to, and relayed by, the native relay. */
   private relayedIn = 0
   private relayedOut = 0
+  /** The client's byte counts when the native relay took over (its sockets are gone then); -1 before. */
+  private baseIn = -1
+  private baseOut = -1
 
   constructor(
     /** The accepted socket; after TLS termination, the TLSSocket over it. */
@@ -212,8 +223,14 @@ export class TcpSession {
    * PROXY header (read from the raw socket, whose count it is in).
    */
   private bytesIn(): number {
+    if (this.baseIn >= 0) return this.baseIn
     const c = this.client
     return c === this.raw ? Math.max(0, c.bytesRead - this.headerBytes) : c.bytesRead
+  }
+
+  /** Bytes written to the client by Node (before a hand-over to the native relay). */
+  private bytesOut(): number {
+    return this.baseOut >= 0 ? this.baseOut : this.client.bytesWritten
   }
 
   /**
@@ -224,7 +241,7 @@ export class TcpSession {
   flushCounters(): void {
     if (this.pending !== undefined) return
     const inNow = this.bytesIn()
-    const outNow = this.client.bytesWritten
+    const outNow = this.bytesOut()
     const tally = this.owner.uncountedBytes
     tally.in += inNow - this.countedIn
     tally.out += outNow - this.countedOut
@@ -373,6 +390,19 @@ export class TcpSession {
     // The backend's early bytes are written by the relay but not counted by it.
     this.relayedOut = early
     this.owner.uncountedBytes.out += early
+    // Let go of the destroyed Node sockets (and the ClientHello): a relayed connection keeps
+    // only this session object in JS.
+    this.baseIn = this.bytesIn()
+    this.baseOut = client.bytesWritten
+    this.client = DETACHED
+    this.raw = DETACHED
+    this.upstream = undefined
+    this.upstreamTcp = undefined
+    this.tried = undefined
+    if (this.opened !== undefined) {
+      this.opened.socket = DETACHED
+      this.opened.replay = undefined
+    }
     return true
   }
 
@@ -549,7 +579,7 @@ export class TcpSession {
         pool: this.pool.name,
         backend: connected ? (b?.id ?? null) : null,
         bytes_in: this.bytesIn() + this.relayedIn,
-        bytes_out: this.client.bytesWritten + this.relayedOut,
+        bytes_out: this.bytesOut() + this.relayedOut,
         duration_ms: Date.now() - this.startedAt,
         connect_ms: connected ? this.connectedAt - this.startedAt : null,
         attempts: this.attempts,

@@ -156,7 +156,8 @@ t.test('idle timeout closes a silent connection; traffic either way keeps it ope
 
 t.test('default settings never cut an idle connection and arm TCP keep-alive on both sides', async (t) => {
   const be = await backend(t, (s) => s.pipe(s))
-  const run = await startDaemon(t, ONE_POOL(be.address))
+  // The client socket's own settings are the JS relay's (the native relay keeps no Node socket).
+  const run = await startDaemon(t, `relay: js\n${ONE_POOL(be.address)}`)
   const lc = run.daemon.config.listeners[0]!
   t.equal(lc.protocol === 'tcp' ? lc.timeouts.idleMs : -1, 0, 'no idle timeout by default')
   const c = await dial(run.port('l'))
