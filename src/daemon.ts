@@ -7,6 +7,7 @@ import { Pool } from './upstream/pool.js'
 import type { Listener } from './listener/listener.js'
 import { createDemoBackend, type DemoServer } from './demo/demo-backend.js'
 import { formatDuration } from './config/duration.js'
+import { formatAddress } from './config/address.js'
 import { PoolHealth } from './health/pool-health.js'
 import { AdminServer } from './admin/admin-server.js'
 import { SluiceError } from './errors.js'
@@ -33,6 +34,8 @@ export interface DaemonOptions {
    */
   threads?: boolean
 }
+
+type StatsReply = Extract<FromWorker, { type: 'stats' }>
 
 /** Slots in the shared counter table: two per backend (active, consecutive failures), one per listener. */
 const COUNTER_SLOTS = 1 << 17
@@ -316,16 +319,11 @@ export class Daemon implements ControlApi {
     for (const pc of config.pools.values()) {
       for (const b of pc.backends) {
         const key = backendSlotKey(pc.name, b.address)
-        slots[key] = this.backendSlot(key)
+        slots[key] = this.slots.slotOf(key)
       }
     }
     for (const lc of config.listeners) slots[listenerSlotKey(lc.name)] = this.slots.slotOf(listenerSlotKey(lc.name))
     return slots
-  }
-
-  /** A backend's pair of slots: active connections, then consecutive failures. */
-  private backendSlot(key: string): number {
-    return this.slots.slotOf(key)
   }
 
   private makePool(name: string, config: Config): Pool {
@@ -339,7 +337,7 @@ export class Daemon implements ControlApi {
   }
 
   private bindSlots(pool: Pool): void {
-    for (const b of pool.backends) b.bindShared(this.counters, this.backendSlot(backendSlotKey(pool.name, b.id)))
+    for (const b of pool.backends) b.bindShared(this.counters, this.slots.slotOf(backendSlotKey(pool.name, b.id)))
   }
 
   private makeWorker(id: number): WorkerLink {
@@ -454,24 +452,18 @@ export class Daemon implements ControlApi {
 
   /**
    * Every worker's snapshot and metrics. A request that comes while a round is under way
-   * shares it (and the exposition built from it) instead of starting another: however many
-   * scrapes and status calls come in at once, one round of collection runs at a time.
+   * shares it instead of starting another: however many scrapes and status calls come in at
+   * once, one round of collection (and one exposition) runs at a time.
    */
-  private workerStats(): Promise<Extract<FromWorker, { type: 'stats' }>[]> {
-    const c = this.statsCache
-    if (c !== undefined && c.pending) return c.stats
-    const entry: { stats: Promise<Extract<FromWorker, { type: 'stats' }>[]>; text: Promise<string> | undefined; pending: boolean } = { stats: Promise.resolve([]), text: undefined, pending: true }
-    entry.stats = Promise.all(this.workers.map((w) => w.request({ type: 'stats', seq: ++this.seq }).catch(() => undefined)))
+  private workerStats(): Promise<StatsReply[]> {
+    this.collecting ??= Promise.all(this.workers.map((w) => w.request({ type: 'stats', seq: ++this.seq }).catch(() => undefined)))
       .then((rs) => rs.filter((r) => r !== undefined))
-      .finally(() => {
-        // Still shared by a text being built from it; a later request starts afresh.
-        if (entry.text === undefined) entry.pending = false
-      })
-    this.statsCache = entry
-    return entry.stats
+      .finally(() => (this.collecting = undefined))
+    return this.collecting
   }
 
-  private statsCache: { stats: Promise<Extract<FromWorker, { type: 'stats' }>[]>; text: Promise<string> | undefined; pending: boolean } | undefined
+  private collecting: Promise<StatsReply[]> | undefined
+  private exposing: Promise<string> | undefined
 
   async listenerViews(): Promise<ListenerView[]> {
     const shares = await this.workerSnapshots()
@@ -504,19 +496,14 @@ export class Daemon implements ControlApi {
   readonly metricsContentType = Registry.PROMETHEUS_CONTENT_TYPE
 
   metricsText(): Promise<string> {
-    const stats = this.workerStats()
-    const c = this.statsCache
-    if (c !== undefined && c.text !== undefined) return c.text
-    const text = (async (): Promise<string> => {
+    this.exposing ??= (async (): Promise<string> => {
+      const stats = await this.workerStats()
       const own = await this.registry.getMetricsAsJSON()
-      return mergeExposition([own, ...(await stats).map((s) => s.metrics)])
-    })()
-    if (c !== undefined) {
-      c.text = text
-      void text.finally(() => (c.pending = false)).catch(() => undefined)
-    }
-    return text
+      return mergeExposition([own, ...stats.map((r) => r.metrics)])
+    })().finally(() => (this.exposing = undefined))
+    return this.exposing
   }
+
 
   private flushCounters(): void {
     for (const p of this.pools.values()) p.flushCounters()
@@ -524,7 +511,7 @@ export class Daemon implements ControlApi {
 
   private logSummary(msg: string): void {
     const local = this.local?.plane.listeners
-    const listeners = this.cfg.listeners.map((lc) => ({ name: lc.name, listen: local?.get(lc.name)?.address().text ?? formatListen(lc.host === '' ? '0.0.0.0' : lc.host, this.listenerAddress(lc.name).port), pool: lc.pool }))
+    const listeners = this.cfg.listeners.map((lc) => ({ name: lc.name, listen: local?.get(lc.name)?.address().text ?? formatAddress(lc.host === '' ? '0.0.0.0' : lc.host, this.listenerAddress(lc.name).port), pool: lc.pool }))
     const pools = [...this.pools.values()].map((p) => ({
       name: p.name,
       algorithm: p.config.algorithm,
@@ -534,10 +521,6 @@ export class Daemon implements ControlApi {
     const admin = this.admin?.address().text
     this.log.info({ file: this.cfg.file, workers: this.cfg.workers, listeners, pools, demo_backends: demo.length > 0 ? demo : undefined, admin }, msg)
   }
-}
-
-function formatListen(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
 }
 
 function sameAdminAddress(a: AdminConfig, b: AdminConfig): boolean {

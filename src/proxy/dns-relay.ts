@@ -7,8 +7,7 @@ import type { Pool } from '../upstream/pool.js'
 import type { Backend } from '../upstream/backend.js'
 import type { PickContext } from '../balancer/types.js'
 import { errnoCode } from '../errors.js'
-import { encodeV2 } from './proxy-header-out.js'
-import { literalLookup, UDP4_MAX_PAYLOAD, UDP6_MAX_PAYLOAD } from './udp-session.js'
+import { dgramProxyHeader, literalLookup, UDP4_MAX_PAYLOAD, UDP6_MAX_PAYLOAD } from './udp-session.js'
 import type { UdpStats } from './udp-stats.js'
 import { DNS_HEADER_BYTES, dnsId, isResponse, questionHash, setDnsId } from './dns-message.js'
 
@@ -347,10 +346,7 @@ export class DnsRelay {
   }
 
   private proxyHeader(address: string, port: number): Buffer {
-    const bound = this.owner.address()
-    const wildcard = bound.host === '' || bound.host === '0.0.0.0' || bound.host === '::'
-    const destAddress = wildcard ? (isIP(address) === 6 ? '::' : '0.0.0.0') : bound.host
-    return encodeV2({ sourceAddress: address, sourcePort: port, destAddress, destPort: bound.port }, 'dgram')
+    return dgramProxyHeader(this.owner.address(), address, port)
   }
 }
 

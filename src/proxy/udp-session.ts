@@ -21,6 +21,16 @@ export type UdpCloseReason =
   | 'shutdown' // sluice stopped and shutdown_timeout ran out (or the listener was destroyed)
 
 /** What a session needs from the listener that owns it. */
+/**
+ * The PROXY v2 DGRAM header for a datagram from `address`:`port` to a listener bound at
+ * `bound` (a wildcard bind names the family's any-address as the destination).
+ */
+export function dgramProxyHeader(bound: { host: string; port: number }, address: string, port: number): Buffer {
+  const wildcard = bound.host === '' || bound.host === '0.0.0.0' || bound.host === '::'
+  const destAddress = wildcard ? (isIP(address) === 6 ? '::' : '0.0.0.0') : bound.host
+  return encodeV2({ sourceAddress: address, sourcePort: port, destAddress, destPort: bound.port }, 'dgram')
+}
+
 /** 65,535 less the IPv4 (20) and UDP (8) headers. */
 export const UDP4_MAX_PAYLOAD = 65_507
 /** 65,535 less the UDP header (the IPv6 payload length does not include its own header). */
@@ -248,10 +258,7 @@ export class UdpSession implements Expiring {
 
   private proxyHeader(): Buffer {
     const cfg = this.owner.config
-    const bound = this.owner.address?.() ?? { host: cfg.host, port: cfg.port }
-    const wildcard = bound.host === '' || bound.host === '0.0.0.0' || bound.host === '::'
-    const destAddress = wildcard ? (isIP(this.clientAddress) === 6 ? '::' : '0.0.0.0') : bound.host
-    return encodeV2({ sourceAddress: this.clientAddress, sourcePort: this.clientPort, destAddress, destPort: bound.port }, 'dgram')
+    return dgramProxyHeader(this.owner.address?.() ?? { host: cfg.host, port: cfg.port }, this.clientAddress, this.clientPort)
   }
 
   private onUpstreamError(b: Backend, err: Error): void {
