@@ -20,8 +20,15 @@
  *   - an idle timeout is checked on a coarse timing wheel, not with a timer per connection.
  * An idle connection holds its struct only (about 200 bytes): no buffer, no pipe.
  *
- * Ends are reported to JS in batches through a thread-safe function; byte counters per group
- * (for example one per listener) are read by JS when it wants them (takeBytes).
+ * The relay can also take a listening socket (listen): it then accepts the connections itself
+ * and tells JS of each (accept, with the client's address); JS decides where it goes and asks
+ * for the backend connect (connect), whose result comes back the same way (connected, or
+ * connect_failed, after which JS may try another backend or destroy it with a reset). So a
+ * plain TCP connection costs no Node socket at all, from accept to close.
+ *
+ * Events (accepts, connect results, ends) are reported to JS in batches through a thread-safe
+ * function; byte counters per group (for example one per listener) are read by JS when it
+ * wants them (takeBytes).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,6 +44,9 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -55,6 +65,14 @@
 #define TICK_MS 100
 #define WHEEL_SLOTS 1024 /* a power of two: one turn of the wheel is about 100 s */
 #define THREAD_STACK (256 * 1024)
+/* Connections taken from a listening socket per readiness event, before other work runs. */
+#define ACCEPT_BATCH 64
+/* An accept that fails for want of descriptors or memory pauses the listener, from this long
+ * up to the longest, doubling while it keeps failing. */
+#define ACCEPT_PAUSE_MIN_MS 10
+#define ACCEPT_PAUSE_MAX_MS 1000
+/* TCP keep-alive probes start after this much silence (as Node's sockets in sluice do). */
+#define KEEPALIVE_IDLE_S 60
 
 enum side { CLIENT = 0, BACKEND = 1 };
 
@@ -66,12 +84,20 @@ enum reason {
   R_BACKEND_ERROR,  /* the same on the backend's side */
   R_IDLE_TIMEOUT,   /* no byte moved either way for the connection's idle timeout */
   R_DESTROYED,      /* destroy(), close(), or the relay could not take the connection */
+  R_CLIENT_ABORTED, /* an accepted client reset before its backend connection was made */
   R_COUNT
 };
 
 static const char *const reason_names[R_COUNT] = {
-  "client_closed", "backend_closed", "client_error", "backend_error", "idle_timeout", "destroyed",
+  "client_closed", "backend_closed", "client_error", "backend_error", "idle_timeout", "destroyed", "client_aborted",
 };
+
+/* The phase of a connection: relaying (every connection JS added), or one the relay accepted
+ * that waits for JS to name a backend, or whose backend connect is in flight. */
+enum state { S_RELAY = 0, S_WAIT, S_CONNECTING };
+
+/* Event kinds, as JS receives them. */
+enum event_kind { E_END = 0, E_ACCEPT, E_CONNECTED, E_CONNECT_FAILED, E_ACCEPT_ERROR, E_RELEASED, E_UNLISTENED };
 
 /* One direction of a connection: bytes read from side d and written to side 1 - d. */
 typedef struct {
@@ -94,9 +120,12 @@ struct conn {
   bool in_table;         /* in the id table */
   bool closed;           /* closed, waiting to be freed at the end of the turn */
   bool queued;           /* in the ready list */
+  uint8_t state;         /* enum state */
   int8_t first_fin;      /* the side whose FIN came first, or -1 */
   uint32_t group;        /* byte counter group */
-  uint32_t idle_ms;      /* 0: no idle timeout */
+  uint32_t idle_ms;      /* 0: no idle timeout; while connecting, the connect timeout */
+  uint32_t relay_idle_ms; /* the idle timeout once connected (accepted connections) */
+  int64_t connect_started; /* monotonic microseconds (accepted connections) */
   int64_t last_active;   /* monotonic ms of the last byte moved either way */
   conn_t *wprev, *wnext; /* timing wheel slot list */
   int32_t wslot;         /* the wheel slot, or -1 */
@@ -104,10 +133,46 @@ struct conn {
   conn_t *rnext;         /* the ready list */
 };
 
-/* A connection's end, as JS receives it: four doubles per end. */
+/* An event, as JS receives it: five doubles (kind, id, a, b, c) and, for an accept, the
+ * client's address:
+ *   E_END            a bytes in, b bytes out, c reason
+ *   E_ACCEPT         a listener id, b client port, c address family (4 or 6)
+ *   E_CONNECTED      a microseconds the connect took
+ *   E_CONNECT_FAILED a errno (ETIMEDOUT for the connect timeout)
+ *   E_ACCEPT_ERROR   a listener id, b errno, c milliseconds the listener pauses (id 0)
+ *   E_RELEASED       a the client's descriptor, now JS's (release())
+ *   E_UNLISTENED     a listener id: no accept of it comes after this (id 0) */
 typedef struct {
-  double id, bytes_in, bytes_out, reason;
-} end_t;
+  double v[5];
+  char addr[INET6_ADDRSTRLEN];
+} event_t;
+
+/* A listening socket the relay accepts on. */
+typedef struct lsn lsn_t;
+struct lsn {
+  int fd;              /* the relay's own duplicate */
+  uint32_t id;
+  uint32_t group;      /* byte counter group of its connections */
+  bool paused;         /* out of descriptors or memory: not polled until resume_at */
+  int64_t resume_at;
+  uint32_t pause_ms;   /* the last pause, doubled while accepts keep failing */
+  lsn_t *next;
+};
+
+/* A command JS queued for the relay thread besides add and destroy. */
+enum cmd_kind { C_LISTEN, C_UNLISTEN, C_CONNECT, C_RELEASE };
+typedef struct cmd cmd_t;
+struct cmd {
+  enum cmd_kind kind;
+  cmd_t *next;
+  lsn_t *lsn;        /* C_LISTEN, C_UNLISTEN */
+  uint64_t id;       /* C_CONNECT: the connection */
+  struct sockaddr_storage sa;
+  socklen_t salen;
+  uint32_t timeout_ms, idle_ms;
+  uint8_t *initial;  /* written to the backend first (a PROXY header), owned by the command */
+  uint32_t initial_len;
+};
 
 typedef struct {
   /* Set at creation, then read-only. */
@@ -123,8 +188,11 @@ typedef struct {
   bool tsfn_released;
   bool tsfn_refed;
   napi_ref on_end;
-  uint64_t next_id;
-  uint32_t live;    /* connections added whose end JS has not yet received */
+  uint32_t live;    /* connections added or accepted whose end JS has not yet received */
+  uint32_t listening; /* listening sockets given with listen() and not taken back */
+  uint32_t next_lsn_id;
+  struct { uint32_t id; int fd; lsn_t *lsn; } *lsns; /* JS's view of them, for unlisten */
+  uint32_t nlsns, lsns_cap;
   bool closed;      /* close() ran, or the environment is going away */
   bool hook_added;
   bool thread_running; /* started and not yet joined */
@@ -133,13 +201,19 @@ typedef struct {
 
   /* Shared by both threads, under mu. */
   pthread_mutex_t mu;
+  uint64_t next_id;
   conn_t *add_head, *add_tail;
+  cmd_t *cmd_head, *cmd_tail;
   uint64_t *kills;
   uint32_t nkills, kills_cap;
   bool stop;
   bool woken;   /* wake_fd was written and the thread has not yet taken the commands */
-  end_t *ends;  /* ends_cap >= live, reserved by add(): the relay thread never allocates here */
-  uint32_t nends, ends_cap;
+  event_t *evs; /* queued events; ev_cap >= nev + promised */
+  uint32_t nev, ev_cap;
+  /* Events that must find room when they happen: one end per live connection, one result
+   * per connect in flight. Room for them is made when they are promised (by add, connect,
+   * or the relay thread at accept, where a failure costs only that connection). */
+  uint32_t promised;
   bool ends_signalled; /* a thread-safe call is on its way to JS */
   int thread_error;    /* the errno that stopped the relay thread, 0 while it runs */
 
@@ -157,8 +231,10 @@ typedef struct {
   uint32_t pipe_size; /* its capacity */
   uint64_t *spare_kills;
   uint32_t spare_cap;
-  bool ends_dirty; /* ends were queued this turn */
+  bool ends_dirty; /* events were queued this turn */
   bool stopping;
+  lsn_t *listeners;   /* the listening sockets it accepts on */
+  uint32_t paused;    /* how many of them are paused */
 } relay_t;
 
 /* ---------------------------------------------------------------------------------------- */
@@ -188,6 +264,38 @@ static void wake(relay_t *r) {
   uint64_t one = 1;
   ssize_t n = write(r->wake_fd, &one, sizeof one);
   (void)n;
+}
+
+/* Makes room for `extra` more events besides those queued and promised. Under mu. */
+static bool ev_room(relay_t *r, uint32_t extra) {
+  uint64_t need = (uint64_t)r->nev + r->promised + extra;
+  if (need <= r->ev_cap) return true;
+  uint64_t cap = r->ev_cap ? r->ev_cap : 64;
+  while (cap < need) cap *= 2;
+  if (cap > UINT32_MAX) return false;
+  event_t *evs = realloc(r->evs, (size_t)cap * sizeof *evs);
+  if (evs == NULL) return false;
+  r->evs = evs;
+  r->ev_cap = (uint32_t)cap;
+  return true;
+}
+
+/* Queues an event in room made before. Under mu. */
+static event_t *ev_push(relay_t *r, enum event_kind kind, uint64_t id, double a, double b, double c) {
+  event_t *e = &r->evs[r->nev++];
+  e->v[0] = (double)kind;
+  e->v[1] = (double)id;
+  e->v[2] = a;
+  e->v[3] = b;
+  e->v[4] = c;
+  e->addr[0] = '\0';
+  return e;
+}
+
+static int64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -275,6 +383,7 @@ static void wheel_unfile(relay_t *r, conn_t *c) {
 }
 
 static void conn_close(relay_t *r, conn_t *c, enum reason why);
+static void connect_failed(relay_t *r, conn_t *c, int err);
 
 /* Visits the slots of the ticks that passed: a connection idle for its whole timeout expires;
  * one that moved bytes since it was filed is filed again at its new deadline. Activity itself
@@ -292,8 +401,9 @@ static void wheel_advance(relay_t *r) {
       conn_t *next = c->wnext;
       c->wslot = -1;
       r->wheel_count--;
-      if (c->last_active + c->idle_ms <= r->now) conn_close(r, c, R_IDLE_TIMEOUT);
-      else wheel_file(r, c);
+      if (c->last_active + c->idle_ms > r->now) wheel_file(r, c);
+      else if (c->state == S_CONNECTING) connect_failed(r, c, ETIMEDOUT);
+      else conn_close(r, c, R_IDLE_TIMEOUT);
       c = next;
     }
   }
@@ -549,8 +659,20 @@ static void run_ready(relay_t *r) {
 }
 
 /* An epoll event on one side of a connection. */
+static void connect_done(relay_t *r, conn_t *c, uint32_t events);
+
 static void conn_event(relay_t *r, conn_t *c, int side, uint32_t events) {
   if (c->closed) return;
+  if (c->state != S_RELAY) {
+    /* An accepted client waits for its backend: its bytes and FIN wait in the kernel until
+     * then; only a reset ends it now. */
+    if (side == CLIENT) {
+      if (events & (EPOLLERR | EPOLLHUP)) conn_close(r, c, R_CLIENT_ABORTED);
+    } else if (c->state == S_CONNECTING) {
+      connect_done(r, c, events);
+    }
+    return;
+  }
   if (events & EPOLLERR) {
     int err = 0;
     socklen_t len = sizeof err;
@@ -609,12 +731,10 @@ static void conn_close(relay_t *r, conn_t *c, enum reason why) {
   if (c->in_table && !r->stopping) table_del(r, c);
   if (c->wslot >= 0) wheel_unfile(r, c);
   lock(r);
-  /* Room was reserved when JS added the connection: ends_cap >= live > nends. */
-  end_t *e = &r->ends[r->nends++];
-  e->id = (double)c->id;
-  e->bytes_in = (double)c->dir[CLIENT].bytes;
-  e->bytes_out = (double)c->dir[BACKEND].bytes;
-  e->reason = (double)why;
+  /* Room was made when the connection was added or accepted (its promised end). */
+  ev_push(r, E_END, c->id, (double)c->dir[CLIENT].bytes, (double)c->dir[BACKEND].bytes, (double)why);
+  r->promised--;
+  if (c->state == S_CONNECTING) r->promised--; /* the connect's result will not come */
   unlock(r);
   r->ends_dirty = true;
   c->next = r->grave;
@@ -639,12 +759,293 @@ static void bury(relay_t *r) {
   r->grave = keep;
 }
 
-/* Tells JS that ends wait, unless a call is already on its way (it takes them all). */
+/* ---------------------------------------------------------------------------------------- */
+/* Accepting and connecting (relay thread)                                                  */
+
+/* The socket options every proxied connection gets (as Node's sockets in sluice): no Nagle
+ * delay, and keep-alive probes after a minute of silence so dead peers are found. Failures
+ * are not fatal: the connection works without them. */
+static void tune(int fd) {
+  int one = 1, idle = KEEPALIVE_IDLE_S;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+}
+
+/* Stops polling a listener that cannot accept for want of descriptors or memory, for a pause
+ * that doubles while it keeps failing; JS hears of it (once per pause) to count and log it. */
+static void lsn_pause(relay_t *r, lsn_t *l, int err) {
+  struct epoll_event ev = {.events = 0, .data.u64 = (uint64_t)(uintptr_t)l | 2};
+  (void)epoll_ctl(r->ep, EPOLL_CTL_MOD, l->fd, &ev);
+  l->pause_ms = l->pause_ms == 0 ? ACCEPT_PAUSE_MIN_MS : l->pause_ms * 2;
+  if (l->pause_ms > ACCEPT_PAUSE_MAX_MS) l->pause_ms = ACCEPT_PAUSE_MAX_MS;
+  l->paused = true;
+  l->resume_at = r->now + l->pause_ms;
+  r->paused++;
+  lock(r);
+  if (ev_room(r, 1)) ev_push(r, E_ACCEPT_ERROR, 0, (double)l->id, (double)err, (double)l->pause_ms);
+  unlock(r);
+  r->ends_dirty = true;
+}
+
+/* Polls the paused listeners whose pause is over again. */
+static void lsn_resume(relay_t *r) {
+  for (lsn_t *l = r->listeners; l != NULL && r->paused > 0; l = l->next) {
+    if (!l->paused || l->resume_at > r->now) continue;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)(uintptr_t)l | 2};
+    (void)epoll_ctl(r->ep, EPOLL_CTL_MOD, l->fd, &ev);
+    l->paused = false;
+    r->paused--;
+  }
+}
+
+/* Takes one accepted connection: it waits (registered for a reset only) until JS names its
+ * backend. When there is no memory for it, it is closed at once (the client sees a reset). */
+static void accept_one(relay_t *r, lsn_t *l, int fd, const struct sockaddr_storage *sa) {
+  conn_t *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    close_fd(fd);
+    return;
+  }
+  c->fd[CLIENT] = fd;
+  c->fd[BACKEND] = -1;
+  c->first_fin = -1;
+  c->wslot = -1;
+  c->group = l->group;
+  c->state = S_WAIT;
+  c->last_active = r->now;
+  tune(fd);
+  uint16_t port = 0;
+  int family = 4;
+  lock(r);
+  if (!ev_room(r, 2)) { /* the accept, and the end it promises */
+    unlock(r);
+    close_fd(fd);
+    free(c);
+    return;
+  }
+  c->id = ++r->next_id;
+  event_t *e = ev_push(r, E_ACCEPT, c->id, (double)l->id, 0, 4);
+  if (sa->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+    port = ntohs(a->sin6_port);
+    family = 6;
+    inet_ntop(AF_INET6, &a->sin6_addr, e->addr, sizeof e->addr);
+  } else if (sa->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+    port = ntohs(a->sin_port);
+    inet_ntop(AF_INET, &a->sin_addr, e->addr, sizeof e->addr);
+  }
+  e->v[3] = port;
+  e->v[4] = family;
+  r->promised++;
+  unlock(r);
+  r->ends_dirty = true;
+  if (!table_put(r, c)) {
+    conn_close(r, c, R_DESTROYED);
+    return;
+  }
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET};
+  ev.data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)CLIENT;
+  if (epoll_ctl(r->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    conn_close(r, c, R_DESTROYED);
+    return;
+  }
+  c->registered[CLIENT] = true;
+}
+
+/* The listening socket is readable: accepts what waits, up to a batch (level-triggered, so
+ * the rest comes next turn). */
+static void lsn_event(relay_t *r, lsn_t *l) {
+  if (l->paused) return;
+  for (int i = 0; i < ACCEPT_BATCH; i++) {
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    int fd = accept4(l->fd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
+      if (errno_again()) return;
+      /* EMFILE, ENFILE, ENOBUFS, ENOMEM, or a socket error: pause and retry. */
+      lsn_pause(r, l, errno);
+      return;
+    }
+    l->pause_ms = 0;
+    accept_one(r, l, fd, &sa);
+  }
+}
+
+/* Queues a connect result. */
+static void connect_result(relay_t *r, conn_t *c, enum event_kind kind, double a) {
+  lock(r);
+  ev_push(r, kind, c->id, a, 0, 0);
+  r->promised--;
+  unlock(r);
+  r->ends_dirty = true;
+}
+
+/* Drops the backend socket of a failed connect; the client waits for JS again. */
+static void connect_failed(relay_t *r, conn_t *c, int err) {
+  if (c->wslot >= 0) wheel_unfile(r, c);
+  if (c->registered[BACKEND]) (void)epoll_ctl(r->ep, EPOLL_CTL_DEL, c->fd[BACKEND], NULL);
+  c->registered[BACKEND] = false;
+  close_fd(c->fd[BACKEND]);
+  c->fd[BACKEND] = -1;
+  dir_t *dr = &c->dir[CLIENT];
+  free(dr->buf);
+  dr->buf = NULL;
+  dr->off = dr->len = 0;
+  dr->initial = false;
+  c->state = S_WAIT;
+  c->idle_ms = 0;
+  connect_result(r, c, E_CONNECT_FAILED, (double)err);
+}
+
+/* The backend connection is made: relay both ways from now on. */
+static void connected(relay_t *r, conn_t *c) {
+  if (c->wslot >= 0) wheel_unfile(r, c);
+  c->state = S_RELAY;
+  connect_result(r, c, E_CONNECTED, (double)(now_us() - c->connect_started));
+  for (int side = CLIENT; side <= BACKEND; side++) {
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)side;
+    int op = c->registered[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(r->ep, op, c->fd[side], &ev) < 0) {
+      conn_close(r, c, R_DESTROYED);
+      return;
+    }
+    c->registered[side] = true;
+    c->readable[side] = c->writable[side] = true;
+  }
+  c->idle_ms = c->relay_idle_ms;
+  c->last_active = r->now;
+  if (c->idle_ms > 0) wheel_file(r, c);
+  run(r, c);
+}
+
+/* The backend socket of a connect in flight has an event: made, or failed. */
+static void connect_done(relay_t *r, conn_t *c, uint32_t events) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(c->fd[BACKEND], SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  if (err != 0) connect_failed(r, c, err);
+  else if (events & (EPOLLERR | EPOLLHUP)) connect_failed(r, c, ECONNRESET);
+  else if (events & EPOLLOUT) connected(r, c);
+}
+
+/* Starts the backend connect JS asked for (the connection may have ended meanwhile). */
+static void conn_connect(relay_t *r, cmd_t *cmd) {
+  conn_t *c = table_get(r, cmd->id);
+  if (c == NULL || c->closed || c->state != S_WAIT) {
+    lock(r);
+    r->promised--; /* its result will not come */
+    unlock(r);
+    return;
+  }
+  c->relay_idle_ms = cmd->idle_ms;
+  c->connect_started = now_us();
+  c->state = S_CONNECTING;
+  int fd = socket(cmd->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    connect_failed(r, c, errno);
+    return;
+  }
+  c->fd[BACKEND] = fd;
+  tune(fd);
+  if (cmd->initial != NULL) {
+    c->dir[CLIENT].buf = cmd->initial;
+    c->dir[CLIENT].off = 0;
+    c->dir[CLIENT].len = cmd->initial_len;
+    c->dir[CLIENT].initial = true;
+    cmd->initial = NULL;
+  }
+  int rc;
+  do rc = connect(fd, (struct sockaddr *)&cmd->sa, cmd->salen);
+  while (rc < 0 && errno == EINTR);
+  if (rc < 0 && errno != EINPROGRESS) {
+    connect_failed(r, c, errno);
+    return;
+  }
+  if (rc == 0) {
+    connected(r, c);
+    return;
+  }
+  struct epoll_event ev = {.events = EPOLLOUT | EPOLLET};
+  ev.data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)BACKEND;
+  if (epoll_ctl(r->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    connect_failed(r, c, errno);
+    return;
+  }
+  c->registered[BACKEND] = true;
+  c->idle_ms = cmd->timeout_ms > 0 ? cmd->timeout_ms : 1;
+  c->last_active = r->now;
+  wheel_file(r, c);
+}
+
+/* Starts accepting on a listening socket JS gave. */
+static void lsn_start(relay_t *r, lsn_t *l) {
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)(uintptr_t)l | 2};
+  if (epoll_ctl(r->ep, EPOLL_CTL_ADD, l->fd, &ev) < 0) {
+    /* Not a socket epoll takes: JS's unlisten still gets its duplicate back. */
+    l->paused = false;
+  }
+  l->next = r->listeners;
+  r->listeners = l;
+}
+
+/* Stops accepting on one and closes the relay's descriptor of it. */
+static void lsn_stop(relay_t *r, lsn_t *l) {
+  for (lsn_t **p = &r->listeners; *p != NULL; p = &(*p)->next) {
+    if (*p != l) continue;
+    *p = l->next;
+    break;
+  }
+  if (l->paused) r->paused--;
+  (void)epoll_ctl(r->ep, EPOLL_CTL_DEL, l->fd, NULL);
+  close_fd(l->fd);
+  free(l);
+}
+
+/* Hands an accepted connection that waits for its backend back to JS: its descriptor is
+ * JS's from now on (the end it promised is replaced by this event). */
+static void conn_release(relay_t *r, uint64_t id) {
+  conn_t *c = table_get(r, id);
+  if (c == NULL || c->closed || c->state != S_WAIT) return; /* ended meanwhile: its end comes */
+  if (c->registered[CLIENT]) (void)epoll_ctl(r->ep, EPOLL_CTL_DEL, c->fd[CLIENT], NULL);
+  table_del(r, c);
+  lock(r);
+  ev_push(r, E_RELEASED, c->id, (double)c->fd[CLIENT], 0, 0);
+  r->promised--;
+  unlock(r);
+  r->ends_dirty = true;
+  free(c);
+}
+
+/* Runs the commands JS queued besides add and destroy, in order. */
+static void run_cmds(relay_t *r, cmd_t *cmd) {
+  while (cmd != NULL) {
+    cmd_t *next = cmd->next;
+    if (cmd->kind == C_LISTEN) lsn_start(r, cmd->lsn);
+    else if (cmd->kind == C_UNLISTEN) {
+      uint32_t id = cmd->lsn->id;
+      lsn_stop(r, cmd->lsn);
+      lock(r);
+      if (ev_room(r, 1)) ev_push(r, E_UNLISTENED, 0, (double)id, 0, 0);
+      unlock(r);
+      r->ends_dirty = true;
+    } else if (cmd->kind == C_RELEASE) conn_release(r, cmd->id);
+    else conn_connect(r, cmd);
+    free(cmd->initial);
+    free(cmd);
+    cmd = next;
+  }
+}
+
+/* Tells JS that events wait, unless a call is already on its way (it takes them all). */
 static void report(relay_t *r) {
   if (!r->ends_dirty) return;
   r->ends_dirty = false;
   lock(r);
-  bool call = !r->ends_signalled && r->nends > 0;
+  bool call = !r->ends_signalled && r->nev > 0;
   if (call) r->ends_signalled = true;
   unlock(r);
   /* napi_closing only while the environment is going away: its ends are then dropped. */
@@ -661,6 +1062,8 @@ static void take_commands(relay_t *r) {
   lock(r);
   conn_t *adds = r->add_head;
   r->add_head = r->add_tail = NULL;
+  cmd_t *cmds = r->cmd_head;
+  r->cmd_head = r->cmd_tail = NULL;
   uint64_t *kills = r->kills;
   uint32_t nkills = r->nkills, cap = r->kills_cap;
   r->kills = r->spare_kills;
@@ -677,9 +1080,16 @@ static void take_commands(relay_t *r) {
     conn_start(r, adds);
     adds = next;
   }
+  run_cmds(r, cmds);
   for (uint32_t i = 0; i < nkills; i++) {
-    conn_t *c = table_get(r, kills[i]);
-    if (c != NULL) conn_close(r, c, R_DESTROYED);
+    /* An id, shifted left by one; the low bit asks for a reset towards the client. */
+    conn_t *c = table_get(r, kills[i] >> 1);
+    if (c == NULL) continue;
+    if ((kills[i] & 1) && c->fd[CLIENT] >= 0) {
+      struct linger lg = {.l_onoff = 1, .l_linger = 0};
+      (void)setsockopt(c->fd[CLIENT], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    conn_close(r, c, R_DESTROYED);
   }
   if (stop) r->stopping = true;
 }
@@ -691,12 +1101,23 @@ static void close_all(relay_t *r) {
   lock(r);
   conn_t *adds = r->add_head;
   r->add_head = r->add_tail = NULL;
+  cmd_t *cmds = r->cmd_head;
+  r->cmd_head = r->cmd_tail = NULL;
   unlock(r);
   while (adds != NULL) {
     conn_t *next = adds->next;
     conn_close(r, adds, R_DESTROYED);
     adds = next;
   }
+  while (cmds != NULL) { /* listeners given are closed below; connects are moot */
+    cmd_t *next = cmds->next;
+    if (cmds->kind == C_LISTEN) lsn_start(r, cmds->lsn);
+    else if (cmds->kind == C_UNLISTEN) lsn_stop(r, cmds->lsn);
+    free(cmds->initial);
+    free(cmds);
+    cmds = next;
+  }
+  while (r->listeners != NULL) lsn_stop(r, r->listeners);
   for (uint32_t i = 0; i < r->table_cap; i++) {
     if (r->table[i] != NULL) conn_close(r, r->table[i], R_DESTROYED);
     r->table[i] = NULL;
@@ -711,8 +1132,13 @@ static void close_all(relay_t *r) {
  * some have an idle timeout, else forever. */
 static int next_timeout(const relay_t *r) {
   if (r->ready != NULL) return 0;
-  if (r->wheel_count == 0) return -1;
-  int64_t ms = (r->wheel_tick + 1) * TICK_MS - now_ms();
+  int64_t now = now_ms();
+  int64_t ms = -1;
+  if (r->wheel_count > 0) ms = (r->wheel_tick + 1) * TICK_MS - now;
+  for (const lsn_t *l = r->listeners; l != NULL && r->paused > 0; l = l->next) {
+    if (l->paused && (ms < 0 || l->resume_at - now < ms)) ms = l->resume_at - now;
+  }
+  if (ms < 0 && r->wheel_count == 0 && r->paused == 0) return -1;
   return ms < 1 ? 1 : (int)ms;
 }
 
@@ -735,9 +1161,11 @@ static void *relay_main(void *arg) {
     for (int i = 0; i < n; i++) {
       uint64_t tag = evs[i].data.u64;
       if (tag == 0) commands = true;
+      else if (tag & 2) lsn_event(r, (lsn_t *)(uintptr_t)(tag & ~(uint64_t)3));
       else conn_event(r, (conn_t *)(uintptr_t)(tag & ~(uint64_t)1), (int)(tag & 1), evs[i].events);
     }
     if (commands) take_commands(r);
+    if (r->paused > 0) lsn_resume(r);
     run_ready(r);
     if (r->wheel_count > 0) wheel_advance(r);
     else r->wheel_tick = r->now / TICK_MS;
@@ -795,7 +1223,8 @@ static void relay_free(relay_t *r) {
   close_fd(r->wake_fd);
   free(r->table);
   free(r->buf);
-  free(r->ends);
+  free(r->evs);
+  free(r->lsns);
   free(r->kills);
   free(r->spare_kills);
   free((void *)r->bytes);
@@ -807,30 +1236,50 @@ static void relay_unref(relay_t *r) {
   if (--r->refs == 0) relay_free(r);
 }
 
-/* Hands the queued ends to `cb` as one Float64Array of [id, bytesIn, bytesOut, reason] * n. */
+/* Keeps the event loop alive while the relay holds connections or listening sockets. */
+static void update_ref(napi_env env, relay_t *r) {
+  if (r->tsfn_released) return;
+  bool want = r->live > 0 || r->listening > 0;
+  if (want == r->tsfn_refed) return;
+  if ((want ? napi_ref_threadsafe_function(env, r->tsfn) : napi_unref_threadsafe_function(env, r->tsfn)) == napi_ok) r->tsfn_refed = want;
+}
+
+/* Hands the queued events to `cb` as one Float64Array of [kind, id, a, b, c] * n and an array
+ * of the accepted clients' addresses, one per accept event, in order. */
 static void deliver_ends(napi_env env, relay_t *r, napi_value cb) {
-  napi_value ab, arr, undefined;
+  napi_value ab, arr, addrs, argv[2], undefined;
   void *data = NULL;
   lock(r);
-  uint32_t n = r->nends;
+  uint32_t n = r->nev;
   r->ends_signalled = false;
-  if (n == 0 || napi_create_arraybuffer(env, n * sizeof(end_t), &data, &ab) != napi_ok) {
-    unlock(r); /* nothing, or no memory: the ends stay queued for the next call */
+  if (n == 0 || napi_create_arraybuffer(env, (size_t)n * 5 * sizeof(double), &data, &ab) != napi_ok ||
+      napi_create_array(env, &addrs) != napi_ok) {
+    unlock(r); /* nothing, or no memory: the events stay queued for the next call */
     return;
   }
-  memcpy(data, r->ends, n * sizeof(end_t));
-  r->nends = 0;
-  unlock(r);
-  r->live -= n;
-  if (r->live == 0 && r->tsfn_refed && !r->tsfn_released) {
-    /* Nothing left to wait for: the relay no longer keeps the event loop alive. */
-    napi_unref_threadsafe_function(env, r->tsfn);
-    r->tsfn_refed = false;
+  double *out = data;
+  uint32_t naddrs = 0, accepts = 0, ends = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    const event_t *e = &r->evs[i];
+    memcpy(out + 5 * (size_t)i, e->v, sizeof e->v);
+    if (e->v[0] == E_END || e->v[0] == E_RELEASED) ends++;
+    if (e->v[0] != E_ACCEPT) continue;
+    accepts++;
+    napi_value s;
+    if (napi_create_string_latin1(env, e->addr, NAPI_AUTO_LENGTH, &s) == napi_ok) napi_set_element(env, addrs, naddrs, s);
+    naddrs++;
   }
-  if (napi_create_typedarray(env, napi_float64_array, (size_t)n * 4, ab, 0, &arr) != napi_ok) return;
+  r->nev = 0;
+  unlock(r);
+  r->live += accepts;
+  r->live -= ends;
+  update_ref(env, r);
+  if (napi_create_typedarray(env, napi_float64_array, (size_t)n * 5, ab, 0, &arr) != napi_ok) return;
   if (napi_get_undefined(env, &undefined) != napi_ok) return;
+  argv[0] = arr;
+  argv[1] = addrs;
   /* An exception thrown by cb propagates as any callback's would. */
-  napi_call_function(env, undefined, cb, 1, &arr, NULL);
+  napi_call_function(env, undefined, cb, 2, argv, NULL);
 }
 
 /* The thread-safe function's call on the JS thread (env is NULL while it is torn down). */
@@ -1132,18 +1581,13 @@ static napi_value relay_add(napi_env env, napi_callback_info info) {
     what = "relay add: the relay thread stopped";
     goto fail;
   }
-  if (r->ends_cap < r->live + 1) { /* room for this connection's end, taken now */
-    uint32_t cap = r->ends_cap ? r->ends_cap * 2 : 64;
-    end_t *ends = realloc(r->ends, cap * sizeof *ends);
-    if (ends == NULL) {
-      unlock(r);
-      err = ENOMEM;
-      what = "relay add";
-      goto fail;
-    }
-    r->ends = ends;
-    r->ends_cap = cap;
+  if (!ev_room(r, 1)) { /* room for this connection's end, promised now */
+    unlock(r);
+    err = ENOMEM;
+    what = "relay add";
+    goto fail;
   }
+  r->promised++;
   c->id = ++r->next_id;
   /* Read before the unlock: from then on the relay thread owns `c`, and may close and free
    * it before this function returns (a connection that fails at once). */
@@ -1156,10 +1600,7 @@ static napi_value relay_add(napi_env env, napi_callback_info info) {
   unlock(r);
   if (need_wake) wake(r);
   r->live++;
-  if (!r->tsfn_refed) {
-    NAPI_CALL(env, napi_ref_threadsafe_function(env, r->tsfn));
-    r->tsfn_refed = true;
-  }
+  update_ref(env, r);
   napi_value id;
   NAPI_CALL(env, napi_create_double(env, (double)added_id, &id));
   return id;
@@ -1175,11 +1616,12 @@ fail_thrown:
   return NULL;
 }
 
-/* destroy(id): closes the connection now (its end comes with reason destroyed). An id that
- * already ended, or never existed, is ignored. */
+/* destroy(id, reset?): closes the connection now (its end comes with reason destroyed); with
+ * reset, the client gets a reset rather than a FIN. An id that already ended, or never
+ * existed, is ignored. */
 static napi_value relay_destroy(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   relay_t *r = this_relay(env, info, &argc, argv);
   if (r == NULL) return NULL;
   double d = 0;
@@ -1187,6 +1629,11 @@ static napi_value relay_destroy(napi_env env, napi_callback_info info) {
       d != (double)(uint64_t)d) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "id must be a connection id");
     return NULL;
+  }
+  bool reset = false;
+  if (argc >= 2) {
+    napi_valuetype t;
+    if (napi_typeof(env, argv[1], &t) == napi_ok && t == napi_boolean) napi_get_value_bool(env, argv[1], &reset);
   }
   if (r->closed) return NULL;
   lock(r);
@@ -1201,11 +1648,237 @@ static napi_value relay_destroy(napi_env env, napi_callback_info info) {
     r->kills = k;
     r->kills_cap = cap;
   }
-  r->kills[r->nkills++] = (uint64_t)d;
+  r->kills[r->nkills++] = ((uint64_t)d << 1) | (reset ? 1 : 0);
   bool need_wake = !r->woken;
   r->woken = true;
   unlock(r);
   if (need_wake) wake(r);
+  return NULL;
+}
+
+/* Queues a command for the relay thread. Under mu. */
+static void cmd_queue(relay_t *r, cmd_t *cmd) {
+  if (r->cmd_tail != NULL) r->cmd_tail->next = cmd;
+  else r->cmd_head = cmd;
+  r->cmd_tail = cmd;
+}
+
+/* Wakes the relay thread for what was queued, unless it is already woken. Under mu; unlocks. */
+static void queued(relay_t *r) {
+  bool need_wake = !r->woken;
+  r->woken = true;
+  unlock(r);
+  if (need_wake) wake(r);
+}
+
+/* listen(fd, group) -> id: accepts the connections of the listening socket fd from now on
+ * (the relay duplicates it; the caller closes its own). Each is reported as an accept event
+ * and waits for connect() or destroy(). */
+static napi_value relay_listen(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  relay_t *r = this_relay(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  if (r->closed) {
+    napi_throw_error(env, "ERR_RELAY_CLOSED", "the relay is closed");
+    return NULL;
+  }
+  uint32_t fd, group;
+  if (argc < 2 || !arg_u32(env, argv[0], "fd", &fd) || !arg_u32(env, argv[1], "group", &group)) return NULL;
+  if (fd > INT32_MAX || group >= r->groups) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "fd must be a descriptor and group below the relay's groups");
+    return NULL;
+  }
+  if (r->nlsns == r->lsns_cap) {
+    uint32_t cap = r->lsns_cap ? r->lsns_cap * 2 : 8;
+    void *p = realloc(r->lsns, cap * sizeof *r->lsns);
+    if (p == NULL) {
+      throw_errno(env, ENOMEM, "relay listen");
+      return NULL;
+    }
+    r->lsns = p;
+    r->lsns_cap = cap;
+  }
+  lsn_t *l = calloc(1, sizeof *l);
+  cmd_t *cmd = calloc(1, sizeof *cmd);
+  if (l == NULL || cmd == NULL) {
+    free(l);
+    free(cmd);
+    throw_errno(env, ENOMEM, "relay listen");
+    return NULL;
+  }
+  l->fd = dup_nonblocking((int)fd);
+  if (l->fd < 0) {
+    int err = errno;
+    free(l);
+    free(cmd);
+    throw_errno(env, err, "relay listen: the listening descriptor");
+    return NULL;
+  }
+  l->id = ++r->next_lsn_id;
+  l->group = group;
+  r->lsns[r->nlsns].id = l->id;
+  r->lsns[r->nlsns].fd = l->fd;
+  r->lsns[r->nlsns].lsn = l;
+  r->nlsns++;
+  r->listening++;
+  cmd->kind = C_LISTEN;
+  cmd->lsn = l;
+  lock(r);
+  cmd_queue(r, cmd);
+  queued(r);
+  update_ref(env, r);
+  napi_value id;
+  NAPI_CALL(env, napi_create_uint32(env, l->id, &id));
+  return id;
+}
+
+/* unlisten(id) -> fd: stops accepting on that socket and returns a new descriptor of it,
+ * still listening, for the caller to close or to listen on with Node: what waits in its
+ * backlog is not lost. -1 when the relay is closed (it closed the socket). */
+static napi_value relay_unlisten(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  relay_t *r = this_relay(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  uint32_t id;
+  if (argc < 1 || !arg_u32(env, argv[0], "id", &id)) return NULL;
+  uint32_t i = 0;
+  while (i < r->nlsns && r->lsns[i].id != id) i++;
+  if (i == r->nlsns) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "no such listening socket");
+    return NULL;
+  }
+  int back = -1;
+  if (!r->closed) {
+    cmd_t *cmd = calloc(1, sizeof *cmd);
+    if (cmd == NULL) {
+      throw_errno(env, ENOMEM, "relay unlisten");
+      return NULL;
+    }
+    /* The relay's descriptor stays open until the thread takes the command. */
+    back = fcntl(r->lsns[i].fd, F_DUPFD_CLOEXEC, 0);
+    if (back < 0) {
+      int err = errno;
+      free(cmd);
+      throw_errno(env, err, "relay unlisten");
+      return NULL;
+    }
+    cmd->kind = C_UNLISTEN;
+    cmd->lsn = r->lsns[i].lsn;
+    lock(r);
+    cmd_queue(r, cmd);
+    queued(r);
+  }
+  r->lsns[i] = r->lsns[--r->nlsns];
+  r->listening--;
+  update_ref(env, r);
+  napi_value v;
+  NAPI_CALL(env, napi_create_int32(env, back, &v));
+  return v;
+}
+
+/* connect(id, ip, port, timeoutMs, idleMs, toBackend?): connects an accepted connection to a
+ * backend (ip: a numeric IPv4 or IPv6 address). Its result comes as a connected or a
+ * connect_failed event (or the connection's end, when the client left meanwhile). */
+static napi_value relay_connect(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  relay_t *r = this_relay(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  if (r->closed) {
+    napi_throw_error(env, "ERR_RELAY_CLOSED", "the relay is closed");
+    return NULL;
+  }
+  napi_value undefined;
+  NAPI_CALL(env, napi_get_undefined(env, &undefined));
+  for (size_t i = argc; i < 6; i++) argv[i] = undefined;
+  double d = 0;
+  if (napi_get_value_double(env, argv[0], &d) != napi_ok || !(d >= 1 && d <= 9007199254740991.0) || d != (double)(uint64_t)d) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "id must be a connection id");
+    return NULL;
+  }
+  char ip[INET6_ADDRSTRLEN + 1];
+  size_t iplen = 0;
+  if (napi_get_value_string_latin1(env, argv[1], ip, sizeof ip, &iplen) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "ip must be a string");
+    return NULL;
+  }
+  uint32_t port, timeout_ms, idle_ms;
+  if (!arg_u32(env, argv[2], "port", &port) || !arg_u32(env, argv[3], "timeoutMs", &timeout_ms) ||
+      !arg_u32(env, argv[4], "idleMs", &idle_ms))
+    return NULL;
+  cmd_t *cmd = calloc(1, sizeof *cmd);
+  if (cmd == NULL) {
+    throw_errno(env, ENOMEM, "relay connect");
+    return NULL;
+  }
+  struct sockaddr_in *a4 = (struct sockaddr_in *)&cmd->sa;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&cmd->sa;
+  if (port > 65535) {
+    free(cmd);
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "port must be below 65536");
+    return NULL;
+  }
+  if (inet_pton(AF_INET, ip, &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons((uint16_t)port);
+    cmd->salen = sizeof *a4;
+  } else if (inet_pton(AF_INET6, ip, &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons((uint16_t)port);
+    cmd->salen = sizeof *a6;
+  } else {
+    free(cmd);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", "ip must be a numeric IPv4 or IPv6 address");
+    return NULL;
+  }
+  if (!arg_bytes(env, argv[5], "toBackend", &cmd->initial, &cmd->initial_len)) {
+    free(cmd);
+    return NULL;
+  }
+  cmd->kind = C_CONNECT;
+  cmd->id = (uint64_t)d;
+  cmd->timeout_ms = timeout_ms;
+  cmd->idle_ms = idle_ms;
+  lock(r);
+  if (!ev_room(r, 1)) { /* room for its result, promised now */
+    unlock(r);
+    free(cmd->initial);
+    free(cmd);
+    throw_errno(env, ENOMEM, "relay connect");
+    return NULL;
+  }
+  r->promised++;
+  cmd_queue(r, cmd);
+  queued(r);
+  return NULL;
+}
+
+/* release(id): hands an accepted connection that waits for its backend back to JS: a released
+ * event brings its descriptor (or its end comes, when it ended meanwhile). */
+static napi_value relay_release(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  relay_t *r = this_relay(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  double d = 0;
+  if (argc < 1 || napi_get_value_double(env, argv[0], &d) != napi_ok || !(d >= 1 && d <= 9007199254740991.0) ||
+      d != (double)(uint64_t)d) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "id must be a connection id");
+    return NULL;
+  }
+  if (r->closed) return NULL;
+  cmd_t *cmd = calloc(1, sizeof *cmd);
+  if (cmd == NULL) {
+    throw_errno(env, ENOMEM, "relay release");
+    return NULL;
+  }
+  cmd->kind = C_RELEASE;
+  cmd->id = (uint64_t)d;
+  lock(r);
+  cmd_queue(r, cmd);
+  queued(r);
   return NULL;
 }
 
@@ -1249,6 +1922,10 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor methods[] = {
     {"add", NULL, relay_add, NULL, NULL, NULL, napi_default_method, NULL},
     {"destroy", NULL, relay_destroy, NULL, NULL, NULL, napi_default_method, NULL},
+    {"listen", NULL, relay_listen, NULL, NULL, NULL, napi_default_method, NULL},
+    {"unlisten", NULL, relay_unlisten, NULL, NULL, NULL, napi_default_method, NULL},
+    {"connect", NULL, relay_connect, NULL, NULL, NULL, napi_default_method, NULL},
+    {"release", NULL, relay_release, NULL, NULL, NULL, napi_default_method, NULL},
     {"takeBytes", NULL, relay_take_bytes, NULL, NULL, NULL, napi_default_method, NULL},
     {"close", NULL, relay_close, NULL, NULL, NULL, napi_default_method, NULL},
     {"size", NULL, NULL, relay_size, NULL, NULL, napi_default, NULL},

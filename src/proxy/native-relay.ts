@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Socket } from 'node:net'
+import { constants as osConstants } from 'node:os'
 
 /**
  * The native relay (native/relay.c): relays established TCP connections on an epoll thread of
@@ -19,6 +20,7 @@ export const RELAY_END_REASONS = [
   'backend_error', // the same on the backend's side
   'idle_timeout', // no byte moved either way for idleMs
   'destroyed', // destroy(), close(), or the relay could not take the connection
+  'client_aborted', // an accepted client reset before its backend connection was made
 ] as const
 export type RelayEndReason = (typeof RELAY_END_REASONS)[number]
 
@@ -43,9 +45,46 @@ export interface RelayEnd {
 export type RelayMode = 'copy' | 'splice'
 export const DEFAULT_RELAY_MODE: RelayMode = 'copy'
 
+/** A connection the relay accepted on a listening socket given with listen(). */
+export interface RelayAccept {
+  readonly id: number
+  /** The listen() id of the socket it came in on. */
+  readonly listener: number
+  /** The client's address, as Node writes it (`::ffff:` before an IPv4 client of a dual-stack socket). */
+  readonly address: string
+  readonly port: number
+  readonly family: 4 | 6
+}
+
+/** The result of connect(): made (with how long it took), or failed (with the errno name). */
+export type RelayConnectResult =
+  | { readonly id: number; readonly ok: true; readonly micros: number }
+  | { readonly id: number; readonly ok: false; readonly code: string; readonly errno: number }
+
+/** A listening socket could not accept (out of descriptors, say) and pauses for `pauseMs`. */
+export interface RelayAcceptError {
+  readonly listener: number
+  readonly code: string
+  readonly errno: number
+  readonly pauseMs: number
+}
+
 export interface NativeRelayOptions {
   /** Called with the connections that ended, in batches (never once per chunk). */
   onEnd(ends: readonly RelayEnd[]): void
+  /**
+   * Called for each connection accepted on a listening socket (listen()), before any later
+   * event of it. It waits until connect() or destroy().
+   */
+  onAccept?(accept: RelayAccept): void
+  /** Called with the result of each connect(). */
+  onConnect?(result: RelayConnectResult): void
+  /** Called when a listening socket pauses accepting after an error. */
+  onAcceptError?(error: RelayAcceptError): void
+  /** An accepted connection given back with release(): its descriptor is the caller's now. */
+  onReleased?(id: number, fd: number): void
+  /** No accept of this listening socket comes after this (it was taken back with unlisten()). */
+  onUnlistened?(listener: number): void
   mode?: RelayMode
   /** Byte counter groups (one per listener, say); add() names one. Default 1. */
   groups?: number
@@ -65,13 +104,17 @@ export interface RelayAddOptions {
 /** What native/relay.c exports. */
 interface RelayHandle {
   add(clientFd: number, backendFd: number, idleMs: number, group: number, toBackend: Uint8Array | undefined, toClient: Uint8Array | undefined): number
-  destroy(id: number): void
+  destroy(id: number, reset?: boolean): void
+  listen(fd: number, group: number): number
+  unlisten(id: number): number
+  connect(id: number, ip: string, port: number, timeoutMs: number, idleMs: number, toBackend: Uint8Array | undefined): void
+  release(id: number): void
   takeBytes(): Float64Array
   close(): void
   readonly size: number
 }
 interface RelayBinding {
-  readonly Relay: new (onEnd: (ends: Float64Array) => void, splice: boolean, groups: number) => RelayHandle
+  readonly Relay: new (onEvents: (events: Float64Array, addresses: string[]) => void, splice: boolean, groups: number) => RelayHandle
   readonly reasons: readonly string[]
 }
 
@@ -112,15 +155,10 @@ export class NativeRelay {
   constructor(binding: RelayBinding, options: NativeRelayOptions) {
     const groups = options.groups ?? 1
     if (!Number.isInteger(groups) || groups < 1 || groups > 65536) throw new RangeError(`groups must be an integer from 1 to 65536, not ${groups}`)
-    const onEnd = options.onEnd
     this.handle = new binding.Relay(
-      (flat) => {
-        const ends: RelayEnd[] = []
-        for (let i = 0; i + 3 < flat.length; i += 4) {
-          ends.push({ id: flat[i] ?? 0, bytesIn: flat[i + 1] ?? 0, bytesOut: flat[i + 2] ?? 0, reason: RELAY_END_REASONS[flat[i + 3] ?? 5] ?? 'destroyed' })
-        }
+      (flat, addresses) => {
         try {
-          onEnd(ends)
+          dispatch(options, flat, addresses)
         } catch (err) {
           // Thrown here, it would only be warned about by N-API: make it an uncaught exception.
           queueMicrotask(() => {
@@ -170,9 +208,47 @@ export class NativeRelay {
     return id
   }
 
-  /** Closes the connection now; its end follows with reason 'destroyed' (unless it ended already). */
-  destroy(id: number): void {
-    this.handle.destroy(id)
+  /**
+   * Closes the connection now; its end follows with reason 'destroyed' (unless it ended
+   * already). `reset`: the client gets a reset, not a FIN (a refused connection).
+   */
+  destroy(id: number, reset = false): void {
+    this.handle.destroy(id, reset)
+  }
+
+  /**
+   * Accepts the connections of a listening socket from now on: the relay duplicates `fd`
+   * (the caller closes its own, e.g. the net.Server it came from). Each connection comes to
+   * onAccept and waits for connect() or destroy(). Returns the socket's id for unlisten().
+   */
+  listen(fd: number, group = 0): number {
+    return this.handle.listen(fd, group)
+  }
+
+  /**
+   * Stops accepting on a socket given with listen() and returns a new descriptor of it, still
+   * listening (its backlog kept), for the caller to close or to hand to Node
+   * (`server.listen({ fd })`). -1 when the relay is closed.
+   */
+  unlisten(id: number): number {
+    return this.handle.unlisten(id)
+  }
+
+  /**
+   * Connects an accepted connection to a backend at `ip` (numeric) and `port`; the result
+   * comes to onConnect. Gives up after timeoutMs (ETIMEDOUT); once connected the connection
+   * is relayed with idleMs, after toBackend is written to the backend.
+   */
+  connect(id: number, ip: string, port: number, timeoutMs: number, idleMs: number, toBackend?: Uint8Array): void {
+    this.handle.connect(id, ip, port, timeoutMs, idleMs, toBackend)
+  }
+
+  /**
+   * Gives an accepted connection that waits for connect() back: onReleased brings its
+   * descriptor (wrap it with `new Socket({ fd })`), or its end comes when it ended meanwhile.
+   */
+  release(id: number): void {
+    this.handle.release(id)
   }
 
   /**
@@ -195,6 +271,44 @@ export class NativeRelay {
   close(): void {
     this.handle.close()
   }
+}
+
+const enum EventKind {
+  End = 0,
+  Accept = 1,
+  Connected = 2,
+  ConnectFailed = 3,
+  AcceptError = 4,
+  Released = 5,
+  Unlistened = 6,
+}
+
+/** errno numbers of Linux, by name, for connect results and accept errors. */
+const ERRNO_NAMES: ReadonlyMap<number, string> = new Map(Object.entries(osConstants.errno).map(([name, n]) => [n, name]))
+
+function errnoName(n: number): string {
+  return ERRNO_NAMES.get(n) ?? `E${n}`
+}
+
+/** Hands a batch of events to the callbacks, in order, with the ends of the batch last. */
+function dispatch(options: NativeRelayOptions, flat: Float64Array, addresses: readonly string[]): void {
+  const ends: RelayEnd[] = []
+  let a = 0
+  for (let i = 0; i + 4 < flat.length; i += 5) {
+    const kind = flat[i] as EventKind
+    const id = flat[i + 1] ?? 0
+    const x = flat[i + 2] ?? 0
+    const y = flat[i + 3] ?? 0
+    const z = flat[i + 4] ?? 0
+    if (kind === EventKind.End) ends.push({ id, bytesIn: x, bytesOut: y, reason: RELAY_END_REASONS[z] ?? 'destroyed' })
+    else if (kind === EventKind.Accept) options.onAccept?.({ id, listener: x, address: addresses[a++] ?? '', port: y, family: z === 6 ? 6 : 4 })
+    else if (kind === EventKind.Connected) options.onConnect?.({ id, ok: true, micros: x })
+    else if (kind === EventKind.ConnectFailed) options.onConnect?.({ id, ok: false, errno: x, code: errnoName(x) })
+    else if (kind === EventKind.AcceptError) options.onAcceptError?.({ listener: x, errno: y, code: errnoName(y), pauseMs: z })
+    else if (kind === EventKind.Released) options.onReleased?.(id, x)
+    else if (kind === EventKind.Unlistened) options.onUnlistened?.(x)
+  }
+  if (ends.length > 0) options.onEnd(ends)
 }
 
 export interface NativeRelayAddon {
