@@ -6,6 +6,7 @@ export const ERROR_CODES = {
   SLUICE_ERR_CONFIG: 'The configuration file has one or more problems; each is printed as FILE:LINE:COL.',
   SLUICE_ERR_CONFIG_READ: 'The configuration file could not be read (missing, unreadable, not a file).',
   SLUICE_ERR_LISTEN: 'A listener could not bind its address (port in use, permission denied, address not on this host).',
+  SLUICE_ERR_ACCEPT: 'A listener could not accept connections (out of file descriptors or memory); it pauses and retries on its own.',
   SLUICE_ERR_NO_BACKEND: 'No backend of the pool was usable for a new connection (all down, draining, full or already tried).',
   SLUICE_ERR_CONNECT: 'Connecting to a backend failed (refused, unreachable, reset during connect).',
   SLUICE_ERR_CONNECT_TIMEOUT: 'Connecting to a backend took longer than the pool\'s connect_timeout.',

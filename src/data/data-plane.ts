@@ -145,6 +145,7 @@ export class DataPlane {
       if (l instanceof TcpListener) {
         l.poolLookup = (name) => this.pools.get(name)
         l.relay = this.activeRelay
+        l.syncAcceptMode()
       }
       this.listeners.set(lc.name, l)
     }

@@ -1,4 +1,5 @@
-import { createServer, type Server, type Socket } from 'node:net'
+import { Socket, createServer, type Server } from 'node:net'
+import { closeSync as closeFd } from 'node:fs'
 import type { AnyListenerConfig, ListenerConfig } from '../config/types.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics/metrics.js'
@@ -7,10 +8,13 @@ import { LogThrottle } from '../log-throttle.js'
 import { errnoCode, errorMessage } from '../errors.js'
 import { bindError } from './bind-error.js'
 import { formatAddress } from '../config/address.js'
-import { KEEPALIVE_INITIAL_DELAY_MS, STREAM_BUFFER_BYTES, TcpSession, type SessionOwner } from '../proxy/tcp-session.js'
+import { KEEPALIVE_INITIAL_DELAY_MS, STREAM_BUFFER_BYTES, TcpSession, type OpenSession, type SessionOwner } from '../proxy/tcp-session.js'
 import { admit } from './admission.js'
-import type { AdmissionCounter, Listener } from './listener.js'
-import type { RelayHost } from '../proxy/relay-host.js'
+import type { AdmissionCounter, Listener, ListenerAddress } from './listener.js'
+import type { RelayAcceptor, RelayHost } from '../proxy/relay-host.js'
+import type { RelayAccept, RelayAcceptError } from '../proxy/native-relay.js'
+import { NativeSession } from '../proxy/native-session.js'
+import { isPlainPool } from '../proxy/upstream-secure.js'
 import { OpeningStage } from '../proxy/proxy-opening.js'
 import { TlsTerminator } from '../proxy/tls.js'
 
@@ -18,10 +22,16 @@ import { TlsTerminator } from '../proxy/tls.js'
  * A TCP listener: accepts client connections, admits or refuses them, and hands each to a
  * TcpSession bound to the listener's pool. `close()` stops accepting and resolves when the
  * last session has ended; `destroy()` ends every session now.
+ *
+ * A plain listener (no TLS, PROXY header, SNI or routes) whose pool is plain too, in a data
+ * plane with the native relay, gives its listening socket to the relay (syncAcceptMode): the
+ * relay accepts, connects and relays each connection itself (NativeSession), with no Node
+ * socket per connection. A reload that makes it need Node (TLS added, say) takes the socket
+ * back, its backlog intact.
  */
-export class TcpListener implements SessionOwner, Listener {
+export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
   readonly protocol = 'tcp'
-  readonly sessions = new Set<TcpSession>()
+  readonly sessions = new Set<OpenSession>()
   /** Connections accepted, and how many of them /metrics has counted (see flushCounters). */
   accepted = 0
   private countedAccepted = 0
@@ -42,6 +52,10 @@ export class TcpListener implements SessionOwner, Listener {
   admission: AdmissionCounter | undefined
   /** The data plane's native relay for established plain connections (set by the data plane). */
   relay: RelayHost | undefined
+  /** The relay accepting on this listener's socket, and its id there; undefined while Node accepts. */
+  private native: { host: RelayHost; id: number } | undefined
+  /** The address bound, kept for while Node's server is closed (the relay accepts). */
+  private bound: ListenerAddress | undefined
 
   constructor(
     public config: ListenerConfig,
@@ -50,7 +64,12 @@ export class TcpListener implements SessionOwner, Listener {
     readonly metrics: Metrics,
     public accessLog: boolean,
   ) {
-    this.server = createServer({
+    this.server = this.newServer()
+    this.configureOpening(config)
+  }
+
+  private newServer(): Server {
+    const server = createServer({
       allowHalfOpen: true,
       // Not pauseOnConnect: while the backend connect is in flight the socket keeps reading
       // into its bounded stream buffer (highWaterMark, then TCP backpressure), so a client
@@ -60,11 +79,92 @@ export class TcpListener implements SessionOwner, Listener {
       keepAliveInitialDelay: KEEPALIVE_INITIAL_DELAY_MS,
       highWaterMark: STREAM_BUFFER_BYTES,
     })
-    this.configureOpening(config)
-    this.server.on('connection', this.onConnection)
-    this.server.on('error', (err) => {
-      log.error({ code: 'SLUICE_ERR_LISTEN', listener: config.name, errno: errnoCode(err) }, `listener error: ${errorMessage(err)}`)
+    server.on('connection', this.onConnection)
+    server.on('error', (err) => {
+      this.log.error({ code: 'SLUICE_ERR_LISTEN', listener: this.config.name, errno: errnoCode(err) }, `listener error: ${errorMessage(err)}`)
     })
+    return server
+  }
+
+  /**
+   * Gives the listening socket to the native relay when this listener and its pool are plain
+   * and a relay is there, and takes it back when not (called when a configuration is
+   * committed). Either way the socket stays bound and its backlog is kept.
+   */
+  syncAcceptMode(): void {
+    const relay = this.relay
+    const want = relay !== undefined && !this.closing && this.opening === undefined && isPlainPool(this.pool.config)
+    if (this.native !== undefined && (!want || this.native.host !== relay)) this.acceptWithNode()
+    if (want && this.native === undefined && this.server.listening) this.acceptWithRelay(relay)
+  }
+
+  private acceptWithRelay(host: RelayHost): void {
+    const fd = serverFd(this.server)
+    if (fd === undefined) return
+    const bound = this.address()
+    let id: number
+    try {
+      id = host.listen(fd, this.config.name, this)
+    } catch (err) {
+      this.log.warn({ code: 'SLUICE_ERR_RELAY', listener: this.config.name, errno: errnoCode(err) }, `the native relay cannot accept on ${bound.text} (${errorMessage(err)}): Node accepts`)
+      return
+    }
+    this.bound = bound
+    this.native = { host, id }
+    // The relay holds its own descriptor of the socket: closing Node's server leaves it bound.
+    const old = this.server
+    this.server = this.newServer()
+    old.close()
+  }
+
+  /** Takes the listening socket back from the relay (its backlog kept): Node accepts again. */
+  private acceptWithNode(): void {
+    const native = this.native
+    if (native === undefined) return
+    this.native = undefined
+    const fd = native.host.unlisten(native.id)
+    if (fd < 0 || this.closing) {
+      if (fd >= 0) closeFd(fd)
+      return
+    }
+    this.server.listen({ fd })
+  }
+
+  onRelayAccept(a: RelayAccept, host: RelayHost): void {
+    if (this.closing) {
+      this.accepted++
+      this.refuseRelayed(host, a.id, 'shutdown')
+      return
+    }
+    if (this.native?.host !== host) {
+      // Accepted by the relay in the instant before a reload gave the socket back to Node:
+      // Node takes this connection too, with the listener's new settings.
+      host.release(a.id, { onRelayEnd: () => {}, onRelayReleased: (fd) => this.onConnection(new Socket({ fd, readable: true, writable: true, allowHalfOpen: true })) })
+      return
+    }
+    this.accepted++
+    const refusal = this.admitOne()
+    if (refusal !== undefined) {
+      this.refuseRelayed(host, a.id, refusal)
+      return
+    }
+    const session = new NativeSession(a.id, a.address, a.port, this, this.pool, host)
+    this.sessions.add(session)
+    session.start()
+  }
+
+  private refuseRelayed(host: RelayHost, id: number, reason: string): void {
+    this.metrics.rejectedConnectionsTotal.inc({ listener: this.config.name, reason })
+    host.destroy(id, true)
+  }
+
+  onRelayAcceptError(e: RelayAcceptError): void {
+    const suppressed = this.throttle.take(`accept:${e.code}`)
+    if (suppressed === false) return
+    this.log.error(
+      { code: 'SLUICE_ERR_ACCEPT', listener: this.config.name, errno: e.code, pause_ms: e.pauseMs, suppressed },
+      `listener ${this.config.name} cannot accept connections (${e.code}): pausing ${e.pauseMs}ms; open connections are served meanwhile`,
+    )
   }
 
   get name(): string {
@@ -93,7 +193,8 @@ export class TcpListener implements SessionOwner, Listener {
   }
 
   /** The bound address (the real port when the configuration said port 0). */
-  address(): { host: string; port: number; text: string } {
+  address(): ListenerAddress {
+    if (this.native !== undefined && this.bound !== undefined) return this.bound
     const a = this.server.address()
     if (a === null || typeof a === 'string') return { host: this.config.host, port: this.config.port, text: this.config.listen }
     return { host: a.address, port: a.port, text: formatAddress(a.address, a.port) }
@@ -107,6 +208,7 @@ export class TcpListener implements SessionOwner, Listener {
       // What was counted under the old name stays there; open connections count under the new one.
       this.flushCounters()
       this.metrics.connectionsActive.remove({ listener: this.config.name })
+      this.relay?.rename(this.config.name, config.name)
     }
     this.config = config
     this.pool = pool
@@ -137,10 +239,10 @@ export class TcpListener implements SessionOwner, Listener {
   }
 
   get listening(): boolean {
-    return this.server.listening
+    return this.native !== undefined || this.server.listening
   }
 
-  sessionEnded(session: TcpSession): void {
+  sessionEnded(session: OpenSession): void {
     if (this.sessions.delete(session)) this.admission?.release()
     if (this.sessions.size === 0 && this.idleWaiters.length > 0) {
       const waiters = this.idleWaiters
@@ -169,6 +271,7 @@ export class TcpListener implements SessionOwner, Listener {
   close(): Promise<void> {
     this.closing = true
     this.tls?.close()
+    this.acceptWithNode()
     if (this.server.listening) this.server.close()
     if (this.sessions.size === 0) return Promise.resolve()
     return new Promise((resolve) => this.idleWaiters.push(resolve))
@@ -178,28 +281,20 @@ export class TcpListener implements SessionOwner, Listener {
   destroy(): void {
     this.closing = true
     this.tls?.close()
+    this.acceptWithNode()
     if (this.server.listening) this.server.close()
     for (const s of [...this.sessions]) s.destroy('shutdown')
   }
 
   private readonly onConnection = (socket: Socket): void => {
-    const config = this.config
     this.accepted++
     if (this.closing) {
       // Accepted in the instant before the server closed: refuse it quietly, it is counted.
       this.refuse(socket, 'shutdown')
       return
     }
-    const admission = this.admission
-    const refusal = admission === undefined ? admit(config, this.sessions.size) : admission.tryAcquire(config.maxConnections) ? undefined : 'max_connections'
+    const refusal = this.admitOne()
     if (refusal !== undefined) {
-      const suppressed = this.throttle.take(`admit:${refusal}`)
-      if (suppressed !== false) {
-        this.log.warn(
-          { code: 'SLUICE_ERR_MAX_CONNECTIONS', listener: config.name, max_connections: config.maxConnections, suppressed },
-          `connection refused: listener ${config.name} already holds max_connections (${config.maxConnections})`,
-        )
-      }
       this.refuse(socket, refusal)
       return
     }
@@ -208,9 +303,32 @@ export class TcpListener implements SessionOwner, Listener {
     session.start()
   }
 
+  /** Admits a new connection (taking its place in max_connections), or says why not (logged, throttled). */
+  private admitOne(): string | undefined {
+    const config = this.config
+    const admission = this.admission
+    const refusal = admission === undefined ? admit(config, this.sessions.size) : admission.tryAcquire(config.maxConnections) ? undefined : 'max_connections'
+    if (refusal === undefined) return undefined
+    const suppressed = this.throttle.take(`admit:${refusal}`)
+    if (suppressed !== false) {
+      this.log.warn(
+        { code: 'SLUICE_ERR_MAX_CONNECTIONS', listener: config.name, max_connections: config.maxConnections, suppressed },
+        `connection refused: listener ${config.name} already holds max_connections (${config.maxConnections})`,
+      )
+    }
+    return refusal
+  }
+
   private refuse(socket: Socket, reason: string): void {
     this.metrics.rejectedConnectionsTotal.inc({ listener: this.config.name, reason })
     socket.on('error', () => {})
     socket.resetAndDestroy()
   }
+}
+
+/** The descriptor of a listening net.Server (Unix), or undefined. */
+function serverFd(server: Server): number | undefined {
+  const handle = (server as unknown as { _handle?: { fd?: unknown } | null })._handle
+  const fd = handle?.fd
+  return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : undefined
 }

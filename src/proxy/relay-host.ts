@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net'
+import { closeSync } from 'node:fs'
 import type { Metrics } from '../metrics/metrics.js'
-import { loadNativeRelay, type NativeRelay, type RelayEnd } from './native-relay.js'
+import { loadNativeRelay, type NativeRelay, type RelayAccept, type RelayAcceptError, type RelayConnectResult, type RelayEnd } from './native-relay.js'
 
 /** What carries established plain TCP connections: `relay:` in the configuration. */
 export type RelayChoice = 'auto' | 'native' | 'js'
@@ -8,13 +9,31 @@ export type RelayChoice = 'auto' | 'native' | 'js'
 /** Byte-counter groups of one relay: one per listener name, reused round-robin beyond it. */
 const GROUPS = 256
 
+/** A connection the relay carries, as its events reach JS. */
+export interface RelayedConnection {
+  onRelayEnd(end: RelayEnd): void
+  /** The backend connect asked for with connect() was made or failed. */
+  onRelayConnect?(result: RelayConnectResult): void
+  /** The accepted connection given back with release(): its descriptor is the caller's. */
+  onRelayReleased?(fd: number): void
+}
+
+/** A listening socket the relay accepts on, as its events reach JS. */
+export interface RelayAcceptor {
+  onRelayAccept(accept: RelayAccept, host: RelayHost): void
+  onRelayAcceptError(error: RelayAcceptError): void
+}
+
 /**
- * One data plane's native relay, shared by its TCP sessions: hands a session's two sockets
- * over (`adopt`), routes each end back to its session, and adds the bytes it relays to
- * sluice_bytes_total per listener when /metrics is read (no JS work per chunk).
+ * One data plane's native relay, shared by its TCP listeners and sessions: hands a session's
+ * two sockets over (`adopt`), or accepts on a listener's socket itself (`listen`) and connects
+ * its connections to the backends JS picks (`connect`); routes each event back to its
+ * listener or session, and adds the bytes it relays to sluice_bytes_total per listener when
+ * /metrics is read (no JS work per chunk).
  */
 export class RelayHost {
-  private readonly sessions = new Map<number, (end: RelayEnd) => void>()
+  private readonly sessions = new Map<number, RelayedConnection>()
+  private readonly acceptors = new Map<number, RelayAcceptor>()
   private readonly groups = new Map<string, number>()
   private readonly names: string[] = []
 
@@ -26,7 +45,15 @@ export class RelayHost {
     const loaded = loadNativeRelay()
     if (loaded.addon === undefined) return { reason: loaded.reason }
     const box: { host?: RelayHost } = {}
-    const relay = loaded.addon.create({ groups: GROUPS, onEnd: (ends) => box.host?.ended(ends) })
+    const relay = loaded.addon.create({
+      groups: GROUPS,
+      onEnd: (ends) => box.host?.ended(ends),
+      onAccept: (a) => box.host?.accepted(a),
+      onConnect: (c) => box.host?.sessions.get(c.id)?.onRelayConnect?.(c),
+      onAcceptError: (e) => box.host?.acceptors.get(e.listener)?.onRelayAcceptError(e),
+      onReleased: (id, fd) => box.host?.released(id, fd),
+      onUnlistened: (listener) => box.host?.acceptors.delete(listener),
+    })
     box.host = new RelayHost(relay)
     return box.host
   }
@@ -49,12 +76,73 @@ export class RelayHost {
     } catch {
       return undefined
     }
-    this.sessions.set(id, onEnd)
+    this.sessions.set(id, { onRelayEnd: onEnd })
     return id
   }
 
-  destroy(id: number): void {
-    this.relay.destroy(id)
+  /** Closes a connection now; `reset`: the client gets a reset (a refused connection). */
+  destroy(id: number, reset = false): void {
+    this.relay.destroy(id, reset)
+  }
+
+  /**
+   * Accepts on the listening socket `fd` of listener `listener` from now on (the relay holds
+   * its own descriptor; the caller closes its server). Returns the id for unlisten().
+   */
+  listen(fd: number, listener: string, acceptor: RelayAcceptor): number {
+    const id = this.relay.listen(fd, this.groupOf(listener))
+    this.acceptors.set(id, acceptor)
+    return id
+  }
+
+  /**
+   * Stops accepting on `id`; returns a descriptor of the still-listening socket (or -1).
+   * Connections it accepted just before still come to its acceptor.
+   */
+  unlisten(id: number): number {
+    return this.relay.unlisten(id)
+  }
+
+  /** Gives an accepted connection back (to `conn.onRelayReleased`, with its descriptor). */
+  release(id: number, conn: RelayedConnection): void {
+    this.sessions.set(id, conn)
+    this.relay.release(id)
+  }
+
+  private released(id: number, fd: number): void {
+    const conn = this.sessions.get(id)
+    this.sessions.delete(id)
+    if (conn?.onRelayReleased !== undefined) conn.onRelayReleased(fd)
+    else closeSync(fd)
+  }
+
+  /**
+   * A listener renamed by a reload: the bytes of its connections, open ones included, count
+   * under the new name from now on.
+   */
+  rename(from: string, to: string): void {
+    const g = this.groups.get(from)
+    if (g === undefined || this.groups.has(to) || this.names[g] !== from) return
+    this.groups.delete(from)
+    this.groups.set(to, g)
+    this.names[g] = to
+  }
+
+  /** Connects an accepted connection to a backend (numeric ip); the result goes to `conn`. */
+  connect(id: number, conn: RelayedConnection, ip: string, port: number, timeoutMs: number, idleMs: number, toBackend?: Uint8Array): void {
+    this.sessions.set(id, conn)
+    this.relay.connect(id, ip, port, timeoutMs, idleMs, toBackend)
+  }
+
+  /** An accepted connection's events go to `conn` from now on. */
+  track(id: number, conn: RelayedConnection): void {
+    this.sessions.set(id, conn)
+  }
+
+  private accepted(a: RelayAccept): void {
+    const acceptor = this.acceptors.get(a.listener)
+    if (acceptor === undefined) this.relay.destroy(a.id, true)
+    else acceptor.onRelayAccept(a, this)
   }
 
   /** Adds the bytes relayed since the last call to sluice_bytes_total, per listener. */
@@ -88,10 +176,10 @@ export class RelayHost {
 
   private ended(ends: readonly RelayEnd[]): void {
     for (const e of ends) {
-      const cb = this.sessions.get(e.id)
-      if (cb === undefined) continue
+      const conn = this.sessions.get(e.id)
+      if (conn === undefined) continue
       this.sessions.delete(e.id)
-      cb(e)
+      conn.onRelayEnd(e)
     }
   }
 }

@@ -55,6 +55,14 @@ export const UNKNOWN_ADDRESS = 'unknown'
 /** Ends that, on a connection the PROXY peer made for itself, are that peer's check finishing. */
 const PEER_CHECK_ENDS: ReadonlySet<string> = new Set<CloseReason>(['client_closed', 'backend_closed', 'client_error', 'client_aborted'])
 
+/** An open connection, as its listener holds it: through Node's sockets or accepted natively. */
+export interface OpenSession {
+  /** Adds the bytes moved since the last call to the listener's tally (live /metrics). */
+  flushCounters(): void
+  /** Closes both sides now (shutdown deadline, operator action). */
+  destroy(reason: CloseReason): void
+}
+
 /** What a session needs from the listener that accepted it. */
 export interface SessionOwner {
   readonly config: ListenerConfig
@@ -70,7 +78,7 @@ export interface SessionOwner {
   poolNamed?(name: string): Pool | undefined
   /** The native relay that carries established plain connections, when there is one. */
   readonly relay?: RelayHost | undefined
-  sessionEnded(session: TcpSession): void
+  sessionEnded(session: OpenSession): void
 }
 
 /**
@@ -79,7 +87,7 @@ export interface SessionOwner {
  * access-log line when both sides are closed. Nothing that happens here escapes it: every
  * error closes this connection only.
  */
-export class TcpSession {
+export class TcpSession implements OpenSession {
   readonly startedAt = Date.now()
   backend: Backend | undefined
   private upstream: Socket | undefined

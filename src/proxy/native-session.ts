@@ -1,0 +1,148 @@
+import { isIP } from 'node:net'
+import { lookup } from 'node:dns'
+import type { Backend } from '../upstream/backend.js'
+import type { Pool } from '../upstream/pool.js'
+import type { PickContext } from '../balancer/types.js'
+import { SluiceError } from '../errors.js'
+import { formatAddress } from '../config/address.js'
+import type { RelayConnectResult, RelayEnd } from './native-relay.js'
+import type { RelayedConnection, RelayHost } from './relay-host.js'
+import { reportConnectFailure, reportRefusal, writeAccessLine } from './session-report.js'
+import type { CloseReason, OpenSession, SessionOwner } from './tcp-session.js'
+
+/**
+ * One TCP connection that the native relay accepted itself, on a plain listener with a plain
+ * pool: no Node socket exists for it at any point. JS picks the backend, asks the relay to
+ * connect, retries on another backend when that fails, and writes the access-log line when
+ * the relay reports the end; the relay does everything else (the connect timeout too).
+ */
+export class NativeSession implements OpenSession, RelayedConnection {
+  readonly startedAt = Date.now()
+  private backend: Backend | undefined
+  private connected = false
+  private connectedAt = 0
+  private attempts = 0
+  private tried: Set<Backend> | undefined
+  private reason: CloseReason | undefined
+  private firstFin: 'client' | 'backend' | undefined
+  private finished = false
+  private readonly ctx: PickContext
+
+  constructor(
+    private readonly id: number,
+    remoteAddress: string,
+    remotePort: number,
+    private readonly owner: SessionOwner,
+    private readonly pool: Pool,
+    private readonly relay: RelayHost,
+  ) {
+    this.ctx = { protocol: 'tcp', remoteAddress, remotePort }
+    relay.track(id, this)
+  }
+
+  get clientAddress(): string {
+    return formatAddress(this.ctx.remoteAddress, this.ctx.remotePort)
+  }
+
+  start(): void {
+    this.connectNext()
+  }
+
+  /** Bytes are counted by the relay per listener: nothing to add per connection. */
+  flushCounters(): void {}
+
+  destroy(reason: CloseReason): void {
+    this.reason ??= reason
+    this.relay.destroy(this.id)
+  }
+
+  private connectNext(): void {
+    const pool = this.pool
+    const b = pool.pick(this.ctx, this.tried)
+    if (b === undefined) {
+      this.refuse(this.attempts === 0 ? 'no_backend' : 'connect_failed')
+      return
+    }
+    ;(this.tried ??= new Set()).add(b)
+    this.attempts++
+    pool.acquire(b)
+    this.backend = b
+    if (isIP(b.host) !== 0) {
+      this.relay.connect(this.id, this, b.host, b.port, pool.connectTimeoutMs, this.owner.config.timeouts.idleMs)
+      return
+    }
+    // A backend named by a host name: resolved for each connection, as Node's connect does.
+    lookup(b.host, (err, address) => {
+      if (this.finished || this.backend !== b) return
+      if (err !== null) this.failed(b, err)
+      else this.relay.connect(this.id, this, address, b.port, pool.connectTimeoutMs, this.owner.config.timeouts.idleMs)
+    })
+  }
+
+  onRelayConnect(result: RelayConnectResult): void {
+    const b = this.backend
+    if (b === undefined || this.finished) return
+    if (result.ok) {
+      this.connected = true
+      this.connectedAt = Date.now()
+      this.pool.observeConnect(b, result.micros / 1000)
+      b.consecutiveFailures = 0
+      b.established++
+      return
+    }
+    const err =
+      result.code === 'ETIMEDOUT'
+        ? new SluiceError('SLUICE_ERR_CONNECT_TIMEOUT', `no connection to ${b.id} within ${this.pool.connectTimeoutMs}ms`)
+        : Object.assign(new Error(`connect ${result.code} ${b.id}`), { code: result.code, errno: -result.errno })
+    this.failed(b, err)
+  }
+
+  private failed(b: Backend, err: Error): void {
+    this.pool.release(b)
+    this.backend = undefined
+    b.failedOnce()
+    const timeout = err instanceof SluiceError && err.code === 'SLUICE_ERR_CONNECT_TIMEOUT'
+    const code = (err as { code?: unknown }).code
+    this.pool.onConnectFailure?.(b, timeout ? 'timeout' : typeof code === 'string' ? code : err.message)
+    reportConnectFailure(this.owner, this.pool.name, b, err, this.attempts)
+    if (this.attempts <= this.pool.retries) this.connectNext()
+    else this.refuse('connect_failed')
+  }
+
+  private refuse(reason: 'no_backend' | 'connect_failed'): void {
+    this.reason ??= reason
+    const why = reason === 'no_backend' ? `no usable backend in pool ${this.pool.name}` : `all ${this.attempts} connect attempts in pool ${this.pool.name} failed`
+    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : 'SLUICE_ERR_CONNECT'
+    reportRefusal(this.owner, reason, code, `connection refused: ${why}`, { pool: this.pool.name, client: this.clientAddress })
+    // A reset tells the client at once that nothing is there, as a refused connect would.
+    this.relay.destroy(this.id, true)
+  }
+
+  onRelayEnd(end: RelayEnd): void {
+    if (this.finished) return
+    this.finished = true
+    if (end.reason === 'destroyed') this.reason ??= 'shutdown'
+    else if (end.reason === 'client_closed' || end.reason === 'backend_closed') this.firstFin ??= end.reason === 'client_closed' ? 'client' : 'backend'
+    else if (end.reason === 'client_aborted' || !this.connected) this.reason ??= 'client_aborted'
+    else this.reason ??= end.reason
+    const b = this.backend
+    if (b !== undefined) this.pool.release(b)
+    const owner = this.owner
+    if (owner.accessLog) {
+      const connected = this.connected
+      writeAccessLine(owner, {
+        client: this.clientAddress,
+        peer: this.clientAddress,
+        pool: this.pool.name,
+        backend: connected ? (b?.id ?? null) : null,
+        bytes_in: end.bytesIn,
+        bytes_out: end.bytesOut,
+        duration_ms: Date.now() - this.startedAt,
+        connect_ms: connected ? this.connectedAt - this.startedAt : null,
+        attempts: this.attempts,
+        close_reason: this.reason ?? (this.firstFin === 'backend' ? 'backend_closed' : 'client_closed'),
+      })
+    }
+    owner.sessionEnded(this)
+  }
+}
