@@ -156,6 +156,7 @@ struct lsn {
   bool paused;         /* out of descriptors or memory: not polled until resume_at */
   int64_t resume_at;
   uint32_t pause_ms;   /* the last pause, doubled while accepts keep failing */
+  uint32_t untuned;    /* accepted before its options were set: tune these first ones */
   lsn_t *next;
 };
 
@@ -814,7 +815,12 @@ static void accept_one(relay_t *r, lsn_t *l, int fd, const struct sockaddr_stora
   c->group = l->group;
   c->state = S_WAIT;
   c->last_active = r->now;
-  tune(fd);
+  /* Linux gives an accepted socket the listening socket's options (relay_listen); only those
+   * that were already queued when they were set need their own. */
+  if (l->untuned > 0) {
+    l->untuned--;
+    tune(fd);
+  }
   uint16_t port = 0;
   int family = 4;
   lock(r);
@@ -845,7 +851,9 @@ static void accept_one(relay_t *r, lsn_t *l, int fd, const struct sockaddr_stora
     conn_close(r, c, R_DESTROYED);
     return;
   }
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET};
+  /* Registered once for good: while it waits only a reset is acted on, and once connected
+   * the relay reads and writes until EAGAIN before it waits for an edge. */
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
   ev.data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)CLIENT;
   if (epoll_ctl(r->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
     conn_close(r, c, R_DESTROYED);
@@ -900,20 +908,26 @@ static void connect_failed(relay_t *r, conn_t *c, int err) {
   connect_result(r, c, E_CONNECT_FAILED, (double)err);
 }
 
+/* Registers one side for every event, edge-triggered. False when it failed (then closed). */
+static bool conn_register(relay_t *r, conn_t *c, int side) {
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+  ev.data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)side;
+  if (epoll_ctl(r->ep, EPOLL_CTL_ADD, c->fd[side], &ev) < 0) {
+    conn_close(r, c, R_DESTROYED);
+    return false;
+  }
+  c->registered[side] = true;
+  return true;
+}
+
 /* The backend connection is made: relay both ways from now on. */
 static void connected(relay_t *r, conn_t *c) {
   if (c->wslot >= 0) wheel_unfile(r, c);
   c->state = S_RELAY;
   connect_result(r, c, E_CONNECTED, (double)(now_us() - c->connect_started));
   for (int side = CLIENT; side <= BACKEND; side++) {
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-    ev.data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)side;
-    int op = c->registered[side] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-    if (epoll_ctl(r->ep, op, c->fd[side], &ev) < 0) {
-      conn_close(r, c, R_DESTROYED);
-      return;
-    }
-    c->registered[side] = true;
+    if (!c->registered[side] && !conn_register(r, c, side)) return;
+    /* What came while connecting has not been read: try both ways until EAGAIN. */
     c->readable[side] = c->writable[side] = true;
   }
   c->idle_ms = c->relay_idle_ms;
@@ -969,7 +983,8 @@ static void conn_connect(relay_t *r, cmd_t *cmd) {
     connected(r, c);
     return;
   }
-  struct epoll_event ev = {.events = EPOLLOUT | EPOLLET};
+  /* Registered for good: EPOLLOUT's edge says the connect is done, either way. */
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
   ev.data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)BACKEND;
   if (epoll_ctl(r->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
     connect_failed(r, c, errno);
@@ -1717,6 +1732,13 @@ static napi_value relay_listen(napi_env env, napi_callback_info info) {
   }
   l->id = ++r->next_lsn_id;
   l->group = group;
+  /* The options set here are those of every connection the kernel queues from now on (Linux
+   * copies them from the listening socket); the ones already queued get theirs at accept. */
+  tune(l->fd);
+  struct tcp_info ti;
+  socklen_t tilen = sizeof ti;
+  memset(&ti, 0, sizeof ti);
+  l->untuned = getsockopt(l->fd, IPPROTO_TCP, TCP_INFO, &ti, &tilen) == 0 ? ti.tcpi_unacked + 1 : UINT32_MAX;
   r->lsns[r->nlsns].id = l->id;
   r->lsns[r->nlsns].fd = l->fd;
   r->lsns[r->nlsns].lsn = l;

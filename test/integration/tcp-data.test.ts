@@ -173,8 +173,9 @@ t.test('default settings never cut an idle connection and arm TCP keep-alive on 
   t.equal(session.client.writableHighWaterMark, 128 * 1024, '128 KiB stream buffer on the client side')
   // /proc/net/tcp shows the kernel's timer per socket: 2 is the keep-alive timer.
   const up = [...be.sockets][0]!
-  const clientSide = await tcpTimer(run.port('l'), c.localPort!)
-  const backendSide = await tcpTimer(up.remotePort!, be.port)
+  // A retransmit or delayed-ACK timer shows instead while bytes are in flight: wait it out.
+  const clientSide = await settledTimer(run.port('l'), c.localPort!)
+  const backendSide = await settledTimer(up.remotePort!, be.port)
   if (clientSide === undefined || backendSide === undefined) {
     t.skip('/proc/net/tcp not readable here', () => {})
   } else {
@@ -194,8 +195,9 @@ t.test('connections the native relay accepts itself get keep-alive on both sides
   t.equal(sessions.length, 1, 'one open session')
   t.notOk(sessions[0] instanceof TcpSession, 'accepted by the relay: no Node socket for it')
   const up = [...be.sockets][0]!
-  const clientSide = await tcpTimer(run.port('l'), c.localPort!)
-  const backendSide = await tcpTimer(up.remotePort!, be.port)
+  // A retransmit or delayed-ACK timer shows instead while bytes are in flight: wait it out.
+  const clientSide = await settledTimer(run.port('l'), c.localPort!)
+  const backendSide = await settledTimer(up.remotePort!, be.port)
   if (clientSide === undefined || backendSide === undefined) {
     t.skip('/proc/net/tcp not readable here', () => {})
   } else {
@@ -204,6 +206,15 @@ t.test('connections the native relay accepts itself get keep-alive on both sides
   }
   c.destroy()
 })
+
+/** tcpTimer once it reads 2 (keep-alive), or what it reads after a few seconds. */
+async function settledTimer(localPort: number, remotePort: number): Promise<number | undefined> {
+  let v = await tcpTimer(localPort, remotePort)
+  for (const deadline = Date.now() + 3000; v !== undefined && v !== 2 && Date.now() < deadline; v = await tcpTimer(localPort, remotePort)) {
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  return v
+}
 
 /** The `tr` (timer) field of the IPv4 socket local:remote in /proc/net/tcp, if listed. */
 async function tcpTimer(localPort: number, remotePort: number): Promise<number | undefined> {
