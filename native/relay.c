@@ -117,6 +117,8 @@ struct conn {
   bool readable[2];      /* the side may have bytes (or a FIN) to read: cleared at EAGAIN */
   bool writable[2];      /* the side may take bytes: cleared at EAGAIN, set by EPOLLOUT */
   bool registered[2];    /* in the epoll set */
+  bool rdhup[2];         /* the side's FIN has arrived (EPOLLRDHUP): read on to the end */
+  bool owned;            /* accepted and connected here: no other descriptor of its sockets */
   bool in_table;         /* in the id table */
   bool closed;           /* closed, waiting to be freed at the end of the turn */
   bool queued;           /* in the ready list */
@@ -507,6 +509,9 @@ static int read_buf(relay_t *r, conn_t *c, int d) {
     return 1;
   }
   c->last_active = r->now;
+  /* A short read emptied the socket: edge-triggered epoll reports what comes next, so no
+   * second recv to hear EAGAIN. Unless its FIN has arrived: that is read next. */
+  if ((size_t)n < CHUNK && !c->rdhup[d]) c->readable[d] = false;
   ssize_t m = send(c->fd[1 - d], r->buf, (size_t)n, MSG_NOSIGNAL);
   if (m < 0) {
     if (errno_again()) c->writable[1 - d] = false;
@@ -553,6 +558,7 @@ static int read_pipe(relay_t *r, conn_t *c, int d) {
     return 1;
   }
   c->last_active = r->now;
+  if ((size_t)n < r->pipe_size && !c->rdhup[d]) c->readable[d] = false; /* as in read_buf */
   size_t in_pipe = (size_t)n;
   while (in_pipe > 0) {
     ssize_t m = splice(r->pipe_r, NULL, c->fd[1 - d], NULL, in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -600,12 +606,14 @@ static bool pass_fin(relay_t *r, conn_t *c, int d) {
   dir_t *dr = &c->dir[d];
   if (dr->shut) return true;
   dr->shut = true;
-  if (shutdown(c->fd[1 - d], SHUT_WR) < 0) { /* ENOTCONN: the other side was reset */
-    conn_fail(r, c, 1 - d);
+  if (c->dir[1 - d].shut) {
+    /* The last FIN: close() sends it, both sockets having been read to their end (nothing
+     * unread, so no reset). */
+    conn_close(r, c, c->first_fin == BACKEND ? R_BACKEND_CLOSED : R_CLIENT_CLOSED);
     return false;
   }
-  if (c->dir[1 - d].shut) {
-    conn_close(r, c, c->first_fin == BACKEND ? R_BACKEND_CLOSED : R_CLIENT_CLOSED);
+  if (shutdown(c->fd[1 - d], SHUT_WR) < 0) { /* ENOTCONN: the other side was reset */
+    conn_fail(r, c, 1 - d);
     return false;
   }
   return true;
@@ -666,7 +674,8 @@ static void conn_event(relay_t *r, conn_t *c, int side, uint32_t events) {
   if (c->closed) return;
   if (c->state != S_RELAY) {
     /* An accepted client waits for its backend: its bytes and FIN wait in the kernel until
-     * then; only a reset ends it now. */
+     * then; only a reset ends it now. A FIN that came is noted, for the first reads. */
+    if (events & (EPOLLRDHUP | EPOLLHUP)) c->rdhup[side] = true;
     if (side == CLIENT) {
       if (events & (EPOLLERR | EPOLLHUP)) conn_close(r, c, R_CLIENT_ABORTED);
     } else if (c->state == S_CONNECTING) {
@@ -683,6 +692,7 @@ static void conn_event(relay_t *r, conn_t *c, int side, uint32_t events) {
       return;
     }
   }
+  if (events & (EPOLLRDHUP | EPOLLHUP)) c->rdhup[side] = true;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->readable[side] = true;
   if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->writable[side] = true;
   if (!c->queued) run(r, c);
@@ -721,8 +731,8 @@ static void conn_close(relay_t *r, conn_t *c, enum reason why) {
   for (int side = CLIENT; side <= BACKEND; side++) {
     /* Explicitly, since JS may still hold the original descriptor of the same socket (the
      * registration would outlive ours). Removing a registered descriptor cannot fail. */
-    if (c->registered[side]) (void)epoll_ctl(r->ep, EPOLL_CTL_DEL, c->fd[side], NULL);
-    close_fd(c->fd[side]);
+    if (c->registered[side] && !c->owned) (void)epoll_ctl(r->ep, EPOLL_CTL_DEL, c->fd[side], NULL);
+    close_fd(c->fd[side]); /* the last descriptor of the socket: it leaves the epoll set */
     c->fd[side] = -1;
     dir_t *dr = &c->dir[side];
     free(dr->buf);
@@ -814,6 +824,7 @@ static void accept_one(relay_t *r, lsn_t *l, int fd, const struct sockaddr_stora
   c->wslot = -1;
   c->group = l->group;
   c->state = S_WAIT;
+  c->owned = true;
   c->last_active = r->now;
   /* Linux gives an accepted socket the listening socket's options (relay_listen); only those
    * that were already queued when they were set need their own. */
@@ -896,6 +907,7 @@ static void connect_failed(relay_t *r, conn_t *c, int err) {
   if (c->wslot >= 0) wheel_unfile(r, c);
   if (c->registered[BACKEND]) (void)epoll_ctl(r->ep, EPOLL_CTL_DEL, c->fd[BACKEND], NULL);
   c->registered[BACKEND] = false;
+  c->rdhup[BACKEND] = false;
   close_fd(c->fd[BACKEND]);
   c->fd[BACKEND] = -1;
   dir_t *dr = &c->dir[CLIENT];
@@ -938,12 +950,14 @@ static void connected(relay_t *r, conn_t *c) {
 
 /* The backend socket of a connect in flight has an event: made, or failed. */
 static void connect_done(relay_t *r, conn_t *c, uint32_t events) {
+  if (!(events & (EPOLLERR | EPOLLHUP))) {
+    if (events & EPOLLOUT) connected(r, c); /* writable and no error: made */
+    return;
+  }
   int err = 0;
   socklen_t len = sizeof err;
   if (getsockopt(c->fd[BACKEND], SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
-  if (err != 0) connect_failed(r, c, err);
-  else if (events & (EPOLLERR | EPOLLHUP)) connect_failed(r, c, ECONNRESET);
-  else if (events & EPOLLOUT) connected(r, c);
+  connect_failed(r, c, err != 0 ? err : ECONNRESET);
 }
 
 /* Starts the backend connect JS asked for (the connection may have ended meanwhile). */
