@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { EtcdSource, parseValue, prefixEnd } from '../../src/upstream/discovery/etcd-source.js'
 import type { BackendConfig } from '../../src/config/types.js'
 import { eventually } from '../helpers/net.js'
@@ -12,7 +12,7 @@ const b64 = (s: string): string => Buffer.from(s).toString('base64')
  * does rarely and on its own time: a watch cut mid-stream, and a watch refused because its
  * revision was compacted. (The e2e test runs against a real etcd.)
  */
-async function fakeEtcd(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<{ url: string; kv: Map<string, string>; rev: { n: number }; watches: { start: number; res: ServerResponse }[]; ranges: number[]; compactBelow: { n: number } }> {
+async function fakeEtcd(t: Test): Promise<{ url: string; kv: Map<string, string>; rev: { n: number }; watches: { start: number; res: ServerResponse }[]; ranges: number[]; compactBelow: { n: number } }> {
   const kv = new Map<string, string>()
   const rev = { n: 10 }
   const compactBelow = { n: 0 }
