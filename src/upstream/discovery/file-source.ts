@@ -71,9 +71,8 @@ export class FileSource implements DiscoverySource {
     try {
       const s = await stat(this.cfg.path)
       if (`${s.ino}:${s.size}:${s.mtimeMs}` !== this.lastSeen) await this.read()
-    } catch (err) {
+    } catch {
       if (this.lastSeen !== 'missing') await this.read()
-      void err
     }
   }
 
