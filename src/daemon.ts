@@ -113,7 +113,13 @@ export class Daemon implements ControlApi {
       // Every checked backend gets its first probe (bounded by its timeout) before any listener accepts.
       await d.syncHealth()
       d.workers = Array.from({ length: config.workers }, (_, i) => d.makeWorker(i + 1))
-      await d.prepareAndCommit(config, d.workers)
+      // A membership change during the first prepare/commit would reach no worker's pool yet: it waits.
+      d.members.hold()
+      try {
+        await d.prepareAndCommit(config, d.workers)
+      } finally {
+        d.members.release()
+      }
       if (config.admin !== undefined) {
         const admin = new AdminServer(config.admin, d)
         await admin.listen()
@@ -395,12 +401,15 @@ export class Daemon implements ControlApi {
     void link.terminate()
     const fresh = this.makeWorker(link.id)
     this.workers[i] = fresh
+    this.members.hold()
     try {
       await this.prepare(this.cfg, [fresh])
       await this.commit([fresh])
       this.log.info({ worker: fresh.id }, `worker ${fresh.id} started again`)
     } catch (err) {
       this.log.error({ code: 'SLUICE_ERR_WORKER', worker: fresh.id, error: err instanceof Error ? err.message : String(err) }, `worker ${fresh.id} could not be started again`)
+    } finally {
+      this.members.release()
     }
   }
 
@@ -544,12 +553,13 @@ export class Daemon implements ControlApi {
     this.members.delete(pool, address)
   }
 
+  private retirements = 0
   /** Removed backends whose slots wait for their last connection (then the slot may be reused). */
   private readonly retiredSlots = new Map<string, Backend>()
 
   /** `b` (key `key`) left its pool: its slot is released once its draining connections are over. */
   private retireSlot(key: string, b: Backend): void {
-    this.retiredSlots.set(`${key}\n${this.seq}`, b)
+    this.retiredSlots.set(`${key}\n${++this.retirements}`, b)
     this.sweepSlots()
   }
 
