@@ -41,7 +41,7 @@ async function mapping(port: number): Promise<string[]> {
 }
 
 async function adminUrl(p: SluiceProcess): Promise<string> {
-  const line = await p.waitFor((l) => l.msg === 'sluice started', 'start')
+  const line = await p.waitFor((l) => l.msg === 'sluice started', 'start', 60_000)
   return `http://${String(line.admin)}`
 }
 
