@@ -1,6 +1,7 @@
 import { Registry } from 'prom-client'
 import { mergeExposition } from './control/metrics-merge.js'
-import type { AdminConfig, Config, DemoBackendConfig } from './config/types.js'
+import type { AdminConfig, BackendConfig, Config, DemoBackendConfig } from './config/types.js'
+import type { Backend } from './upstream/backend.js'
 import type { Logger } from './log.js'
 import { Metrics } from './metrics/metrics.js'
 import { Pool } from './upstream/pool.js'
@@ -15,6 +16,7 @@ import { SharedCounters, SlotAllocator } from './control/shared-counters.js'
 import { backendSlotKey, listenerSlotKey, type BackendStateEntry, type FromWorker, type SlotTable, type WorkerSnapshot } from './control/messages.js'
 import { InProcessWorker, ThreadWorker, type WorkerLink } from './control/worker-link.js'
 import { ReloadWhileStopping, type ControlApi, type ListenerView, type WorkerView } from './control/control-api.js'
+import { PoolMembers } from './control/pool-members.js'
 
 export { ReloadWhileStopping }
 
@@ -75,6 +77,8 @@ export class Daemon implements ControlApi {
   readonly startedAt = Date.now()
   private readonly workerLines: (lines: string) => void
   private threads = false
+  /** Each pool's membership: `backends`, discovery sources, run-time changes (control/pool-members.ts). */
+  readonly members: PoolMembers = new PoolMembers(this)
 
   private constructor(
     private cfg: Config,
@@ -101,11 +105,21 @@ export class Daemon implements ControlApi {
         await db.listen()
         d.demo.set(demoKey(dc), db)
       }
-      for (const pc of config.pools.values()) d.pools.set(pc.name, d.makePool(pc.name, config))
+      // Each pool's discovery sources give their first sets (bounded) before the pools are built.
+      await d.members.sync(config)
+      const effective = d.members.effective(config)
+      for (const pc of effective.pools.values()) d.pools.set(pc.name, d.makePool(pc.name, effective))
+      d.members.started = true
       // Every checked backend gets its first probe (bounded by its timeout) before any listener accepts.
       await d.syncHealth()
       d.workers = Array.from({ length: config.workers }, (_, i) => d.makeWorker(i + 1))
-      await d.prepareAndCommit(config, d.workers)
+      // A membership change during the first prepare/commit would reach no worker's pool yet: it waits.
+      d.members.hold()
+      try {
+        await d.prepareAndCommit(config, d.workers)
+      } finally {
+        d.members.release()
+      }
       if (config.admin !== undefined) {
         const admin = new AdminServer(config.admin, d)
         await admin.listen()
@@ -191,7 +205,18 @@ export class Daemon implements ControlApi {
     return run
   }
 
-  private async applyReload(next: Config): Promise<void> {
+  private async applyReload(file: Config): Promise<void> {
+    // Membership changes that come while a reload is applied wait for it (they would race its commit).
+    this.members.hold()
+    try {
+      await this.applyReloadHeld(file)
+    } finally {
+      this.members.release()
+    }
+  }
+
+  private async applyReloadHeld(file: Config): Promise<void> {
+    const next = this.members.effective(file)
     const startedDemo: [string, DemoServer][] = []
     let newAdmin: AdminServer | undefined
     let prepared: SlotTable | undefined
@@ -228,20 +253,20 @@ export class Daemon implements ControlApi {
         this.demo.delete(listen)
       }
     }
-    const gone: string[] = []
+    const gone: [string, Backend][] = []
     for (const pc of next.pools.values()) {
       const existing = this.pools.get(pc.name)
       if (existing === undefined) {
         this.pools.set(pc.name, this.makePool(pc.name, next))
         continue
       }
-      for (const b of existing.update(pc)) gone.push(backendSlotKey(pc.name, b.id))
+      for (const b of existing.update(pc)) gone.push([backendSlotKey(pc.name, b.id), b])
       this.bindSlots(existing)
     }
     for (const [name, pool] of [...this.pools]) {
       if (next.pools.has(name)) continue
       this.pools.delete(name)
-      for (const b of pool.backends) gone.push(backendSlotKey(name, b.id))
+      for (const b of pool.backends) gone.push([backendSlotKey(name, b.id), b])
     }
     if (newAdmin !== undefined) {
       // The old server finishes the request in flight (perhaps this very POST /api/reload).
@@ -254,12 +279,14 @@ export class Daemon implements ControlApi {
       this.admin?.update(next.admin)
     }
     const previous = this.cfg
-    this.cfg = next
+    this.cfg = file
     // New backends are marked down until their first probe before the workers switch over.
     const firstProbes = this.syncHealth()
     await this.commit(this.workers)
-    for (const key of gone) this.slots.release(key)
+    for (const [key, b] of gone) this.retireSlot(key, b)
     for (const lc of previous.listeners) if (!next.listeners.some((x) => x.name === lc.name)) this.slots.release(listenerSlotKey(lc.name))
+    // Sources added or changed by the reload start now; their sets come as membership changes.
+    void this.members.sync(file)
     await firstProbes
     this.logSummary('configuration reloaded')
   }
@@ -273,12 +300,16 @@ export class Daemon implements ControlApi {
    * others bind the same ports. Returns the slot table sent. Throws (after aborting the
    * workers that prepared) when any fails.
    */
-  private async prepare(config: Config, workers: readonly WorkerLink[]): Promise<SlotTable> {
+  private async prepare(file: Config, workers: readonly WorkerLink[]): Promise<SlotTable> {
+    // Each pool's members as merged here (discovery, run-time changes); a worker parses only the file.
+    const config = this.members.effective(file)
+    const members: Record<string, BackendConfig[]> = {}
+    for (const pc of config.pools.values()) members[pc.name] = pc.backends
     const slots = this.slotTable(config)
     const source = { text: config.source?.text ?? '', file: config.file, env: config.source?.env ?? {} }
     const done: WorkerLink[] = []
     const one = async (w: WorkerLink, ports: Record<string, number>): Promise<Record<string, number>> => {
-      const r = await w.request({ type: 'prepare', seq: ++this.seq, source, slots, ports }, config)
+      const r = await w.request({ type: 'prepare', seq: ++this.seq, source, slots, ports, members }, config)
       if (!r.ok) throw new SluiceError(r.code === 'SLUICE_ERR_LISTEN' ? 'SLUICE_ERR_LISTEN' : 'SLUICE_ERR_RELOAD', workers.length > 1 ? `worker ${w.id}: ${r.message}` : r.message)
       done.push(w)
       return r.ports
@@ -370,12 +401,15 @@ export class Daemon implements ControlApi {
     void link.terminate()
     const fresh = this.makeWorker(link.id)
     this.workers[i] = fresh
+    this.members.hold()
     try {
       await this.prepare(this.cfg, [fresh])
       await this.commit([fresh])
       this.log.info({ worker: fresh.id }, `worker ${fresh.id} started again`)
     } catch (err) {
       this.log.error({ code: 'SLUICE_ERR_WORKER', worker: fresh.id, error: err instanceof Error ? err.message : String(err) }, `worker ${fresh.id} could not be started again`)
+    } finally {
+      this.members.release()
     }
   }
 
@@ -392,6 +426,7 @@ export class Daemon implements ControlApi {
   /** Closes everything now. A destroyed daemon takes no reload either. */
   destroy(): void {
     this.stopRequested = true
+    this.members.close()
     for (const h of this.health.values()) h.close()
     this.health.clear()
     this.admin?.destroy()
@@ -506,7 +541,70 @@ export class Daemon implements ControlApi {
 
 
   private flushCounters(): void {
+    this.sweepSlots()
     for (const p of this.pools.values()) p.flushCounters()
+  }
+
+  putBackend(pool: string, address: string, host: string, port: number, settings: { weight?: number; backup?: boolean; maxConnections?: number }): void {
+    this.members.put(pool, address, host, port, settings)
+  }
+
+  deleteBackend(pool: string, address: string): void {
+    this.members.delete(pool, address)
+  }
+
+  private retirements = 0
+  /** Removed backends whose slots wait for their last connection (then the slot may be reused). */
+  private readonly retiredSlots = new Map<string, Backend>()
+
+  /** `b` (key `key`) left its pool: its slot is released once its draining connections are over. */
+  private retireSlot(key: string, b: Backend): void {
+    this.retiredSlots.set(`${key}\n${++this.retirements}`, b)
+    this.sweepSlots()
+  }
+
+  private sweepSlots(): void {
+    for (const [k, b] of this.retiredSlots) {
+      if (b.active > 0) continue
+      this.retiredSlots.delete(k)
+      b.unbindShared()
+      const key = k.slice(0, k.lastIndexOf('\n'))
+      // Not when the same address is a member again (removed and added back): it kept the key.
+      const [pool = '', id = ''] = key.split('\n')
+      if (this.pools.get(pool)?.find(id) === undefined) this.slots.release(key)
+    }
+  }
+
+  /**
+   * Applies pool `name`'s new membership (merged from its sources) as one diff, here and in
+   * every worker: backends that stay keep state, counters and connections; new ones are
+   * checked before they take traffic (when the pool has health checks); removed ones drain.
+   * Returns what changed, or undefined when nothing did.
+   */
+  applyMembership(name: string, backends: BackendConfig[]): { added: string[]; removed: string[]; changed: string[] } | undefined {
+    const pool = this.pools.get(name)
+    if (pool === undefined) return undefined
+    const before = new Map(pool.config.backends.map((b) => [b.address, b]))
+    const added: string[] = []
+    const changed: string[] = []
+    for (const b of backends) {
+      const o = before.get(b.address)
+      if (o === undefined) added.push(b.address)
+      else if (o.weight !== b.weight || o.backup !== b.backup || o.maxConnections !== b.maxConnections) changed.push(b.address)
+      before.delete(b.address)
+    }
+    const removed = [...before.keys()]
+    if (added.length === 0 && removed.length === 0 && changed.length === 0) return undefined
+    const gone = pool.update({ ...pool.config, backends })
+    this.bindSlots(pool)
+    // New backends are marked down until their first probe before any worker hears of them.
+    void this.health.get(name)?.update()
+    const slots: SlotTable = {}
+    for (const b of pool.backends) slots[backendSlotKey(name, b.id)] = this.slots.slotOf(backendSlotKey(name, b.id))
+    const states = pool.backends.map((b) => ({ pool: name, backend: b.id, state: b.state }))
+    for (const w of this.workers) w.send({ type: 'membership', pool: name, backends, slots, states })
+    for (const b of gone) this.retireSlot(backendSlotKey(name, b.id), b)
+    return { added, removed, changed }
   }
 
   private logSummary(msg: string): void {

@@ -1,6 +1,6 @@
 import { SluiceError, errnoCode, errorMessage } from '../errors.js'
 import type { ReloadOutcome } from '../reload.js'
-import type { StatusDocument } from './admin-status.js'
+import type { BackendStatus, StatusDocument } from './admin-status.js'
 import type { ActionDone, BackendAction } from './backend-actions.js'
 
 export const DEFAULT_ADMIN_URL = 'http://127.0.0.1:9090'
@@ -43,6 +43,18 @@ export class AdminClient {
     return this.expectOk(r) as ActionDone
   }
 
+  /** PUT: adds the backend to the pool (or changes the settings given). */
+  async putBackend(pool: string, address: string, settings: { weight?: number; backup?: boolean; max_connections?: number }): Promise<MemberReply> {
+    const r = await this.request('PUT', `api/pools/${encodeURIComponent(pool)}/backends/${encodeURIComponent(address)}`, JSON.stringify(settings))
+    return this.expectOk(r.status === 201 ? { ...r, status: 200 } : r) as MemberReply
+  }
+
+  /** DELETE: removes the backend from the pool (its open connections finish). */
+  async deleteBackend(pool: string, address: string): Promise<MemberReply> {
+    const r = await this.request('DELETE', `api/pools/${encodeURIComponent(pool)}/backends/${encodeURIComponent(address)}`)
+    return this.expectOk(r) as MemberReply
+  }
+
   /** The outcome of the reload; a refused one (422) is an outcome too, not an exception. */
   async reload(): Promise<ReloadOutcome> {
     const r = await this.request('POST', 'api/reload')
@@ -65,12 +77,13 @@ export class AdminClient {
     return this.base.href.replace(/\/$/, '')
   }
 
-  private async request(method: 'GET' | 'POST', path: string): Promise<Reply> {
+  private async request(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, payload?: string): Promise<Reply> {
     const headers: Record<string, string> = { accept: 'application/json' }
+    if (payload !== undefined) headers['content-type'] = 'application/json'
     if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`
     let res: Response
     try {
-      res = await fetch(new URL(path, this.base), { method, headers, signal: AbortSignal.timeout(this.timeoutMs), redirect: 'error' })
+      res = await fetch(new URL(path, this.base), { method, headers, ...(payload !== undefined ? { body: payload } : {}), signal: AbortSignal.timeout(this.timeoutMs), redirect: 'error' })
     } catch (err) {
       throw new SluiceError('SLUICE_ERR_ADMIN_UNREACHABLE', `cannot reach the admin API at ${this.origin}: ${reason(err)} (is sluice running with admin.listen at this address? see --admin)`, { cause: err })
     }
@@ -87,6 +100,9 @@ export class AdminClient {
     return { status: res.status, body }
   }
 }
+
+/** What PUT/DELETE of a backend answer: its status, the pool, and (PUT) whether it is new. */
+export type MemberReply = BackendStatus & { pool: string; action: 'put' | 'delete'; added?: boolean }
 
 function reason(err: unknown): string {
   if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) return 'no answer in time'

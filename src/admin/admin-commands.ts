@@ -48,6 +48,38 @@ export function addAdminCommands(program: Command, io: Io, done: (code: number) 
       })
   }
 
+  withAdmin(backend.command('add <pool> <address>').description('add a backend at run time (it takes traffic once its health check passes), or change its settings'))
+    .option('--weight <n>', 'its weight (1-1000)')
+    .option('--backup', 'a backup: used only when no other backend can take a connection')
+    .option('--max-connections <n>', 'its max_connections (0: unlimited)')
+    .action(async (pool: string, address: string, opts: AdminOpts & { weight?: string; backup?: boolean; maxConnections?: string }) => {
+      const settings: { weight?: number; backup?: boolean; max_connections?: number } = {}
+      for (const [flag, v, key] of [['--weight', opts.weight, 'weight'], ['--max-connections', opts.maxConnections, 'max_connections']] as const) {
+        if (v === undefined) continue
+        if (!/^\d+$/.test(v)) {
+          io.err(`sluice: ${flag} ${v} is not a whole number`)
+          done(2)
+          return
+        }
+        settings[key] = Number(v)
+      }
+      if (opts.backup === true) settings.backup = true
+      done(await call(io, opts, env, async (c) => {
+        const r = await c.putBackend(pool, address, settings)
+        io.out(`pool ${r.pool} backend ${r.address}: ${r.added === true ? 'added' : 'updated'} (weight ${r.weight}${r.backup ? ', backup' : ''}; ${r.state})`)
+        return 0
+      }))
+    })
+
+  withAdmin(backend.command('remove <pool> <address>').description('remove a backend at run time (its open connections finish)'))
+    .action(async (pool: string, address: string, opts: AdminOpts) => {
+      done(await call(io, opts, env, async (c) => {
+        const r = await c.deleteBackend(pool, address)
+        io.out(`pool ${r.pool} backend ${r.address}: removed (draining ${r.active_connections} active connection${r.active_connections === 1 ? '' : 's'})`)
+        return 0
+      }))
+    })
+
   withAdmin(program.command('reload').description('re-read the configuration file of a running sluice (like SIGHUP)'))
     .action(async (opts: AdminOpts) => {
       done(await call(io, opts, env, async (c) => {

@@ -3,6 +3,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import type { AdminConfig } from '../config/types.js'
 import type { ControlApi } from '../control/control-api.js'
+import { memberAction } from './backend-members.js'
 import type { ErrorCode } from '../errors.js'
 import { errnoCode, errorMessage } from '../errors.js'
 import { bindError } from '../listener/bind-error.js'
@@ -16,6 +17,10 @@ import { backendAction, isBackendAction } from './backend-actions.js'
 export const MAX_IN_FLIGHT = 16
 
 const BACKEND_PATH = /^\/api\/pools\/([^/]+)\/backends\/([^/]+)\/([a-z]+)$/
+/** PUT (add, or change settings) and DELETE (remove; it drains) of one backend. */
+const MEMBER_PATH = /^\/api\/pools\/([^/]+)\/backends\/([^/]+)$/
+/** A PUT body is a small JSON object; anything longer is refused. */
+const MAX_BODY_BYTES = 16 * 1024
 
 /**
  * The admin HTTP API and dashboard (node:http, no framework): /metrics, /api/status,
@@ -106,7 +111,8 @@ export class AdminServer {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    req.resume()
+    // Only a PUT has a body sluice reads; every other body is discarded.
+    if (req.method !== 'PUT') req.resume()
     // Closing (moved by a reload, or stopping): answer, then end the connection.
     if (this.closing) res.shouldKeepAlive = false
     const path = (req.url ?? '/').split('?')[0] ?? '/'
@@ -143,6 +149,7 @@ export class AdminServer {
       return
     }
     if (!authorized) {
+      req.resume()
       const key = req.socket.remoteAddress ?? '?'
       const suppressed = this.throttle.take('auth')
       if (suppressed !== false) this.daemon.log.warn({ code: 'SLUICE_ERR_ADMIN_AUTH', client: key, path, suppressed: suppressed || undefined }, 'admin API: missing or wrong bearer token')
@@ -182,6 +189,12 @@ export class AdminServer {
       sendJson(res, outcome.result === 'refused' ? 503 : 422, { ...outcome, error })
       return
     }
+    const member = MEMBER_PATH.exec(path)
+    if (member !== null) {
+      await this.member(req, res, member[1] ?? '', member[2] ?? '', method)
+      return
+    }
+    req.resume()
     const m = BACKEND_PATH.exec(path)
     if (m !== null) {
       const action = m[3] ?? ''
@@ -202,6 +215,30 @@ export class AdminServer {
       return
     }
     sendError(res, 404, 'SLUICE_ERR_ADMIN_NOT_FOUND', `no such admin endpoint: ${method} ${path}; see GET /api/status, /metrics, /healthz, /readyz`)
+  }
+
+  private async member(req: IncomingMessage, res: ServerResponse, rawPool: string, rawAddress: string, method: string): Promise<void> {
+    if (method !== 'PUT' && method !== 'DELETE') {
+      req.resume()
+      res.setHeader('allow', 'PUT, DELETE')
+      sendError(res, 405, 'SLUICE_ERR_ADMIN_REQUEST', `${method} is not allowed here; use PUT (add or change a backend) or DELETE (remove it)`)
+      return
+    }
+    const pool = decode(rawPool)
+    const address = decode(rawAddress)
+    const body = method === 'PUT' ? await readBody(req, MAX_BODY_BYTES) : ''
+    if (body === undefined) {
+      sendError(res, 413, 'SLUICE_ERR_ADMIN_REQUEST', `the body is longer than ${MAX_BODY_BYTES} bytes; send {"weight": N, "backup": B, "max_connections": N}`)
+      return
+    }
+    if (pool === undefined || address === undefined) {
+      sendError(res, 400, 'SLUICE_ERR_ADMIN_REQUEST', 'bad percent-encoding in the path')
+      return
+    }
+    const r = memberAction(this.daemon, pool, address, method === 'PUT' ? 'put' : 'delete', body)
+    if ('error' in r) sendError(res, r.status, r.code, r.error)
+    // The backend's status JSON, with the pool and whether it is new to it.
+    else sendJson(res, r.added === true ? 201 : 200, { ...r.backend, pool: r.pool, action: r.action, ...(r.added !== undefined ? { added: r.added } : {}) })
   }
 
   private authorized(req: IncomingMessage): boolean {
@@ -226,6 +263,22 @@ export class AdminServer {
     sendError(res, 405, 'SLUICE_ERR_ADMIN_REQUEST', `${method} is not allowed here; use POST`)
     return false
   }
+}
+
+/** The request body as text, or undefined when it is longer than `max` bytes (the rest is discarded). */
+function readBody(req: IncomingMessage, max: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    let over = false
+    req.on('data', (c: Buffer) => {
+      size += c.length
+      if (size > max) over = true
+      else chunks.push(c)
+    })
+    req.on('end', () => resolve(over ? undefined : Buffer.concat(chunks).toString('utf8')))
+    req.on('error', () => resolve(undefined))
+  })
 }
 
 function digest(token: string | undefined): Buffer | undefined {

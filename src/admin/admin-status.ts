@@ -105,6 +105,8 @@ export async function buildStatus(daemon: ControlApi, version: string, admin: St
 
 function poolStatus(p: Pool, listeners: readonly ListenerStatus[], totals: ReadonlyMap<string, number>): PoolStatus {
   const backends = p.backends.map((b) => backendStatus(b, totals.get(`${p.name}\n${b.id}`) ?? 0))
+  // Removed (reload, discovery, DELETE) but still finishing connections: draining until the last ends.
+  for (const b of p.leaving) backends.push(backendStatus(b, totals.get(`${p.name}\n${b.id}`) ?? 0))
   return {
     name: p.name,
     algorithm: p.config.algorithm,

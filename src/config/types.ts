@@ -167,6 +167,40 @@ export interface PoolConfig {
   healthCheck?: HealthCheckConfig
   /** Passive ejection after consecutive connect failures; absent = none. */
   passive?: PassiveConfig
+  /** Sources of more backends, merged with `backends` (docs/discovery.md); absent = none. */
+  discovery?: DiscoveryConfig
+}
+
+/** A pool's `discovery`: any of these sources, each watched or polled; their sets merge with `backends`. */
+export interface DiscoveryConfig {
+  dns?: DnsDiscoveryConfig
+  file?: FileDiscoveryConfig
+  etcd?: EtcdDiscoveryConfig
+}
+
+export interface DnsDiscoveryConfig {
+  name: string
+  type: 'A' | 'AAAA' | 'SRV'
+  /** A/AAAA: the backends' port (SRV records carry their own). */
+  port: number
+  /** Re-resolved this often, and no later than the records' TTL. */
+  intervalMs: number
+  /** One query waits this long for an answer. */
+  timeoutMs: number
+  /** host:port of the DNS servers to ask, in order; empty = the system's (/etc/resolv.conf). */
+  resolvers: { host: string; port: number }[]
+}
+
+export interface FileDiscoveryConfig {
+  /** A YAML or JSON list of backends in the shape of `backends`, watched. */
+  path: string
+}
+
+export interface EtcdDiscoveryConfig {
+  /** http(s)://host:port of etcd's v3 JSON gateway, tried in order. */
+  endpoints: string[]
+  /** Each backend is the key PREFIX + host:port. */
+  prefix: string
 }
 
 /** A pool's `health_check`: one probe per backend every interval (docs/health-checks.md). */

@@ -20,6 +20,7 @@ import { OPENING_KEYS, readOpening, readProxyProtocol } from '../proxy/proxy-set
 import { readPoolTls } from './tls-settings.js'
 import { readHealthCheck, readPassive } from '../health/health-config.js'
 import { readAdmin } from '../admin/admin-config.js'
+import { readDiscovery } from '../upstream/discovery/discovery-config.js'
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
 const NAME_HINT = 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit'
@@ -33,12 +34,12 @@ const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'erro
 const NOT_YET: Readonly<Record<string, readonly string[]>> = {
   top: [],
   listener: ['access', 'limits'],
-  pool: ['discovery'],
+  pool: [],
 }
 
 const TOP_KEYS = ['workers', 'relay', 'shutdown_timeout', 'log', 'admin', 'listeners', 'pools', 'demo_backends']
 const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp', ...OPENING_KEYS]
-const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start', 'health_check', 'passive', 'proxy_protocol', 'tls']
+const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start', 'health_check', 'passive', 'proxy_protocol', 'tls', 'discovery']
 const BACKEND_KEYS = ['address', 'weight', 'backup', 'max_connections']
 
 /** Checks a whole parsed document, reporting every problem to `reader`. */
@@ -146,7 +147,10 @@ function readPools(reader: ConfigReader, at: Located, out: Map<string, PoolConfi
     if (slowStartMs !== undefined && slowStartMs > 0 && factory !== undefined && !factory.weighted) {
       reader.report(pool.keyAt('slow_start'), `${context}: slow_start ramps backends' weights, which algorithm ${factory.name} does not use; remove slow_start or pick a weighted algorithm`)
     }
-    const backends = pool.require('backends', context) ? readBackends(reader, pool.get('backends'), context) : undefined
+    // A pool with discovery may leave backends out: its sources give them.
+    const discovery = pool.has('discovery') ? readDiscovery(reader, pool.get('discovery'), context, reader.file) : undefined
+    const backends = pool.has('discovery') && !pool.has('backends') ? [] : pool.require('backends', context) ? readBackends(reader, pool.get('backends'), context) : undefined
+    if (pool.has('discovery') && discovery === undefined) continue
     const proxyProtocol = readProxyProtocol(reader, pool, context)
     const healthCheck = pool.has('health_check') ? readHealthCheck(reader, pool.get('health_check'), context, proxyProtocol) : undefined
     const passive = pool.has('passive') ? readPassive(reader, pool.get('passive'), context) : undefined
@@ -154,11 +158,12 @@ function readPools(reader: ConfigReader, at: Located, out: Map<string, PoolConfi
     const tls = pool.has('tls') ? readPoolTls(reader, pool.get('tls'), context) : undefined
     if (proxyProtocol === undefined || tls === false) continue
     if (algorithm === undefined || connectTimeoutMs === undefined || retries === undefined || backends === undefined || slowStartMs === undefined) continue
-    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries, slowStartMs, healthCheck, passive, proxyProtocol, ...(tls !== undefined ? { tls } : {}) })
+    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries, slowStartMs, healthCheck, passive, proxyProtocol, ...(tls !== undefined ? { tls } : {}), ...(discovery !== undefined ? { discovery } : {}) })
   }
 }
 
-function readBackends(reader: ConfigReader, at: Located, context: string): BackendConfig[] | undefined {
+/** A list of backends in the shape of a pool's `backends` (also what a discovery file holds). */
+export function readBackends(reader: ConfigReader, at: Located, context: string): BackendConfig[] | undefined {
   const items = reader.seq(at, `${context} backends`)
   if (items === undefined) return undefined
   if (items.length === 0) {

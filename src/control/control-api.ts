@@ -44,8 +44,14 @@ export interface Reloadable {
   reload(next: Config): Promise<void>
 }
 
+/** Run-time membership changes (PUT/DELETE /api/pools/{pool}/backends/{address}). */
+export interface MemberControl {
+  putBackend(pool: string, address: string, host: string, port: number, settings: { weight?: number; backup?: boolean; maxConnections?: number }): void
+  deleteBackend(pool: string, address: string): void
+}
+
 /** What the admin API needs. */
-export interface ControlApi extends Reloadable, PoolSource {
+export interface ControlApi extends Reloadable, PoolSource, MemberControl {
   readonly config: Config
   readonly startedAt: number
   readonly ready: boolean

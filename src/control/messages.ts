@@ -1,5 +1,6 @@
 import type { MetricObjectWithValues, MetricValue } from 'prom-client'
 import type { BackendState } from '../upstream/backend.js'
+import type { BackendConfig } from '../config/types.js'
 
 /**
  * The one language between the control plane and the data-plane workers. The same messages
@@ -38,7 +39,7 @@ export interface BackendStateEntry {
 /** Control plane to a worker. */
 export type ToWorker =
   /** Phase one of a start or reload: build what is new, bind what must be bound; change nothing else. */
-  | { type: 'prepare'; seq: number; source: ConfigSource; slots: SlotTable; ports: Record<string, number> }
+  | { type: 'prepare'; seq: number; source: ConfigSource; slots: SlotTable; ports: Record<string, number>; members?: Record<string, BackendConfig[]> }
   /** Phase two: every worker prepared; switch over, then take the decided state of every backend. */
   | { type: 'commit'; seq: number; states: BackendStateEntry[] }
   /** Some worker could not prepare: close what this one bound for it. */
@@ -46,6 +47,12 @@ export type ToWorker =
   /** Decided state of one backend (health, ejection, drain/enable/disable), to obey; `at`: when (epoch ms), for slow start. */
   | { type: 'backend-state'; pool: string; backend: string; state: BackendState; firstCheck: boolean; at: number }
   | { type: 'stats'; seq: number }
+  /**
+   * A pool's whole new membership (discovery, an admin PUT/DELETE), applied as one diff:
+   * backends that stay keep their state and counters, removed ones drain; then the decided
+   * state of every member.
+   */
+  | { type: 'membership'; pool: string; backends: BackendConfig[]; slots: SlotTable; states: BackendStateEntry[] }
   /** Stop accepting; let open connections finish for up to `timeoutMs`; then close them. */
   | { type: 'stop'; seq: number; timeoutMs: number }
   /** Fault injection: the worker thread exits with `code` at once, as a crash would (tests). */

@@ -1,5 +1,5 @@
 import type { Registry } from 'prom-client'
-import type { AnyListenerConfig, Config } from '../config/types.js'
+import type { AnyListenerConfig, BackendConfig, Config } from '../config/types.js'
 import type { Logger } from '../log.js'
 import { Metrics } from '../metrics/metrics.js'
 import { Pool } from '../upstream/pool.js'
@@ -11,7 +11,7 @@ import { formatDuration } from '../config/duration.js'
 import { SluiceError } from '../errors.js'
 import type { SharedCounters } from '../control/shared-counters.js'
 import { RelayHost } from '../proxy/relay-host.js'
-import { backendSlotKey, listenerSlotKey, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
+import { backendSlotKey, listenerSlotKey, type BackendStateEntry, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
 
 export interface DataPlaneOptions {
   /** 1-based; the one data plane of a one-worker daemon is worker 1. */
@@ -167,6 +167,19 @@ export class DataPlane {
     const b = pool?.find(id)
     if (pool === undefined || b === undefined) return
     pool.setState(b, state, firstCheck, at)
+  }
+
+  /**
+   * A pool's new membership (discovery, an admin change), as one diff: backends that stay keep
+   * their state and counters, removed ones drain, balancers rebuild once; then every member's
+   * decided state.
+   */
+  membership(poolName: string, backends: BackendConfig[], slots: SlotTable, states: readonly BackendStateEntry[]): void {
+    const pool = this.pools.get(poolName)
+    if (pool === undefined) return
+    pool.update({ ...pool.config, backends })
+    this.bindSlots(pool, slots)
+    for (const s of states) if (s.pool === poolName) this.backendState(s.pool, s.backend, s.state, false)
   }
 
   /** This worker's share of the counters, for /api/status and /metrics. */

@@ -1,6 +1,6 @@
 import { isMainThread } from 'node:worker_threads'
 import type { Registry } from 'prom-client'
-import type { Config } from '../config/types.js'
+import type { BackendConfig, Config } from '../config/types.js'
 import { SluiceError, errorMessage } from '../errors.js'
 import type { DataPlane } from './data-plane.js'
 import type { FromWorker, ToWorker } from '../control/messages.js'
@@ -13,7 +13,7 @@ export async function dispatch(plane: DataPlane, registry: Registry, msg: ToWork
   switch (msg.type) {
     case 'prepare': {
       try {
-        const ports = await plane.prepare(configOf(msg), msg.slots, msg.ports)
+        const ports = await plane.prepare(withMembers(configOf(msg), msg.members), msg.slots, msg.ports)
         reply({ type: 'prepared', seq: msg.seq, ok: true, ports })
       } catch (err) {
         reply({ type: 'prepared', seq: msg.seq, ok: false, code: err instanceof SluiceError ? err.code : 'SLUICE_ERR_RELOAD', message: errorMessage(err) })
@@ -31,6 +31,9 @@ export async function dispatch(plane: DataPlane, registry: Registry, msg: ToWork
     case 'backend-state':
       plane.backendState(msg.pool, msg.backend, msg.state, msg.firstCheck, msg.at)
       return
+    case 'membership':
+      plane.membership(msg.pool, msg.backends, msg.slots, msg.states)
+      return
     case 'stats': {
       const snapshot = plane.snapshot()
       const metrics = await registry.getMetricsAsJSON()
@@ -46,4 +49,18 @@ export async function dispatch(plane: DataPlane, registry: Registry, msg: ToWork
       if (!isMainThread) process.exit(msg.code)
       return
   }
+}
+
+/**
+ * The configuration with each pool's members as the control plane merged them (its
+ * `backends`, discovery, run-time changes): a worker parses only the file, which has the first.
+ */
+export function withMembers(config: Config, members: Record<string, BackendConfig[]> | undefined): Config {
+  if (members === undefined) return config
+  const pools = new Map(config.pools)
+  for (const [name, pc] of config.pools) {
+    const m = members[name]
+    if (m !== undefined) pools.set(name, { ...pc, backends: m })
+  }
+  return { ...config, pools }
 }

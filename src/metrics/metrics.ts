@@ -21,6 +21,9 @@ export class Metrics {
   readonly workerRestartsTotal: Counter<string>
   readonly healthChecksTotal: Counter<'pool' | 'backend' | 'result'>
   readonly backendEjectionsTotal: Counter<'pool' | 'backend'>
+  readonly discoveryUpdatesTotal: Counter<'pool' | 'source' | 'result'>
+  readonly discoveryBackends: Gauge<'pool' | 'source'>
+  readonly membershipChangesTotal: Counter<'pool' | 'source'>
 
   constructor(
     readonly registry: Registry,
@@ -116,6 +119,24 @@ export class Metrics {
     this.workerRestartsTotal = new Counter({
       name: 'sluice_worker_restarts_total',
       help: 'Data-plane worker threads that died and were started again (their open connections were lost).',
+      registers,
+    })
+    this.discoveryUpdatesTotal = new Counter({
+      name: 'sluice_discovery_updates_total',
+      help: 'Attempts of a discovery source (dns, file, etcd) or run-time change (admin) to give a pool its backends, by result (success, failure: the last good set stays).',
+      labelNames: ['pool', 'source', 'result'],
+      registers,
+    })
+    this.discoveryBackends = new Gauge({
+      name: 'sluice_discovery_backends',
+      help: 'Backends in the last good set of a discovery source.',
+      labelNames: ['pool', 'source'],
+      registers,
+    })
+    this.membershipChangesTotal = new Counter({
+      name: 'sluice_membership_changes_total',
+      help: 'Changes of a pool\'s backends (added, removed, settings) applied as one diff, by the source that caused them (dns, file, etcd, admin, reload).',
+      labelNames: ['pool', 'source'],
       registers,
     })
     this.dnsDroppedTotal = new Counter({

@@ -60,6 +60,16 @@ export class Backend {
     this.slot = slot
   }
 
+  /**
+   * Stops counting in the shared slot (a removed backend whose last connection ended, before
+   * its slot is handed to another): from now on it reads 0.
+   */
+  unbindShared(): void {
+    this.shared = undefined
+    this.localActive = 0
+    this.localFailures = 0
+  }
+
   /** Connections open or being opened to this backend, by every worker. */
   get active(): number {
     return this.shared === undefined ? this.localActive : this.shared.load(this.slot)

@@ -180,6 +180,9 @@ export class Pool {
     })
     for (const b of old.values()) {
       b.retired = true
+      // It finishes its open connections and takes no new ones: as the status shows it.
+      b.state = 'draining'
+      this.leavingMembers.push(b)
       removed.push(b)
       if (this.plane !== 'data') {
         this.metrics.backendUp.remove({ pool: this.name, backend: b.id })
@@ -193,6 +196,15 @@ export class Pool {
     this.backup = this.factory.create([], cfg.algorithmOptions)
     this.rebuild()
     return removed
+  }
+
+  /** Removed backends still finishing connections (shown as draining until their last one ends). */
+  private leavingMembers: Backend[] = []
+
+  get leaving(): readonly Backend[] {
+    const ids = new Set(this.members.map((b) => b.id))
+    this.leavingMembers = this.leavingMembers.filter((b) => b.active > 0 && !ids.has(b.id))
+    return this.leavingMembers
   }
 
   private rebuild(): void {
