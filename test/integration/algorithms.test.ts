@@ -164,13 +164,27 @@ listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]
 pools:
   p: { algorithm: power-of-two, backends: [${[...addr.values()].join(', ')}] }
 `)
+  const p = pool(run)
   const conns: { name: string; socket: Socket }[] = []
-  for (let i = 0; i < 30; i++) conns.push(await open(run.port('l')))
+  const heaviest: string[] = []
+  for (let i = 0; i < 30; i++) {
+    // Every connection is held, so the counts before a pick are exactly what it compared.
+    const before = new Map(p.backends.map((b) => [b.id, b.active]))
+    const c = await open(run.port('l'))
+    conns.push(c)
+    const mine = before.get(addr.get(c.name) ?? '') ?? 0
+    const others = [...before].filter(([id]) => id !== addr.get(c.name)).map(([, n]) => n)
+    if (mine > Math.max(...others)) heaviest.push(`connection ${i} went to ${c.name} with ${mine} open (${[...before.values()].join('/')})`)
+  }
+  // Of two distinct backends drawn, the lighter wins (a tie goes either way): so a backend
+  // holding more than each of the others is never picked, whatever the random draws.
+  t.same(heaviest, [], 'no connection went to the one backend holding the most')
   const loads = Object.values(count(conns.map((x) => x.name)))
   t.equal(loads.length, 3)
-  // Of any two distinct backends the lighter wins, so the heaviest is never more than 2 ahead.
-  t.ok(Math.max(...loads) - Math.min(...loads) <= 2, `30 held connections: ${loads.join('/')}`)
-  await held(conns.map((x) => x.socket), pool(run))
+  // Ties make the spread itself random: 2 or less in 98% of runs, over 5 in 1 of 20 000
+  // (random picks spread more than 5 in 40%).
+  t.ok(Math.max(...loads) - Math.min(...loads) <= 5, `30 held connections: ${loads.join('/')}`)
+  await held(conns.map((x) => x.socket), p)
 })
 
 t.test('first: fills each backend to max_connections, in list order', async (t) => {
