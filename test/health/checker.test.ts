@@ -234,12 +234,24 @@ t.test('checker: after the process stalls, each backend returns to its own place
   const c = new HealthChecker(pool, check({ intervalMs: interval, timeoutMs: interval, jitterMs: 0 }), metrics, () => {}, probe)
   t.teardown(() => c.close())
   await c.start()
-  await eventually(() => starts.length >= 6 * n, 'six rounds of probes')
-  const recovered = starts.slice(4 * n, 6 * n).sort((a, b) => a - b)
-  let busiest = 0
-  for (let i = 0, j = 0; i < recovered.length; i++) {
-    while ((recovered[i] as number) - (recovered[j] as number) > interval / 10) j++
-    busiest = Math.max(busiest, i - j + 1)
+  // How many of two rounds' probes start within any tenth of the interval: spread, about
+  // n / 5; in lockstep, all of them. A busy machine can stall this process again and bunch
+  // one pair of rounds by chance, so the rounds after the stall are taken two at a time, up
+  // to the tenth round: a checker that stays in lockstep bunches every pair.
+  const busiestOf = (from: number): number => {
+    const recovered = starts.slice(from * n, (from + 2) * n).sort((a, b) => a - b)
+    let busiest = 0
+    for (let i = 0, j = 0; i < recovered.length; i++) {
+      while ((recovered[i] as number) - (recovered[j] as number) > interval / 10) j++
+      busiest = Math.max(busiest, i - j + 1)
+    }
+    return busiest
   }
-  t.ok(busiest <= n / 2, `two rounds after the stall, at most ${busiest} of ${n} probes start within any ${interval / 10} ms`)
+  const seen: number[] = []
+  for (let from = 4; from <= 8; from += 2) {
+    await eventually(() => starts.length >= (from + 2) * n, `${from + 2} rounds of probes`)
+    seen.push(busiestOf(from))
+    if ((seen.at(-1) as number) <= n / 2) break
+  }
+  t.ok((seen.at(-1) as number) <= n / 2, `after the stall, at most ${seen.join(', then ')} of ${n} probes of two rounds start within any ${interval / 10} ms`)
 })
