@@ -166,7 +166,7 @@ pools:
   await run.logs.waitFor((l) => msgOf(l).startsWith(`backend ${spare.address} is down`))
   const started = Date.now()
   t.equal(await refusedWith(run.port('l')), 'ECONNRESET', 'refused with a reset')
-  t.ok(Date.now() - started < 1000, 'at once, not after a connect timeout')
+  t.ok(Date.now() - started < 2500, 'at once, not after the 3 s connect timeout')
   t.match(await run.metrics(), /sluice_rejected_connections_total\{listener="l",reason="no_backend"\} 1/)
   t.ok(run.logs.lines.some((l) => l.code === 'SLUICE_ERR_NO_BACKEND'))
   await primary.start()
