@@ -73,7 +73,7 @@ pools:
   p:
     backends: [${a.address}, ${b.address}]
     retries: 0
-    health_check: { type: tcp, interval: 50ms, timeout: 50ms, rise: 2, fall: 2 }
+    health_check: { type: tcp, interval: 250ms, timeout: 250ms, rise: 2, fall: 2 }
 `)
   t.same(new Set(await greetings(run.port('l'), 4)), new Set(['a', 'b']), 'both serve')
   await b.stop()
@@ -135,7 +135,7 @@ pools:
   p:
     retries: 1
     backends: [${a.address}, ${d}]
-    health_check: { type: tcp, interval: 30ms, timeout: 30ms, port: ${alive.port}, rise: 1 }
+    health_check: { type: tcp, interval: 100ms, timeout: 100ms, port: ${alive.port}, rise: 1 }
     passive: { max_failures: 1, ejection_time: 300ms }
 `)
   const pool = run.daemon.pools.get('p')!
@@ -156,7 +156,7 @@ pools:
   p:
     retries: 0
     backends: [${primary.address}, { address: ${spare.address}, backup: true }]
-    health_check: { type: tcp, interval: 40ms, timeout: 40ms, rise: 1, fall: 1 }
+    health_check: { type: tcp, interval: 250ms, timeout: 250ms, rise: 1, fall: 1 }
 `)
   t.same(await greetings(run.port('l'), 2), ['primary', 'primary'], 'the backup is idle while the primary is up')
   await primary.stop()
@@ -183,7 +183,7 @@ pools:
   p:
     algorithm: round-robin
     backends: [${a.address}, ${b.address}]
-    health_check: { type: tcp, interval: 30ms, timeout: 30ms }
+    health_check: { type: tcp, interval: 250ms, timeout: 250ms }
 `)
   const pool = run.daemon.pools.get('p')!
   // Open connections until one lands on b.
