@@ -2,7 +2,7 @@ import { Command, CommanderError } from 'commander'
 import pino from 'pino'
 import { loadConfig } from './config/load.js'
 import { ConfigError, SluiceError, errorMessage } from './errors.js'
-import { createLogger } from './log.js'
+import { createLogger, finishableDestination } from './log.js'
 import { Daemon } from './daemon.js'
 import type { Config } from './config/types.js'
 import { reloadFromFile } from './reload.js'
@@ -99,7 +99,7 @@ function readConfig(file: string, io: Io): Config | undefined {
 async function run(file: string, io: Io): Promise<number> {
   const config = readConfig(file, io)
   if (config === undefined) return EXIT_FAILURE
-  const stdout = pino.destination({ dest: 1, sync: false })
+  const stdout = finishableDestination(pino.destination({ dest: 1, sync: false }))
   const log = createLogger(config.log.level, stdout)
   let daemon: Daemon
   try {
@@ -107,7 +107,7 @@ async function run(file: string, io: Io): Promise<number> {
   } catch (err) {
     const msg = err instanceof SluiceError ? err.message : errorMessage(err)
     log.error({ code: err instanceof SluiceError ? err.code : undefined }, msg)
-    await finishLog(stdout)
+    await stdout.finish()
     io.err(`sluice: ${msg}`)
     return EXIT_FAILURE
   }
@@ -134,28 +134,7 @@ async function run(file: string, io: Io): Promise<number> {
     process.on('SIGTERM', onStop)
     process.on('SIGINT', onStop)
     process.on('SIGHUP', () => void reloadFromFile(daemon, file, 'signal'))
-  }).finally(() => finishLog(stdout))
-}
-
-/**
- * Writes out every log line still buffered, in order, before the process exits: the write in
- * flight first, then the rest (a flush at exit would write the rest first and could lose the
- * one in flight). Bounded, for a stdout that no longer takes anything.
- */
-function finishLog(stream: ReturnType<typeof pino.destination>): Promise<void> {
-  return new Promise<void>((done) => {
-    const timer = setTimeout(done, 2000)
-    stream.once('close', () => {
-      clearTimeout(timer)
-      done()
-    })
-    try {
-      stream.end()
-    } catch {
-      clearTimeout(timer)
-      done()
-    }
-  })
+  }).finally(() => stdout.finish())
 }
 
 function plural(n: number, word: string): string {

@@ -31,20 +31,31 @@ t.test('a large exposition yields to the event loop while it is built', async (t
   const g = new Gauge({ name: 'big', help: 'b', labelNames: ['backend'], registers: [r] })
   for (let i = 0; i < 50_000; i++) g.set({ backend: `10.0.${i >> 8}.${i & 255}:5432` }, i)
   const json = await r.getMetricsAsJSON()
-  let ticks = 0
-  let longest = 0
+  // The gaps between turns of a timer that asks to run as often as it can. The merge works in
+  // slices of about a millisecond, so most gaps are that short; a garbage collection or the
+  // scheduler on a busy machine can still stretch any single one, so the figures asserted are
+  // the number of turns, the typical (median) gap and the longest gap's share of the whole
+  // merge, which noise on a few turns cannot move, but a merge that keeps the loop in long
+  // slices (or in one piece) does.
+  const gaps: number[] = []
   let last = performance.now()
   const timer = setInterval(() => {
     const now = performance.now()
-    longest = Math.max(longest, now - last)
+    gaps.push(now - last)
     last = now
-    ticks++
   }, 0)
-  last = performance.now()
+  const started = performance.now()
+  last = started
   const text = await mergeExposition([json, json])
+  const took = performance.now() - started
+  gaps.push(performance.now() - last)
   clearInterval(timer)
   t.equal(text.split('\n').filter((l) => l.startsWith('big{')).length, 50_000)
   t.match(text, /^big\{backend="10\.0\.0\.7:5432"\} 14$/m, 'two sources of the same series summed')
-  t.ok(ticks > 5, `timers ran ${ticks} times while it worked`)
-  t.ok(longest < 50, `the longest gap between timer turns was ${longest.toFixed(1)} ms`)
+  const sorted = [...gaps].sort((a, b) => a - b)
+  const median = sorted[Math.floor(sorted.length / 2)] ?? Infinity
+  const longest = sorted.at(-1) ?? Infinity
+  t.ok(gaps.length > 50, `timers ran ${gaps.length} times in the ${took.toFixed(0)} ms it worked`)
+  t.ok(median < 10, `the median gap between timer turns was ${median.toFixed(1)} ms`)
+  t.ok(longest < took / 2, `the longest gap, ${longest.toFixed(1)} ms, is under half of the ${took.toFixed(0)} ms the merge took`)
 })

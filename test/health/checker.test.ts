@@ -72,18 +72,38 @@ t.test('checker: never more than one probe in flight per backend; a slow probe d
   t.same(new Set(calls), new Set([1, 2]), 'both backends probed')
 })
 
+/**
+ * A chain of `ms` timers, each set when the last fired, running until `done()`: the mean gap
+ * this process's timers really kept meanwhile. Every delay of a busy machine adds to it, so it
+ * is the baseline a schedule on a fixed grid (which skips what it missed) cannot fall behind.
+ */
+function timerChain(ms: number, done: () => boolean): Promise<number> {
+  return new Promise((resolve) => {
+    const start = performance.now()
+    let n = 0
+    const tick = (): void => {
+      n++
+      if (done()) resolve((performance.now() - start) / n)
+      else setTimeout(tick, ms)
+    }
+    setTimeout(tick, ms)
+  })
+}
+
 t.test('checker: probes follow the interval, on a grid, and stop on close', async (t) => {
   const { pool, metrics } = poolOf([1])
   const at: number[] = []
   const probe: Probe = { check: async () => (at.push(performance.now()), { ok: true, detail: 'ok' }) }
   const c = new HealthChecker(pool, check({ intervalMs: 40 }), metrics, () => {}, probe)
   await c.start()
-  await eventually(() => at.length >= 5, 'five probes')
+  const baseline = await timerChain(40, () => at.length >= 9)
   c.close()
   const n = at.length
   const gaps = at.slice(1).map((x, i) => x - (at[i] as number))
   const mean = ((at.at(-1) as number) - (at[0] as number)) / (at.length - 1)
-  t.ok(mean >= 39 && mean < 55, `probes one interval apart on average (${mean.toFixed(1)} ms; gaps ${gaps.map((g) => g.toFixed(0)).join(', ')} ms)`)
+  // Never sooner than the interval; later only as much as the process's own timers were (a
+  // skipped slot adds one interval over the eight gaps).
+  t.ok(mean >= 39 && mean < baseline + 10, `probes one interval apart on average (${mean.toFixed(1)} ms, timers kept ${baseline.toFixed(1)}; gaps ${gaps.map((g) => g.toFixed(0)).join(', ')} ms)`)
   t.ok(gaps.every((g) => g >= 20), 'none sooner than half an interval after the previous one')
   await new Promise((r) => setTimeout(r, 120))
   t.equal(at.length, n, 'no probe after close')
@@ -96,10 +116,11 @@ t.test('checker: jitter adds 0..jitter to each interval', async (t) => {
   const c = new HealthChecker(pool, check({ intervalMs: 20, jitterMs: 20 }), metrics, () => {}, probe)
   t.teardown(() => c.close())
   await c.start()
-  await eventually(() => at.length >= 13, 'thirteen probes')
+  const baseline = await timerChain(20, () => at.length >= 13)
   const gaps = at.slice(1).map((x, i) => x - (at[i] as number))
   const mean = ((at.at(-1) as number) - (at[0] as number)) / (at.length - 1)
-  t.ok(mean >= 24 && mean < 45, `a mean gap of interval + jitter/2 = 30 ms, give or take (${mean.toFixed(1)} ms; gaps ${gaps.map((g) => g.toFixed(0)).join(', ')})`)
+  // At most the delay of the process's own 20 ms timers plus the jitter's 20 ms.
+  t.ok(mean >= 24 && mean < baseline + 25, `a mean gap of interval + jitter/2 = 30 ms, give or take (${mean.toFixed(1)} ms, 20 ms timers kept ${baseline.toFixed(1)}; gaps ${gaps.map((g) => g.toFixed(0)).join(', ')})`)
   t.ok(gaps.every((g) => g >= 10), 'none sooner than half an interval after the previous one')
 })
 
@@ -109,10 +130,13 @@ t.test('pool health over a real server: starts down until the first probe, falls
   const srv = await scripted(t, (s) => lines(s, (l) => {
     if (l !== 'STATUS') return
     probes++
-    s.write(healthy ? 'ok\r\n' : 'sick\r\n')
+    // Sick: the answer, then the server's close, so a failing probe fails at once and the
+    // probe's timeout only bounds a hang (a passing probe on a busy machine may take long).
+    if (healthy) s.write('ok\r\n')
+    else s.end('sick\r\n')
   }))
   const { pool, metrics, registry } = poolOf([srv.port], {
-    healthCheck: check({ type: 'send-expect', intervalMs: 40, timeoutMs: 40, options: { steps: [{ send: 'STATUS\r\n' }, { expect: 'ok' }] } }),
+    healthCheck: check({ type: 'send-expect', intervalMs: 40, timeoutMs: 5000, options: { steps: [{ send: 'STATUS\r\n' }, { expect: 'ok' }] } }),
   })
   const logs = new LogSink()
   const h = new PoolHealth(pool, createLogger('debug', logs), metrics)
@@ -128,8 +152,8 @@ t.test('pool health over a real server: starts down until the first probe, falls
   healthy = false
   const flippedAt = Date.now()
   const probesAtFlip = probes
-  const down = await logs.waitFor((l) => String(l.msg).includes('is down'), 5000)
-  t.equal(down.msg, `backend ${b.id} is down: fall 3/3: timeout after 40ms waiting for "ok"; got "sick"`)
+  const down = await logs.waitFor((l) => String(l.msg).includes('is down'), 20_000)
+  t.equal(down.msg, `backend ${b.id} is down: fall 3/3: closed by the backend before "ok"; got "sick"`)
   t.equal(down.code, 'SLUICE_ERR_HEALTH_CHECK')
   t.ok(Date.now() - flippedAt >= 2 * 40, 'not before three probes could run')
   t.ok(probes - probesAtFlip >= 3, 'three failed probes before the change')
@@ -139,7 +163,7 @@ t.test('pool health over a real server: starts down until the first probe, falls
   t.equal(logs.lines.filter((l) => String(l.msg).includes('is down')).length, 1, 'the transition logged once')
 
   healthy = true
-  const up = await logs.waitFor((l) => String(l.msg).includes('is up: rise'), 5000)
+  const up = await logs.waitFor((l) => String(l.msg).includes('is up: rise'), 20_000)
   t.equal(up.msg, `backend ${b.id} is up: rise 2/2: matched "ok"`)
   t.equal(b.state, 'up')
   t.equal(pool.pick(ctx), b)
@@ -231,12 +255,24 @@ t.test('checker: after the process stalls, each backend returns to its own place
   const c = new HealthChecker(pool, check({ intervalMs: interval, timeoutMs: interval, jitterMs: 0 }), metrics, () => {}, probe)
   t.teardown(() => c.close())
   await c.start()
-  await eventually(() => starts.length >= 6 * n, 'six rounds of probes')
-  const recovered = starts.slice(4 * n, 6 * n).sort((a, b) => a - b)
-  let busiest = 0
-  for (let i = 0, j = 0; i < recovered.length; i++) {
-    while ((recovered[i] as number) - (recovered[j] as number) > interval / 10) j++
-    busiest = Math.max(busiest, i - j + 1)
+  // How many of two rounds' probes start within any tenth of the interval: spread, about
+  // n / 5; in lockstep, all of them. A busy machine can stall this process again and bunch
+  // one pair of rounds by chance, so the rounds after the stall are taken two at a time, up
+  // to the tenth round: a checker that stays in lockstep bunches every pair.
+  const busiestOf = (from: number): number => {
+    const recovered = starts.slice(from * n, (from + 2) * n).sort((a, b) => a - b)
+    let busiest = 0
+    for (let i = 0, j = 0; i < recovered.length; i++) {
+      while ((recovered[i] as number) - (recovered[j] as number) > interval / 10) j++
+      busiest = Math.max(busiest, i - j + 1)
+    }
+    return busiest
   }
-  t.ok(busiest <= n / 2, `two rounds after the stall, at most ${busiest} of ${n} probes start within any ${interval / 10} ms`)
+  const seen: number[] = []
+  for (let from = 4; from <= 8; from += 2) {
+    await eventually(() => starts.length >= (from + 2) * n, `${from + 2} rounds of probes`)
+    seen.push(busiestOf(from))
+    if ((seen.at(-1) as number) <= n / 2) break
+  }
+  t.ok((seen.at(-1) as number) <= n / 2, `after the stall, at most ${seen.join(', then ')} of ${n} probes of two rounds start within any ${interval / 10} ms`)
 })

@@ -64,7 +64,7 @@ export class SluiceProcess {
   }
 
   /** Waits for a log line matching `pred` (bounded by `timeoutMs`). */
-  async waitFor(pred: (l: Record<string, unknown>) => boolean, what: string, timeoutMs = 15_000): Promise<Record<string, unknown>> {
+  async waitFor(pred: (l: Record<string, unknown>) => boolean, what: string, timeoutMs = 60_000): Promise<Record<string, unknown>> {
     const deadline = Date.now() + timeoutMs
     for (;;) {
       const hit = this.lines.find(pred)

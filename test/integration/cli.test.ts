@@ -97,7 +97,7 @@ t.test('a second SIGTERM exits now', async (t) => {
   await sluice.waitFor((l) => typeof l.msg === 'string' && l.msg.startsWith('sluice stopping'), 'stopping')
   sluice.signal('SIGTERM')
   const exit = await sluice.exited
-  t.equal(exit.code, 0, 'exited without waiting for the hour')
+  t.equal(exit.code, 0, `exited without waiting for the hour; stderr: ${exit.stderr}`)
   open.destroy()
 })
 

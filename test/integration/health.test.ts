@@ -73,7 +73,7 @@ pools:
   p:
     backends: [${a.address}, ${b.address}]
     retries: 0
-    health_check: { type: tcp, interval: 50ms, timeout: 50ms, rise: 2, fall: 2 }
+    health_check: { type: tcp, interval: 250ms, timeout: 250ms, rise: 2, fall: 2 }
 `)
   t.same(new Set(await greetings(run.port('l'), 4)), new Set(['a', 'b']), 'both serve')
   await b.stop()
@@ -135,7 +135,7 @@ pools:
   p:
     retries: 1
     backends: [${a.address}, ${d}]
-    health_check: { type: tcp, interval: 30ms, timeout: 30ms, port: ${alive.port}, rise: 1 }
+    health_check: { type: tcp, interval: 100ms, timeout: 100ms, port: ${alive.port}, rise: 1 }
     passive: { max_failures: 1, ejection_time: 300ms }
 `)
   const pool = run.daemon.pools.get('p')!
@@ -156,7 +156,7 @@ pools:
   p:
     retries: 0
     backends: [${primary.address}, { address: ${spare.address}, backup: true }]
-    health_check: { type: tcp, interval: 40ms, timeout: 40ms, rise: 1, fall: 1 }
+    health_check: { type: tcp, interval: 250ms, timeout: 250ms, rise: 1, fall: 1 }
 `)
   t.same(await greetings(run.port('l'), 2), ['primary', 'primary'], 'the backup is idle while the primary is up')
   await primary.stop()
@@ -166,7 +166,7 @@ pools:
   await run.logs.waitFor((l) => msgOf(l).startsWith(`backend ${spare.address} is down`))
   const started = Date.now()
   t.equal(await refusedWith(run.port('l')), 'ECONNRESET', 'refused with a reset')
-  t.ok(Date.now() - started < 1000, 'at once, not after a connect timeout')
+  t.ok(Date.now() - started < 2500, 'at once, not after the 3 s connect timeout')
   t.match(await run.metrics(), /sluice_rejected_connections_total\{listener="l",reason="no_backend"\} 1/)
   t.ok(run.logs.lines.some((l) => l.code === 'SLUICE_ERR_NO_BACKEND'))
   await primary.start()
@@ -183,7 +183,7 @@ pools:
   p:
     algorithm: round-robin
     backends: [${a.address}, ${b.address}]
-    health_check: { type: tcp, interval: 30ms, timeout: 30ms }
+    health_check: { type: tcp, interval: 250ms, timeout: 250ms }
 `)
   const pool = run.daemon.pools.get('p')!
   // Open connections until one lands on b.
