@@ -2,6 +2,7 @@ import { Registry } from 'prom-client'
 import { mergeExposition } from './control/metrics-merge.js'
 import type { AdminConfig, Config, DemoBackendConfig } from './config/types.js'
 import type { Logger } from './log.js'
+import { warnDescriptorLimit } from './fd-budget.js'
 import { Metrics } from './metrics/metrics.js'
 import { Pool } from './upstream/pool.js'
 import type { Listener } from './listener/listener.js'
@@ -116,6 +117,8 @@ export class Daemon implements ControlApi {
       throw err
     }
     d.logSummary('sluice started')
+    // After the summary: the open-files limit cannot hold what max_connections and udp.max_sessions allow.
+    warnDescriptorLimit(config, d.log)
     return d
   }
 

@@ -34,6 +34,7 @@ export const ERROR_CODES = {
   SLUICE_ERR_TLS_HANDSHAKE: 'The TLS handshake with a client failed (protocol or cipher mismatch, bad or missing client certificate); it was closed.',
   SLUICE_ERR_HANDSHAKE_TIMEOUT: 'A connection did not finish its opening (PROXY header, ClientHello, TLS handshake) within timeouts.handshake; it was closed.',
   SLUICE_ERR_TLS_CERT: 'A changed certificate or key file could not be loaded; the certificates already loaded keep serving.',
+  SLUICE_ERR_RESOURCE_EXHAUSTED: 'sluice ran out of file descriptors (EMFILE, ENFILE) or socket memory (ENOBUFS, ENOMEM), or a UDP listener\'s session table was full: accepting pauses and is retried with backoff; no backend is blamed.',
   SLUICE_ERR_BACKEND_TLS: 'The TLS handshake with a backend failed (certificate not trusted, wrong name, protocol error); the next backend is tried.',
 } as const
 

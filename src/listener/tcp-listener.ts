@@ -13,6 +13,9 @@ import type { AdmissionCounter, Listener } from './listener.js'
 import type { RelayHost } from '../proxy/relay-host.js'
 import { OpeningStage } from '../proxy/proxy-opening.js'
 import { TlsTerminator } from '../proxy/tls.js'
+import { localExhaustion } from '../fd-budget.js'
+import type { ExhaustionGuard } from './accept-guard.js'
+import { dropHeld, holdListening, listenHeld, type HeldSocket } from './accept-pause.js'
 
 /**
  * A TCP listener: accepts client connections, admits or refuses them, and hands each to a
@@ -42,6 +45,10 @@ export class TcpListener implements SessionOwner, Listener {
   admission: AdmissionCounter | undefined
   /** The data plane's native relay for established plain connections (set by the data plane). */
   relay: RelayHost | undefined
+  /** The data plane's answer to running out of descriptors (set by the data plane). */
+  exhaustion: ExhaustionGuard | undefined
+  /** The listening socket while accepting is paused (out of descriptors). */
+  private held: HeldSocket | undefined
 
   constructor(
     public config: ListenerConfig,
@@ -50,7 +57,12 @@ export class TcpListener implements SessionOwner, Listener {
     readonly metrics: Metrics,
     public accessLog: boolean,
   ) {
-    this.server = createServer({
+    this.server = this.makeServer()
+    this.configureOpening(config)
+  }
+
+  private makeServer(): Server {
+    const server = createServer({
       allowHalfOpen: true,
       // Not pauseOnConnect: while the backend connect is in flight the socket keeps reading
       // into its bounded stream buffer (highWaterMark, then TCP backpressure), so a client
@@ -60,11 +72,37 @@ export class TcpListener implements SessionOwner, Listener {
       keepAliveInitialDelay: KEEPALIVE_INITIAL_DELAY_MS,
       highWaterMark: STREAM_BUFFER_BYTES,
     })
-    this.configureOpening(config)
-    this.server.on('connection', this.onConnection)
-    this.server.on('error', (err) => {
-      log.error({ code: 'SLUICE_ERR_LISTEN', listener: config.name, errno: errnoCode(err) }, `listener error: ${errorMessage(err)}`)
+    server.on('connection', this.onConnection)
+    server.on('error', (err) => {
+      const local = localExhaustion(err)
+      // Out of descriptors on accept: sluice's own condition, paused and retried (accept-guard.ts).
+      if (local !== undefined && this.exhaustion !== undefined) this.exhaustion.exhausted(this.config.name, 'accept', local)
+      else this.log.error({ code: 'SLUICE_ERR_LISTEN', listener: this.config.name, errno: errnoCode(err) }, `listener error: ${errorMessage(err)}`)
     })
+    return server
+  }
+
+  /**
+   * Stops accepting while descriptors are out, keeping the listening socket and its backlog
+   * (accept-pause.ts); false when it cannot (no native addon), then it accepts on.
+   */
+  pauseAccepting(): boolean {
+    if (this.held !== undefined || this.closing) return this.held !== undefined
+    this.held = holdListening(this.server, this.address())
+    return this.held !== undefined
+  }
+
+  /** Accepts again on the socket held by pauseAccepting. */
+  resumeAccepting(): void {
+    const held = this.held
+    if (held === undefined) return
+    this.held = undefined
+    if (this.closing) {
+      dropHeld(held)
+      return
+    }
+    this.server = this.makeServer()
+    listenHeld(this.server, held)
   }
 
   get name(): string {
@@ -94,6 +132,7 @@ export class TcpListener implements SessionOwner, Listener {
 
   /** The bound address (the real port when the configuration said port 0). */
   address(): { host: string; port: number; text: string } {
+    if (this.held !== undefined) return this.held.address
     const a = this.server.address()
     if (a === null || typeof a === 'string') return { host: this.config.host, port: this.config.port, text: this.config.listen }
     return { host: a.address, port: a.port, text: formatAddress(a.address, a.port) }
@@ -137,7 +176,7 @@ export class TcpListener implements SessionOwner, Listener {
   }
 
   get listening(): boolean {
-    return this.server.listening
+    return this.server.listening || this.held !== undefined
   }
 
   sessionEnded(session: TcpSession): void {
@@ -170,6 +209,7 @@ export class TcpListener implements SessionOwner, Listener {
     this.closing = true
     this.tls?.close()
     if (this.server.listening) this.server.close()
+    this.dropHeld()
     if (this.sessions.size === 0) return Promise.resolve()
     return new Promise((resolve) => this.idleWaiters.push(resolve))
   }
@@ -179,6 +219,7 @@ export class TcpListener implements SessionOwner, Listener {
     this.closing = true
     this.tls?.close()
     if (this.server.listening) this.server.close()
+    this.dropHeld()
     for (const s of [...this.sessions]) s.destroy('shutdown')
   }
 
@@ -206,6 +247,11 @@ export class TcpListener implements SessionOwner, Listener {
     const session = new TcpSession(socket, this, this.pool)
     this.sessions.add(session)
     session.start()
+  }
+
+  private dropHeld(): void {
+    if (this.held !== undefined) dropHeld(this.held)
+    this.held = undefined
   }
 
   private refuse(socket: Socket, reason: string): void {

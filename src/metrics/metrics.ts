@@ -21,6 +21,7 @@ export class Metrics {
   readonly workerRestartsTotal: Counter<string>
   readonly healthChecksTotal: Counter<'pool' | 'backend' | 'result'>
   readonly backendEjectionsTotal: Counter<'pool' | 'backend'>
+  readonly resourceExhaustedTotal: Counter<'resource' | 'listener'>
 
   constructor(
     readonly registry: Registry,
@@ -116,6 +117,12 @@ export class Metrics {
     this.workerRestartsTotal = new Counter({
       name: 'sluice_worker_restarts_total',
       help: 'Data-plane worker threads that died and were started again (their open connections were lost).',
+      registers,
+    })
+    this.resourceExhaustedTotal = new Counter({
+      name: 'sluice_resource_exhausted_total',
+      help: 'Times sluice ran out of its own resources, by resource: fd (EMFILE, ENFILE, ENOBUFS, ENOMEM on accept, backend connect or UDP socket; accepting pauses) or udp_sessions (a datagram from a new client found udp.max_sessions full).',
+      labelNames: ['resource', 'listener'],
       registers,
     })
     this.dnsDroppedTotal = new Counter({
