@@ -25,7 +25,7 @@ export function fuzzSettings(defaultRuns: number): FuzzSettings {
 }
 
 /** The longest a single call may take before it counts as a hang (a target may allow more). */
-export const HANG_MS = 250
+export const HANG_MS = 1000
 
 /**
  * Runs `body` on `numRuns` inputs from `arb`: it must return, or throw a SluiceError (a coded
