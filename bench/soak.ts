@@ -8,9 +8,10 @@
  *   npm run soak                                   # 10,000 connections, 3 minutes
  *   SOAK_CONNECTIONS=2000 SOAK_SECONDS=45 npm run soak   # the short run of .ci/run
  *
- * SOAK_RELAY=js|native|auto (default auto). Clients run in this process, the echo backends
+ * SOAK_RELAY=js|native|auto (default auto); SOAK_ACCESS_LOG=1 and SOAK_LOG=info let sluice's
+ * access log and info lines through (to stdout), to find out why a connection failed. Clients run in this process, the echo backends
  * in a child process, sluice in another: each side holds one descriptor per connection,
- * sluice two. The open-files limit is raised with prlimit(1) where allowed (root, or a hard
+ * sluice two. The open-files limit is raised with prlimit(1) where allowed (CAP_SYS_RESOURCE, or a hard
  * limit high enough); when it cannot be, the run says so and lowers SOAK_CONNECTIONS to fit.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
@@ -59,10 +60,10 @@ function raiseLimit(want: number): { limit: number; note: string } {
   try {
     execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${want}:${want}`], { stdio: 'ignore' })
   } catch {
-    // Not root and the hard limit is lower: run with what there is.
+    // No CAP_SYS_RESOURCE and the hard limit is lower: run with what there is.
   }
   const after = openFilesLimit() ?? before
-  return { limit: after, note: after >= want ? `open-files limit raised from ${before} to ${after} (prlimit)` : `open-files limit ${after}: could not raise it to ${want} (prlimit needs root or a higher hard limit)` }
+  return { limit: after, note: after >= want ? `open-files limit raised from ${before} to ${after} (prlimit)` : `open-files limit ${after}: could not raise it to ${want} (raising the hard limit needs CAP_SYS_RESOURCE, which this process lacks)` }
 }
 
 function fdCount(pid: number): number {
@@ -92,9 +93,10 @@ async function freePort(): Promise<number> {
   return port
 }
 
-const need = 4 * WANT + 1000
+const need = 2 * WANT + 200
 const { limit, note } = raiseLimit(need)
-const connections = Math.min(WANT, Math.floor((limit - 1000) / 2))
+// sluice holds two descriptors per connection, plus its own (about 40) and its reserve.
+const connections = Math.min(WANT, Math.floor((limit - 200) / 2))
 console.log(`soak: ${note}; ${connections} concurrent connections${connections < WANT ? ` (not ${WANT}: the limit is too low)` : ''}, ${SECONDS}s, relay ${RELAY}`)
 
 const backendProc = spawn(process.execPath, [SELF, '--backends'], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
@@ -110,10 +112,10 @@ const file = join(work, 'soak.yaml')
 writeFileSync(
   file,
   `relay: ${RELAY}
-log: { level: warn, access_log: false }
+log: { level: ${process.env.SOAK_LOG ?? 'warn'}, access_log: ${process.env.SOAK_ACCESS_LOG === '1'} }
 admin: { listen: "127.0.0.1:${admin}" }
 listeners:
-  - { name: soak, listen: "127.0.0.1:${port}", pool: echo, max_connections: ${2 * connections} }
+  - { name: soak, listen: "127.0.0.1:${port}", pool: echo, max_connections: ${connections + 100} }
 pools:
   echo:
     algorithm: least-connections
