@@ -151,12 +151,17 @@ function oneConnection(): Promise<void> {
     let expect: Buffer | undefined
     let got = 0
     let done = false
+    let echoed = false
+    // No progress for this long: a stalled connection, counted as failed (the run never hangs).
+    s.setTimeout(30_000)
+    s.on('timeout', () => finish('stalled (30 s without progress)'))
     const finish = (kind?: string): void => {
       if (done) return
       done = true
       stats.live--
       if (kind !== undefined) {
-        failed(kind)
+        // Before any echo the bytes never reached a backend (the connect or the accept failed).
+        failed(`${kind} ${echoed ? 'mid-stream' : 'before the first echo'}`)
         s.destroy()
       }
       resolve()
@@ -186,6 +191,7 @@ function oneConnection(): Promise<void> {
         return
       }
       got += d.length
+      echoed = true
       stats.bytesEchoed += d.length
       if (got === expect.length) {
         expect = undefined

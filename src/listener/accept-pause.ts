@@ -44,9 +44,19 @@ export function holdListening(server: Server, address: HeldSocket['address'], du
   return { fd: copy, address }
 }
 
+/**
+ * The listen backlog for a listener of `maxConnections`: as HAProxy does, as long as the
+ * connection limit (the kernel caps it at net.core.somaxconn), and never below nginx's 511. A
+ * burst of connects larger than the backlog while the event loop is busy is otherwise dropped
+ * by the kernel (ListenOverflows) before sluice sees it.
+ */
+export function listenBacklog(maxConnections: number): number {
+  return Math.max(511, Math.min(maxConnections, 65_535))
+}
+
 /** Listens on a held socket again (the server then owns the descriptor). */
-export function listenHeld(server: Server, held: HeldSocket): void {
-  server.listen({ fd: held.fd, backlog: 511 })
+export function listenHeld(server: Server, held: HeldSocket, backlog: number): void {
+  server.listen({ fd: held.fd, backlog })
 }
 
 /** Closes a held socket for good (the listener is closing). */

@@ -15,7 +15,7 @@ import { OpeningStage } from '../proxy/proxy-opening.js'
 import { TlsTerminator } from '../proxy/tls.js'
 import { localExhaustion } from '../fd-budget.js'
 import type { ExhaustionGuard } from './accept-guard.js'
-import { dropHeld, holdListening, listenHeld, type HeldSocket } from './accept-pause.js'
+import { dropHeld, holdListening, listenBacklog, listenHeld, type HeldSocket } from './accept-pause.js'
 
 /**
  * A TCP listener: accepts client connections, admits or refuses them, and hands each to a
@@ -102,7 +102,7 @@ export class TcpListener implements SessionOwner, Listener {
       return
     }
     this.server = this.makeServer()
-    listenHeld(this.server, held)
+    listenHeld(this.server, held, listenBacklog(this.config.maxConnections))
   }
 
   get name(): string {
@@ -124,7 +124,7 @@ export class TcpListener implements SessionOwner, Listener {
       this.server.once('error', onError)
       this.server.once('listening', onListening)
       // reusePort (Node 22.12+) is in the typings of newer @types/node only.
-      const opts: { host: string | undefined; port: number; backlog: number; reusePort?: boolean } = { host: host === '' ? undefined : host, port, backlog: 511 }
+      const opts: { host: string | undefined; port: number; backlog: number; reusePort?: boolean } = { host: host === '' ? undefined : host, port, backlog: listenBacklog(this.config.maxConnections) }
       if (shared) opts.reusePort = true
       this.server.listen(opts)
     })
