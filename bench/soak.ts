@@ -8,7 +8,7 @@
  *   npm run soak                                   # 10,000 connections, 3 minutes
  *   SOAK_CONNECTIONS=2000 SOAK_SECONDS=45 npm run soak   # the short run of .ci/run
  *
- * SOAK_RELAY=js|native|auto (default auto); SOAK_ACCESS_LOG=1 and SOAK_LOG=info let sluice's
+ * SOAK_RAMP_SECONDS (20) spreads the first connections out. SOAK_RELAY=js|native|auto (default auto); SOAK_ACCESS_LOG=1 and SOAK_LOG=info let sluice's
  * access log and info lines through (to stdout), to find out why a connection failed. Clients run in this process, the echo backends
  * in a child process, sluice in another: each side holds one descriptor per connection,
  * sluice two. The open-files limit is raised with prlimit(1) where allowed (CAP_SYS_RESOURCE, or a hard
@@ -28,6 +28,8 @@ const SELF = fileURLToPath(import.meta.url)
 const WANT = Number(process.env.SOAK_CONNECTIONS ?? 10_000)
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 180)
 const RELAY = process.env.SOAK_RELAY ?? 'auto'
+/** Connections open gradually over this long, so the ramp does not overflow the listen backlog. */
+const RAMP_SECONDS = Number(process.env.SOAK_RAMP_SECONDS ?? 20)
 const BACKENDS = 4
 /** Per round, a client sends this many bytes at most (random size from 1). */
 const MAX_ROUND = 8 * 1024
@@ -212,7 +214,7 @@ async function slot(): Promise<void> {
   while (Date.now() < endAt) await oneConnection()
 }
 
-// Ramp up to `connections` over about five seconds, then keep them all busy with churn.
+// Ramp up to `connections` over RAMP_SECONDS, then keep them all busy with churn.
 const ticker = setInterval(() => {
   peak = { fds: Math.max(peak.fds, fdCount(pid)), rss: Math.max(peak.rss, rssMiB(pid)) }
 }, 500)
@@ -220,7 +222,7 @@ const slots: Promise<void>[] = []
 const step = Math.max(1, Math.ceil(connections / 100))
 for (let i = 0; i < connections; i += step) {
   for (let j = i; j < Math.min(connections, i + step); j++) slots.push(slot())
-  await new Promise((r) => setTimeout(r, 50))
+  await new Promise((r) => setTimeout(r, (RAMP_SECONDS * 1000) / 100))
 }
 await Promise.all(slots)
 clearInterval(ticker)
