@@ -1954,6 +1954,32 @@ static napi_value relay_size(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/* dupFd(fd) -> a new descriptor for the same open file (close-on-exec). A TCP listener that
+ * runs out of descriptors keeps its listening socket, and the connections waiting in its
+ * backlog, in such a copy while it stops accepting (src/listener/accept-pause.ts). */
+static napi_value dup_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  uint32_t fd;
+  if (argc < 1 || !arg_u32(env, argv[0], "fd", &fd)) {
+    if (argc < 1) napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "fd must be a descriptor number");
+    return NULL;
+  }
+  if (fd > INT32_MAX) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "fd must be a descriptor number");
+    return NULL;
+  }
+  int copy = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) {
+    throw_errno(env, errno, "dupFd");
+    return NULL;
+  }
+  napi_value v;
+  NAPI_CALL(env, napi_create_int32(env, copy, &v));
+  return v;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor methods[] = {
     {"add", NULL, relay_add, NULL, NULL, NULL, napi_default_method, NULL},
@@ -1976,5 +2002,8 @@ NAPI_MODULE_INIT() {
     NAPI_CALL(env, napi_set_element(env, reasons, i, s));
   }
   NAPI_CALL(env, napi_set_named_property(env, exports, "reasons", reasons));
+  napi_value dup;
+  NAPI_CALL(env, napi_create_function(env, "dupFd", NAPI_AUTO_LENGTH, dup_fd, NULL, &dup));
+  NAPI_CALL(env, napi_set_named_property(env, exports, "dupFd", dup));
   return exports;
 }

@@ -3,6 +3,7 @@ import { mergeExposition } from './control/metrics-merge.js'
 import type { AdminConfig, BackendConfig, Config, DemoBackendConfig } from './config/types.js'
 import type { Backend } from './upstream/backend.js'
 import type { Logger } from './log.js'
+import { warnDescriptorLimit } from './fd-budget.js'
 import { Metrics } from './metrics/metrics.js'
 import { Pool } from './upstream/pool.js'
 import type { Listener } from './listener/listener.js'
@@ -130,6 +131,8 @@ export class Daemon implements ControlApi {
       throw err
     }
     d.logSummary('sluice started')
+    // After the summary: the open-files limit cannot hold what max_connections and udp.max_sessions allow.
+    warnDescriptorLimit(config, d.log)
     return d
   }
 

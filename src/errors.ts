@@ -38,6 +38,7 @@ export const ERROR_CODES = {
   SLUICE_ERR_DISCOVERY_DNS: 'A DNS discovery attempt failed (no answer, SERVFAIL, NXDOMAIN, an empty answer, an SRV target with no address); the pool keeps its last good set.',
   SLUICE_ERR_DISCOVERY_FILE: 'A discovery file could not be read or is not a list of backends (its FILE:LINE:COL problems are logged); the pool keeps its last good set.',
   SLUICE_ERR_DISCOVERY_ETCD: 'etcd discovery could not read or watch its prefix, or a key holds a value that is not a backend; the last good set stays and the watch resumes after a backoff.',
+  SLUICE_ERR_RESOURCE_EXHAUSTED: 'sluice ran out of file descriptors (EMFILE, ENFILE) or socket memory (ENOBUFS, ENOMEM), or a UDP listener\'s session table was full: accepting pauses and is retried with backoff; no backend is blamed.',
   SLUICE_ERR_BACKEND_TLS: 'The TLS handshake with a backend failed (certificate not trusted, wrong name, protocol error); the next backend is tried.',
 } as const
 

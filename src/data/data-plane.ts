@@ -11,6 +11,8 @@ import { formatDuration } from '../config/duration.js'
 import { SluiceError } from '../errors.js'
 import type { SharedCounters } from '../control/shared-counters.js'
 import { RelayHost } from '../proxy/relay-host.js'
+import { ExhaustionGuard } from '../listener/accept-guard.js'
+import { UdpListener } from '../listener/udp-listener.js'
 import { backendSlotKey, listenerSlotKey, type BackendStateEntry, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
 
 export interface DataPlaneOptions {
@@ -66,6 +68,14 @@ export class DataPlane {
     this.shared = opts.shared
     this.report = opts.report
     this.metrics = new Metrics(opts.registry, () => this.flushCounters(), false)
+    this.exhaustion = new ExhaustionGuard(this.log, () => this.tcpListeners())
+  }
+
+  /** Out of descriptors: pauses this worker's TCP listeners and retries (accept-guard.ts). */
+  readonly exhaustion: ExhaustionGuard
+
+  private *tcpListeners(): Iterable<TcpListener> {
+    for (const l of this.listeners.values()) if (l instanceof TcpListener) yield l
   }
 
   get config(): Config | undefined {
@@ -95,6 +105,7 @@ export class DataPlane {
       for (const lc of plan.bind) {
         const pool = this.pools.get(lc.pool) ?? (p.newPools.get(lc.pool) as Pool)
         const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog)
+        if (l instanceof TcpListener || l instanceof UdpListener) l.exhaustion = this.exhaustion
         if (l instanceof TcpListener) {
           l.relay = this.activeRelay
           l.poolLookup = (name) => this.pools.get(name) ?? p.newPools.get(name)
@@ -235,6 +246,7 @@ export class DataPlane {
     this.abort()
     for (const l of [...this.listeners.values(), ...this.retiring]) l.destroy()
     this.relay?.close()
+    this.exhaustion.close()
     this.listeners.clear()
     this.retiring.clear()
   }
@@ -302,6 +314,7 @@ export class DataPlane {
 
   private flushCounters(): void {
     if (this.relay !== undefined) this.relay.flush(this.metrics)
+    this.exhaustion.flush(this.metrics)
     for (const l of this.listeners.values()) l.flushCounters()
     for (const l of this.retiring) l.flushCounters()
     for (const p of this.pools.values()) p.flushCounters()

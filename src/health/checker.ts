@@ -6,6 +6,7 @@ import type { Pool } from '../upstream/pool.js'
 import type { Probe, ProbeResult } from './probe.js'
 import { findProbe } from './registry.js'
 import { RiseFall, type Transition } from './rise-fall.js'
+import { localProbeFailure } from '../fd-budget.js'
 
 /** What the checker reports to its owner, which turns it into the backend's state. */
 export type HealthListener = (b: Backend, result: ProbeResult, transition: Transition, first: boolean, progress: string) => void
@@ -186,6 +187,8 @@ export class HealthChecker {
   }
 
   private record(e: Entry, r: ProbeResult): void {
+    // No descriptor for the probe's socket here says nothing about the backend: not counted.
+    if (!r.ok && e.rf.checked && localProbeFailure(r.detail)) return
     ;(r.ok ? e.pass : e.fail).inc()
     const first = !e.rf.checked
     const transition = e.rf.observe(r.ok)

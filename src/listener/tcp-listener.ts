@@ -17,6 +17,9 @@ import { NativeSession } from '../proxy/native-session.js'
 import { isPlainPool } from '../proxy/upstream-secure.js'
 import { OpeningStage } from '../proxy/proxy-opening.js'
 import { TlsTerminator } from '../proxy/tls.js'
+import { localExhaustion } from '../fd-budget.js'
+import type { ExhaustionGuard } from './accept-guard.js'
+import { dropHeld, holdListening, listenBacklog, listenHeld, type HeldSocket } from './accept-pause.js'
 
 /**
  * A TCP listener: accepts client connections, admits or refuses them, and hands each to a
@@ -56,6 +59,10 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
   private native: { host: RelayHost; id: number } | undefined
   /** The address bound, kept for while Node's server is closed (the relay accepts). */
   private bound: ListenerAddress | undefined
+  /** The data plane's answer to running out of descriptors (set by the data plane). */
+  exhaustion: ExhaustionGuard | undefined
+  /** The listening socket while accepting is paused (out of descriptors). */
+  private paused: HeldSocket | undefined
 
   constructor(
     public config: ListenerConfig,
@@ -81,7 +88,10 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
     })
     server.on('connection', this.onConnection)
     server.on('error', (err) => {
-      this.log.error({ code: 'SLUICE_ERR_LISTEN', listener: this.config.name, errno: errnoCode(err) }, `listener error: ${errorMessage(err)}`)
+      const local = localExhaustion(err)
+      // Out of descriptors on accept: sluice's own condition, paused and retried (accept-guard.ts).
+      if (local !== undefined && this.exhaustion !== undefined) this.exhaustion.exhausted(this.config.name, 'accept', local)
+      else this.log.error({ code: 'SLUICE_ERR_LISTEN', listener: this.config.name, errno: errnoCode(err) }, `listener error: ${errorMessage(err)}`)
     })
     return server
   }
@@ -127,7 +137,7 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
       if (fd >= 0) closeFd(fd)
       return
     }
-    this.server.listen({ fd })
+    this.server.listen({ fd, backlog: listenBacklog(this.config.maxConnections) })
   }
 
   onRelayAccept(a: RelayAccept, host: RelayHost): void {
@@ -159,12 +169,43 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
   }
 
   onRelayAcceptError(e: RelayAcceptError): void {
+    // Out of descriptors: sluice's own condition, counted and logged once per interval by the
+    // data plane's guard (the relay has paused this listener already, and resumes by itself).
+    if (this.exhaustion !== undefined && localExhaustion({ code: e.code }) !== undefined) {
+      this.exhaustion.exhausted(this.config.name, 'accept', e.code)
+      return
+    }
     const suppressed = this.throttle.take(`accept:${e.code}`)
     if (suppressed === false) return
     this.log.error(
       { code: 'SLUICE_ERR_ACCEPT', listener: this.config.name, errno: e.code, pause_ms: e.pauseMs, suppressed },
       `listener ${this.config.name} cannot accept connections (${e.code}): pausing ${e.pauseMs}ms; open connections are served meanwhile`,
     )
+  }
+
+  /**
+   * Stops accepting while descriptors are out, keeping the listening socket and its backlog
+   * (accept-pause.ts); false when it cannot (no native addon), then it accepts on.
+   */
+  pauseAccepting(): boolean {
+    // The native relay pauses its own accepting when descriptors run out (SLUICE_ERR_ACCEPT).
+    if (this.native !== undefined) return true
+    if (this.paused !== undefined || this.closing) return this.paused !== undefined
+    this.paused = holdListening(this.server, this.address())
+    return this.paused !== undefined
+  }
+
+  /** Accepts again on the socket held by pauseAccepting. */
+  resumeAccepting(): void {
+    const held = this.paused
+    if (held === undefined) return
+    this.paused = undefined
+    if (this.closing) {
+      dropHeld(held)
+      return
+    }
+    this.server = this.newServer()
+    listenHeld(this.server, held, listenBacklog(this.config.maxConnections))
   }
 
   get name(): string {
@@ -186,7 +227,7 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
       this.server.once('error', onError)
       this.server.once('listening', onListening)
       // reusePort (Node 22.12+) is in the typings of newer @types/node only.
-      const opts: { host: string | undefined; port: number; backlog: number; reusePort?: boolean } = { host: host === '' ? undefined : host, port, backlog: 511 }
+      const opts: { host: string | undefined; port: number; backlog: number; reusePort?: boolean } = { host: host === '' ? undefined : host, port, backlog: listenBacklog(this.config.maxConnections) }
       if (shared) opts.reusePort = true
       this.server.listen(opts)
     })
@@ -194,6 +235,7 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
 
   /** The bound address (the real port when the configuration said port 0). */
   address(): ListenerAddress {
+    if (this.paused !== undefined) return this.paused.address
     if (this.native !== undefined && this.bound !== undefined) return this.bound
     const a = this.server.address()
     if (a === null || typeof a === 'string') return { host: this.config.host, port: this.config.port, text: this.config.listen }
@@ -239,7 +281,7 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
   }
 
   get listening(): boolean {
-    return this.native !== undefined || this.server.listening
+    return this.native !== undefined || this.server.listening || this.paused !== undefined
   }
 
   sessionEnded(session: OpenSession): void {
@@ -273,6 +315,7 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
     this.tls?.close()
     this.acceptWithNode()
     if (this.server.listening) this.server.close()
+    this.dropHeld()
     if (this.sessions.size === 0) return Promise.resolve()
     return new Promise((resolve) => this.idleWaiters.push(resolve))
   }
@@ -283,6 +326,7 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
     this.tls?.close()
     this.acceptWithNode()
     if (this.server.listening) this.server.close()
+    this.dropHeld()
     for (const s of [...this.sessions]) s.destroy('shutdown')
   }
 
@@ -317,6 +361,11 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
       )
     }
     return refusal
+  }
+
+  private dropHeld(): void {
+    if (this.paused !== undefined) dropHeld(this.paused)
+    this.paused = undefined
   }
 
   private refuse(socket: Socket, reason: string): void {

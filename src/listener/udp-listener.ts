@@ -16,6 +16,7 @@ import { UdpSession, literalLookup, type UdpSessionOwner } from '../proxy/udp-se
 import { UdpStats } from '../proxy/udp-stats.js'
 import { ExpiryWheel } from '../proxy/udp-expiry.js'
 import { DnsRelay, type DnsRelayOwner } from '../proxy/dns-relay.js'
+import type { ExhaustionGuard } from './accept-guard.js'
 
 /** Socket buffers asked of the kernel (it caps them at net.core.rmem_max / wmem_max). */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
@@ -45,6 +46,8 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
   private readonly wheel: ExpiryWheel<UdpSession>
   /** udp.mode dns: queries relayed by ID over shared upstream sockets instead of sessions. */
   private dns: DnsRelay | undefined
+  /** The data plane's answer to running out of descriptors (set by the data plane). */
+  exhaustion: ExhaustionGuard | undefined
   /** Reused for every pick: the balancers read it and keep nothing of it. */
   private readonly ctx: PickContext = { protocol: 'udp', remoteAddress: '', remotePort: 0 }
 
@@ -195,8 +198,15 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
       return undefined
     }
     const { udp, name } = this.config
+    if (this.exhaustion?.paused === true) {
+      // Out of descriptors: a session could not get its socket. Counted; the guard warns.
+      this.stats.refuse('fd_exhausted')
+      this.exhaustion.count('fd', name)
+      return undefined
+    }
     if (this.sessions.size >= udp.maxSessions) {
       this.stats.refuse('max_sessions')
+      this.exhaustion?.sessionsFull(name)
       const suppressed = this.throttle.take('max_sessions')
       if (suppressed !== false) {
         this.log.warn(

@@ -24,6 +24,7 @@ export class Metrics {
   readonly discoveryUpdatesTotal: Counter<'pool' | 'source' | 'result'>
   readonly discoveryBackends: Gauge<'pool' | 'source'>
   readonly membershipChangesTotal: Counter<'pool' | 'source'>
+  readonly resourceExhaustedTotal: Counter<'resource' | 'listener'>
 
   constructor(
     readonly registry: Registry,
@@ -137,6 +138,12 @@ export class Metrics {
       name: 'sluice_membership_changes_total',
       help: 'Changes of a pool\'s backends (added, removed, settings) applied as one diff, by the source that caused them (dns, file, etcd, admin, reload).',
       labelNames: ['pool', 'source'],
+      registers,
+    })
+    this.resourceExhaustedTotal = new Counter({
+      name: 'sluice_resource_exhausted_total',
+      help: 'Times sluice ran out of its own resources, by resource: fd (EMFILE, ENFILE, ENOBUFS, ENOMEM on accept, backend connect or UDP socket; accepting pauses) or udp_sessions (a datagram from a new client found udp.max_sessions full).',
+      labelNames: ['resource', 'listener'],
       registers,
     })
     this.dnsDroppedTotal = new Counter({

@@ -116,6 +116,8 @@ interface RelayHandle {
 interface RelayBinding {
   readonly Relay: new (onEvents: (events: Float64Array, addresses: string[]) => void, splice: boolean, groups: number) => RelayHandle
   readonly reasons: readonly string[]
+  /** A copy of a descriptor (close-on-exec); throws with the errno name as `code`. */
+  readonly dupFd?: (fd: number) => number
 }
 
 /** The file descriptor under a plain net.Socket; undefined for a TLS socket or a closed one. */
@@ -315,6 +317,8 @@ export interface NativeRelayAddon {
   /** The addon file that was loaded. */
   readonly path: string
   create(options: NativeRelayOptions): NativeRelay
+  /** dup(2) of a descriptor, when the loaded addon has it (see src/listener/accept-pause.ts). */
+  readonly dupFd: ((fd: number) => number) | undefined
 }
 
 export type NativeRelayLoad = { addon: NativeRelayAddon; reason?: undefined } | { addon: undefined; reason: string }
@@ -356,7 +360,7 @@ export function loadNativeRelay(path?: string): NativeRelayLoad {
     const m: unknown = createRequire(import.meta.url)(file)
     if (!isBinding(m)) result = { addon: undefined, reason: `${file} is not the native relay` }
     else if (m.reasons.join() !== RELAY_END_REASONS.join()) result = { addon: undefined, reason: `${file} is out of date (npm run build:native rebuilds it)` }
-    else result = { addon: { path: file, create: (options) => new NativeRelay(m, options) } }
+    else result = { addon: { path: file, create: (options) => new NativeRelay(m, options), dupFd: m.dupFd } }
   } catch (err) {
     const message = err instanceof Error ? err.message.split('\n')[0] : String(err)
     result = { addon: undefined, reason: `${file} failed to load: ${message}` }

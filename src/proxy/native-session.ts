@@ -4,6 +4,7 @@ import type { Backend } from '../upstream/backend.js'
 import type { Pool } from '../upstream/pool.js'
 import type { PickContext } from '../balancer/types.js'
 import { SluiceError } from '../errors.js'
+import { localExhaustion } from '../fd-budget.js'
 import { formatAddress } from '../config/address.js'
 import type { RelayConnectResult, RelayEnd } from './native-relay.js'
 import type { RelayedConnection, RelayHost } from './relay-host.js'
@@ -26,6 +27,8 @@ export class NativeSession implements OpenSession, RelayedConnection {
   private reason: CloseReason | undefined
   private firstFin: 'client' | 'backend' | undefined
   private finished = false
+  /** When a connect first failed for want of a descriptor here (0: never). */
+  private localWaitSince = 0
   private readonly ctx: PickContext
 
   constructor(
@@ -100,6 +103,11 @@ export class NativeSession implements OpenSession, RelayedConnection {
   private failed(b: Backend, err: Error): void {
     this.pool.release(b)
     this.backend = undefined
+    const local = localExhaustion(err)
+    if (local !== undefined) {
+      this.waitForDescriptors(b, local)
+      return
+    }
     b.failedOnce()
     const timeout = err instanceof SluiceError && err.code === 'SLUICE_ERR_CONNECT_TIMEOUT'
     const code = (err as { code?: unknown }).code
@@ -109,10 +117,38 @@ export class NativeSession implements OpenSession, RelayedConnection {
     else this.refuse('connect_failed')
   }
 
-  private refuse(reason: 'no_backend' | 'connect_failed'): void {
+  /**
+   * The connect to `b` failed because sluice is out of descriptors (or socket memory): not the
+   * backend's failure, and the attempt is not spent; tried again once descriptors are free,
+   * within the pool's connect_timeout, else refused as `fd_exhausted` (as TcpSession does).
+   */
+  private waitForDescriptors(b: Backend, errno: string): void {
+    this.tried?.delete(b)
+    this.attempts--
+    const guard = this.owner.exhaustion
+    guard?.exhausted(this.owner.config.name, 'connect', errno)
+    if (this.localWaitSince === 0) this.localWaitSince = Date.now()
+    const left = this.pool.connectTimeoutMs - (Date.now() - this.localWaitSince)
+    if (guard === undefined || left <= 0) {
+      this.refuse('fd_exhausted')
+      return
+    }
+    guard.whenAvailable((ok) => {
+      if (this.finished) return
+      if (ok) this.connectNext()
+      else this.refuse('fd_exhausted')
+    }, left)
+  }
+
+  private refuse(reason: 'no_backend' | 'connect_failed' | 'fd_exhausted'): void {
     this.reason ??= reason
-    const why = reason === 'no_backend' ? `no usable backend in pool ${this.pool.name}` : `all ${this.attempts} connect attempts in pool ${this.pool.name} failed`
-    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : 'SLUICE_ERR_CONNECT'
+    const why =
+      reason === 'no_backend'
+        ? `no usable backend in pool ${this.pool.name}`
+        : reason === 'fd_exhausted'
+          ? `sluice is out of file descriptors (for ${this.pool.connectTimeoutMs}ms, the pool's connect_timeout)`
+          : `all ${this.attempts} connect attempts in pool ${this.pool.name} failed`
+    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : reason === 'fd_exhausted' ? 'SLUICE_ERR_RESOURCE_EXHAUSTED' : 'SLUICE_ERR_CONNECT'
     reportRefusal(this.owner, reason, code, `connection refused: ${why}`, { pool: this.pool.name, client: this.clientAddress })
     // A reset tells the client at once that nothing is there, as a refused connect would.
     this.relay.destroy(this.id, true)

@@ -15,6 +15,8 @@ import { connectionReset } from './peer-check.js'
 import type { RelayHost } from './relay-host.js'
 import type { RelayEnd } from './native-relay.js'
 import { reportConnectFailure, reportRefusal, writeAccessLine } from './session-report.js'
+import { localExhaustion } from '../fd-budget.js'
+import type { ExhaustionGuard } from '../listener/accept-guard.js'
 
 /**
  * What a session's client and raw socket point to once the native relay carries its
@@ -44,6 +46,7 @@ export type CloseReason =
   | 'idle_timeout' // no traffic either way for timeouts.idle
   | 'no_backend' // no backend could be picked at all
   | 'connect_failed' // every attempt (1 + retries) failed to connect
+  | 'fd_exhausted' // sluice had no descriptor for the backend connection within connect_timeout
   | 'client_aborted' // the client left while sluice was still connecting to a backend
   | 'shutdown' // sluice stopped and shutdown_timeout ran out
   | 'peer_check' // the PROXY peer in front checking sluice: a LOCAL/UNKNOWN or self-naming header, or no byte at all
@@ -78,6 +81,8 @@ export interface SessionOwner {
   poolNamed?(name: string): Pool | undefined
   /** The native relay that carries established plain connections, when there is one. */
   readonly relay?: RelayHost | undefined
+  /** Pauses and retries when descriptors run out (accept-guard.ts). */
+  readonly exhaustion?: ExhaustionGuard | undefined
   sessionEnded(session: OpenSession): void
 }
 
@@ -114,6 +119,8 @@ export class TcpSession implements OpenSession {
   private connectTimer: NodeJS.Timeout | undefined
   private connectedAt = 0
   private connectStartedAt = 0
+  /** When a connect first failed for want of a descriptor here (0: never). */
+  private localWaitSince = 0
   private countedIn = 0
   private countedOut = 0
   private readonly ctx: PickContext
@@ -434,6 +441,11 @@ export class TcpSession implements OpenSession {
     up.destroy()
     this.pool.release(b)
     this.backend = undefined
+    const local = localExhaustion(err)
+    if (local !== undefined) {
+      this.waitForDescriptors(b, local)
+      return
+    }
     b.failedOnce()
     const timeout = err instanceof SluiceError && err.code === 'SLUICE_ERR_CONNECT_TIMEOUT'
     this.pool.onConnectFailure?.(b, timeout ? 'timeout' : (errnoCode(err) ?? err.message))
@@ -447,10 +459,39 @@ export class TcpSession implements OpenSession {
     else this.refuse('connect_failed')
   }
 
-  private refuse(reason: 'no_backend' | 'connect_failed'): void {
+  /**
+   * The connect to `b` failed because sluice is out of descriptors (or socket memory): not
+   * the backend's failure (no passive-health count, no connect error against it, the attempt
+   * not spent). The connect is tried again once descriptors are free, within the pool's
+   * connect_timeout; past it the client is refused as `fd_exhausted`.
+   */
+  private waitForDescriptors(b: Backend, errno: string): void {
+    this.tried?.delete(b)
+    this.attempts--
+    const guard = this.owner.exhaustion
+    guard?.exhausted(this.owner.config.name, 'connect', errno)
+    if (this.clientGone) {
+      this.reason ??= 'client_aborted'
+      if (this.clientClosed) this.finish()
+      return
+    }
+    if (this.localWaitSince === 0) this.localWaitSince = Date.now()
+    const left = this.pool.connectTimeoutMs - (Date.now() - this.localWaitSince)
+    if (guard === undefined || left <= 0) {
+      this.refuse('fd_exhausted')
+      return
+    }
+    guard.whenAvailable((ok) => {
+      if (this.clientGone || this.finished) return
+      if (ok) this.connectNext()
+      else this.refuse('fd_exhausted')
+    }, left)
+  }
+
+  private refuse(reason: 'no_backend' | 'connect_failed' | 'fd_exhausted'): void {
     this.reason ??= reason
-    const why = reason === 'no_backend' ? `no usable backend in pool ${this.pool.name}` : `all ${this.attempts} connect attempts in pool ${this.pool.name} failed`
-    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : 'SLUICE_ERR_CONNECT'
+    const why = reason === 'no_backend' ? `no usable backend in pool ${this.pool.name}` : reason === 'fd_exhausted' ? `sluice is out of file descriptors (for ${this.pool.connectTimeoutMs}ms, the pool's connect_timeout)` : `all ${this.attempts} connect attempts in pool ${this.pool.name} failed`
+    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : reason === 'fd_exhausted' ? 'SLUICE_ERR_RESOURCE_EXHAUSTED' : 'SLUICE_ERR_CONNECT'
     reportRefusal(this.owner, reason, code, `connection refused: ${why}`, { pool: this.pool.name, client: this.clientAddress })
     // A reset tells the client at once that nothing is there, as a refused connect would.
     this.client.resetAndDestroy()

@@ -12,12 +12,15 @@ import type { UdpStats } from './udp-stats.js'
 import { errnoCode } from '../errors.js'
 import { formatAddress } from '../config/address.js'
 import { encodeV2 } from './proxy-header-out.js'
+import { localExhaustion } from '../fd-budget.js'
+import type { ExhaustionGuard } from '../listener/accept-guard.js'
 
 export type UdpCloseReason =
   | 'timeout' // no datagram either way for udp.session_timeout
   | 'responses' // every reply expected (udp.responses per client datagram) has arrived
   | 'backend_error' // the backends tried were unreachable, or the upstream socket failed
   | 'no_backend' // after a failure there was no other backend left to try
+  | 'fd_exhausted' // sluice had no descriptor for the session's upstream socket (EMFILE, ENFILE, ENOBUFS, ENOMEM)
   | 'shutdown' // sluice stopped and shutdown_timeout ran out (or the listener was destroyed)
 
 /** What a session needs from the listener that owns it. */
@@ -43,6 +46,8 @@ export interface UdpSessionOwner {
   readonly throttle: LogThrottle
   readonly accessLog: boolean
   readonly stats: UdpStats
+  /** Pauses new sessions when descriptors run out (accept-guard.ts). */
+  readonly exhaustion?: ExhaustionGuard | undefined
   /** A backend of the session's pool for its client, skipping `avoid`. */
   pickFor(session: UdpSession, avoid: ReadonlySet<Backend> | undefined): Backend | undefined
   /** The listener's bound address: the destination a PROXY v2 header names. */
@@ -262,6 +267,7 @@ export class UdpSession implements Expiring {
   }
 
   private onUpstreamError(b: Backend, err: Error): void {
+    if (this.outOfDescriptors(err)) return
     if (UNREACHABLE.has(errnoCode(err) ?? '')) {
       this.backendFailed(b, err, 'SLUICE_ERR_UDP_UNREACHABLE')
       return
@@ -278,7 +284,23 @@ export class UdpSession implements Expiring {
    * `b` failed this session: count it against the backend, and move on. Datagrams still held
    * (the connect failed) go to the next backend now; otherwise the next datagram re-picks.
    */
+  /**
+   * The upstream socket could not be made for want of descriptors (or socket memory): not
+   * the backend's failure. Counted, warned about once per interval, and new clients are
+   * dropped until descriptors are free (accept-guard.ts); this session ends.
+   */
+  private outOfDescriptors(err: Error): boolean {
+    const errno = localExhaustion(err)
+    if (errno === undefined) return false
+    const owner = this.owner
+    owner.exhaustion?.exhausted(owner.config.name, 'udp_socket', errno)
+    owner.stats.refuse('fd_exhausted')
+    this.end('fd_exhausted')
+    return true
+  }
+
   private backendFailed(b: Backend, err: Error, code: 'SLUICE_ERR_CONNECT' | 'SLUICE_ERR_UDP_UNREACHABLE'): void {
+    if (this.outOfDescriptors(err)) return
     const errno = errnoCode(err)
     b.failedOnce()
     const { metrics, log, config, throttle } = this.owner

@@ -2,7 +2,7 @@ import type { Metrics } from '../metrics/metrics.js'
 import type { DnsDrop } from './dns-relay.js'
 
 /** Why a datagram from a client without a session was dropped instead of starting one. */
-export type UdpRefusal = 'max_sessions' | 'no_backend' | 'shutdown'
+export type UdpRefusal = 'max_sessions' | 'no_backend' | 'shutdown' | 'fd_exhausted'
 
 /** Why a datagram of an existing session was dropped. */
 export type UdpDrop = 'backend_not_ready' | 'datagram_too_large'
@@ -22,10 +22,12 @@ export class UdpStats {
   refusedMaxSessions = 0
   refusedNoBackend = 0
   refusedShutdown = 0
+  /** Datagrams of new clients dropped because sluice was out of descriptors for their session's socket. */
+  refusedFdExhausted = 0
   droppedNotReady = 0
   /** Datagrams that a PROXY v2 header would push past the UDP payload limit. */
   droppedTooLarge = 0
-  private flushed = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, sessions: 0, maxSessions: 0, noBackend: 0, shutdown: 0, notReady: 0, tooLarge: 0 }
+  private flushed = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, sessions: 0, maxSessions: 0, noBackend: 0, shutdown: 0, fdExhausted: 0, notReady: 0, tooLarge: 0 }
 
   /** dns mode: messages dropped, by reason (sluice_dns_dropped_total). */
   private readonly dns = new Map<DnsDrop, { n: number; flushed: number }>()
@@ -39,6 +41,7 @@ export class UdpStats {
   refuse(reason: UdpRefusal): void {
     if (reason === 'max_sessions') this.refusedMaxSessions++
     else if (reason === 'no_backend') this.refusedNoBackend++
+    else if (reason === 'fd_exhausted') this.refusedFdExhausted++
     else this.refusedShutdown++
   }
 
@@ -57,6 +60,7 @@ export class UdpStats {
     f.maxSessions = inc(this.refusedMaxSessions, f.maxSessions, rejected('max_sessions'))
     f.noBackend = inc(this.refusedNoBackend, f.noBackend, rejected('no_backend'))
     f.shutdown = inc(this.refusedShutdown, f.shutdown, rejected('shutdown'))
+    f.fdExhausted = inc(this.refusedFdExhausted, f.fdExhausted, rejected('fd_exhausted'))
     f.notReady = inc(this.droppedNotReady, f.notReady, rejected('backend_not_ready'))
     f.tooLarge = inc(this.droppedTooLarge, f.tooLarge, rejected('datagram_too_large'))
     for (const [reason, c] of this.dns) {

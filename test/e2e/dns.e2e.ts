@@ -122,7 +122,8 @@ t.test('dig through sluice: every answer correct, both resolvers used', async (t
   t.ok(access.every((l) => l.close_reason === 'responses' && l.datagrams_in === 1 && l.datagrams_out === 1), 'one session per query, closed by its reply')
   sluice.signal('SIGTERM')
   t.equal((await sluice.exited).code, 0)
-  t.notOk(sluice.lines.some((l) => l.level === 'error' || l.level === 'warn'), 'no warnings or errors logged')
+  // Not the start-up line about the open-files limit (the machine's, not the relay's).
+  t.notOk(sluice.lines.some((l) => (l.level === 'error' || l.level === 'warn') && l.open_files_limit === undefined), 'no warnings or errors logged')
 })
 
 interface PerfResult {
