@@ -12,6 +12,7 @@ import { PoolHealth } from './health/pool-health.js'
 import { AdminServer } from './admin/admin-server.js'
 import { SluiceError } from './errors.js'
 import { SharedCounters, SlotAllocator } from './control/shared-counters.js'
+import { SourceTables } from './control/source-tables.js'
 import { backendSlotKey, listenerSlotKey, type BackendStateEntry, type FromWorker, type SlotTable, type WorkerSnapshot } from './control/messages.js'
 import { InProcessWorker, ThreadWorker, type WorkerLink } from './control/worker-link.js'
 import { ReloadWhileStopping, type ControlApi, type ListenerView, type WorkerView } from './control/control-api.js'
@@ -59,6 +60,8 @@ export class Daemon implements ControlApi {
   private readonly health = new Map<string, PoolHealth>()
   private readonly counters = SharedCounters.create(COUNTER_SLOTS)
   private readonly slots = new SlotAllocator(this.counters)
+  /** Per-source counts and rates (access and limits), shared by every worker. */
+  private readonly sources = SourceTables.create()
   private workers: WorkerLink[] = []
   /** Ports of listeners configured with port 0, as the first worker bound them (every worker binds the same). */
   private ports: Record<string, number> = {}
@@ -342,8 +345,8 @@ export class Daemon implements ControlApi {
 
   private makeWorker(id: number): WorkerLink {
     const onEvent = (link: WorkerLink, m: FromWorker): void => this.onWorkerEvent(link, m)
-    if (this.cfg.workers <= 1 && !this.threads) return new InProcessWorker(id, this.log, this.counters, onEvent)
-    return new ThreadWorker(id, this.counters, this.cfg.log.level, this.cfg.workers > 1, onEvent)
+    if (this.cfg.workers <= 1 && !this.threads) return new InProcessWorker(id, this.log, this.counters, onEvent, this.sources)
+    return new ThreadWorker(id, this.counters, this.cfg.log.level, this.cfg.workers > 1, onEvent, this.sources)
   }
 
   private onWorkerEvent(link: WorkerLink, m: FromWorker): void {

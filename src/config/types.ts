@@ -71,6 +71,26 @@ export interface ListenerConfig {
   proxyProtocolAccept?: boolean
   /** With proxyProtocolAccept: the sources allowed to send it (CIDRs); undefined = any. */
   proxyProtocolTrusted?: string[]
+  /** Which client addresses may connect (after the PROXY header); absent = every one. */
+  access?: AccessConfig
+  /** Per-source limits (docs/configuration.md); absent = none. */
+  limits?: SourceLimitsConfig
+}
+
+/** `access: {allow, deny}` of a listener: normalized CIDRs. Deny wins; no allow = allow all. */
+export interface AccessConfig {
+  allow?: string[]
+  deny?: string[]
+}
+
+/** `limits:` of a listener, per client address (IPv6 per /64); each absent = no limit. */
+export interface SourceLimitsConfig {
+  /** Open connections (TCP) or live sessions (UDP) per source. */
+  perSourceConnections?: number
+  /** New connections (sessions) per second per source; a bucket holds one second's worth. */
+  perSourceRate?: number
+  /** UDP only: datagrams from a source per second. */
+  perSourceDatagrams?: number
 }
 
 /** One `routes` item: every condition given must match; the first matching route wins. */
@@ -128,6 +148,8 @@ export interface UdpListenerConfig {
   listen: string
   pool: string
   udp: UdpSettings
+  access?: AccessConfig
+  limits?: SourceLimitsConfig
 }
 
 export interface UdpSettings {

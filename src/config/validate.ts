@@ -20,6 +20,7 @@ import { OPENING_KEYS, readOpening, readProxyProtocol } from '../proxy/proxy-set
 import { readPoolTls } from './tls-settings.js'
 import { readHealthCheck, readPassive } from '../health/health-config.js'
 import { readAdmin } from '../admin/admin-config.js'
+import { ADMISSION_KEYS, readAccess, readLimits } from '../listener/admission-config.js'
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
 const NAME_HINT = 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit'
@@ -32,12 +33,12 @@ const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'erro
  */
 const NOT_YET: Readonly<Record<string, readonly string[]>> = {
   top: [],
-  listener: ['access', 'limits'],
+  listener: [],
   pool: ['discovery'],
 }
 
 const TOP_KEYS = ['workers', 'relay', 'shutdown_timeout', 'log', 'admin', 'listeners', 'pools', 'demo_backends']
-const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp', ...OPENING_KEYS]
+const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp', ...OPENING_KEYS, ...ADMISSION_KEYS]
 const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start', 'health_check', 'passive', 'proxy_protocol', 'tls']
 const BACKEND_KEYS = ['address', 'weight', 'backup', 'max_connections']
 
@@ -265,8 +266,10 @@ function readListeners(
     if (protocol === 'udp') {
       refuseOpeningOnUdp(reader, m, context, pool === undefined ? undefined : pools.get(pool))
       const udp = readUdpSettings(reader, m, context, LISTENER_KEYS)
-      if (name === undefined || hp === undefined || pool === undefined || udp === undefined) continue
-      out.push({ name, protocol, host: hp.host, port: hp.port, listen: formatAddress(hp.host, hp.port), pool, udp })
+      const access = readAccess(reader, m, context)
+      const limits = readLimits(reader, m, context, 'udp', udp?.mode)
+      if (name === undefined || hp === undefined || pool === undefined || udp === undefined || access === false || limits === false) continue
+      out.push({ name, protocol, host: hp.host, port: hp.port, listen: formatAddress(hp.host, hp.port), pool, udp, ...(access !== undefined ? { access } : {}), ...(limits !== undefined ? { limits } : {}) })
       continue
     }
     refuseUdpSettingsOnTcp(reader, m, context)
@@ -275,7 +278,10 @@ function readListeners(
       : DEFAULTS.maxConnections
     const timeouts = readTimeouts(reader, m, context)
     const opening = readOpening(reader, m, context, declaredPools)
+    const access = readAccess(reader, m, context)
+    const limits = readLimits(reader, m, context, 'tcp')
     if (name === undefined || protocol !== 'tcp' || hp === undefined || pool === undefined || maxConnections === undefined || timeouts === undefined || opening === undefined) continue
+    if (access === false || limits === false) continue
     out.push({
       name,
       protocol,
@@ -286,6 +292,8 @@ function readListeners(
       maxConnections,
       timeouts,
       ...opening,
+      ...(access !== undefined ? { access } : {}),
+      ...(limits !== undefined ? { limits } : {}),
     })
   }
 }

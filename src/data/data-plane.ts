@@ -11,6 +11,7 @@ import { formatDuration } from '../config/duration.js'
 import { SluiceError } from '../errors.js'
 import type { SharedCounters } from '../control/shared-counters.js'
 import { RelayHost } from '../proxy/relay-host.js'
+import { SourceTables } from '../control/source-tables.js'
 import { backendSlotKey, listenerSlotKey, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
 
 export interface DataPlaneOptions {
@@ -23,6 +24,8 @@ export interface DataPlaneOptions {
   shared: boolean
   /** What this data plane tells the control plane (connect failures, for passive health). */
   report(msg: FromWorker): void
+  /** The daemon's per-source tables (access and limits), shared by every worker; absent: this plane's own. */
+  sources?: SourceTables
 }
 
 interface Prepared {
@@ -58,8 +61,10 @@ export class DataPlane {
   private readonly counters: SharedCounters
   private readonly shared: boolean
   private readonly report: (msg: FromWorker) => void
+  private readonly sources: SourceTables
 
   constructor(opts: DataPlaneOptions) {
+    this.sources = opts.sources ?? SourceTables.create()
     this.id = opts.id
     this.log = opts.log
     this.counters = opts.counters
@@ -94,7 +99,7 @@ export class DataPlane {
       }
       for (const lc of plan.bind) {
         const pool = this.pools.get(lc.pool) ?? (p.newPools.get(lc.pool) as Pool)
-        const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog)
+        const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog, this.sources)
         if (l instanceof TcpListener) {
           l.relay = this.activeRelay
           l.poolLookup = (name) => this.pools.get(name) ?? p.newPools.get(name)

@@ -13,6 +13,9 @@ import type { AdmissionCounter, Listener } from './listener.js'
 import type { RelayHost } from '../proxy/relay-host.js'
 import { OpeningStage } from '../proxy/proxy-opening.js'
 import { TlsTerminator } from '../proxy/tls.js'
+import { SourceGate, type SourceHolder, type SourceRefusal } from './source-gate.js'
+import { SourceTables } from '../control/source-tables.js'
+import { reportSourceRefusal } from './source-report.js'
 
 /**
  * A TCP listener: accepts client connections, admits or refuses them, and hands each to a
@@ -42,6 +45,10 @@ export class TcpListener implements SessionOwner, Listener {
   admission: AdmissionCounter | undefined
   /** The data plane's native relay for established plain connections (set by the data plane). */
   relay: RelayHost | undefined
+  /** `access` and `limits`; undefined when the listener has neither. Applied at accept, or after the PROXY header. */
+  gate: SourceGate | undefined
+  /** What the gate counted for the connection being accepted, handed to its session. */
+  private readonly held: SourceHolder = { sourceKey: undefined }
 
   constructor(
     public config: ListenerConfig,
@@ -49,6 +56,8 @@ export class TcpListener implements SessionOwner, Listener {
     readonly log: Logger,
     readonly metrics: Metrics,
     public accessLog: boolean,
+    /** The daemon's per-source tables (shared by every worker); a listener of its own in tests. */
+    readonly sources: SourceTables = SourceTables.create(16_384),
   ) {
     this.server = createServer({
       allowHalfOpen: true,
@@ -132,7 +141,9 @@ export class TcpListener implements SessionOwner, Listener {
       this.tls.close()
       this.tls = undefined
     }
-    const stage = new OpeningStage(config, this.tls)
+    this.gate = SourceGate.needed(config.access, config.limits) ? new SourceGate(config.name, config.access, config.limits, this.sources) : undefined
+    // Behind a PROXY peer the real client is known only once its header is read.
+    const stage = new OpeningStage(config, this.tls, config.proxyProtocolAccept === true ? this.gate : undefined)
     this.opening = stage.needed ? stage : undefined
   }
 
@@ -141,6 +152,10 @@ export class TcpListener implements SessionOwner, Listener {
   }
 
   sessionEnded(session: TcpSession): void {
+    if (session.sourceKey !== undefined) {
+      this.sources.connections.release(session.sourceKey)
+      session.sourceKey = undefined
+    }
     if (this.sessions.delete(session)) this.admission?.release()
     if (this.sessions.size === 0 && this.idleWaiters.length > 0) {
       const waiters = this.idleWaiters
@@ -203,9 +218,39 @@ export class TcpListener implements SessionOwner, Listener {
       this.refuse(socket, refusal)
       return
     }
+    const gate = this.gate
+    const held = this.held
+    held.sourceKey = undefined
+    if (gate !== undefined && !config.proxyProtocolAccept && socket.remoteAddress !== undefined) {
+      const refused = gate.admit(socket.remoteAddress, held)
+      if (gate.lastFull !== undefined) this.sourceTableFull(gate.lastFull)
+      if (refused !== undefined) {
+        admission?.release()
+        this.refuseSource(socket, refused)
+        return
+      }
+    }
     const session = new TcpSession(socket, this, this.pool)
+    session.sourceKey = held.sourceKey
     this.sessions.add(session)
     session.start()
+  }
+
+  /** Refused by `access` or `limits`: reset at once, no byte sent; counted, and one summary line a second. */
+  private refuseSource(socket: Socket, reason: SourceRefusal): void {
+    reportSourceRefusal(this, reason, socket.remoteAddress ?? '')
+    this.refuse(socket, reason)
+  }
+
+  /** A per-source table had no room for a new source: admitted uncounted; one line a second says so. */
+  sourceTableFull(table: 'connections' | 'rates'): void {
+    this.metrics.sourceTableFullTotal.inc({ listener: this.config.name, table })
+    const suppressed = this.throttle.take(`source-table-full:${table}`)
+    if (suppressed === false) return
+    this.log.warn(
+      { code: 'SLUICE_ERR_SOURCE_TABLE_FULL', listener: this.config.name, table, suppressed },
+      `the per-source ${table} table is full: a new client address was admitted without its per-source limit (a flood of distinct sources?)`,
+    )
   }
 
   private refuse(socket: Socket, reason: string): void {

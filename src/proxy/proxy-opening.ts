@@ -7,9 +7,11 @@ import { peekClientHello, readProxyHeader, type PendingRead } from './sni-peek.j
 import { parseProxyHeader, type ProxyAddresses, type ProxyHeader } from './proxy-protocol.js'
 import type { TlsTerminator } from './tls.js'
 import { tlsFacts, type TlsFacts } from './proxy-tlv.js'
+import type { SourceGate, SourceHolder, SourceRefusal } from '../listener/source-gate.js'
+import { sourceRefusalCode } from '../listener/source-report.js'
 
 /** Why a connection was closed during its opening; each is a `reason` of sluice_rejected_connections_total. */
-export type OpeningRefusal = 'bad_proxy_header' | 'proxy_untrusted' | 'bad_client_hello' | 'tls_handshake' | 'handshake_timeout'
+export type OpeningRefusal = 'bad_proxy_header' | 'proxy_untrusted' | 'bad_client_hello' | 'tls_handshake' | 'handshake_timeout' | SourceRefusal
 
 /** What the opening learned: who the client really is, what it asked for, where it goes. */
 export interface Opened {
@@ -49,7 +51,7 @@ export interface OpeningFailure {
   headerBytes: number
 }
 
-const CODES: Record<OpeningRefusal, ErrorCode> = {
+const CODES: Record<Exclude<OpeningRefusal, SourceRefusal>, ErrorCode> = {
   bad_proxy_header: 'SLUICE_ERR_PROXY_PROTOCOL',
   proxy_untrusted: 'SLUICE_ERR_PROXY_UNTRUSTED',
   bad_client_hello: 'SLUICE_ERR_CLIENT_HELLO',
@@ -58,7 +60,13 @@ const CODES: Record<OpeningRefusal, ErrorCode> = {
 }
 
 function failure(reason: OpeningRefusal, message: string, headerBytes: number): OpeningFailure {
-  return { reason, error: new SluiceError(CODES[reason], message), headerBytes }
+  const code = reason === 'access_denied' || reason === 'source_connections' || reason === 'source_rate' ? sourceRefusalCode(reason) : CODES[reason]
+  return { reason, error: new SluiceError(code, message), headerBytes }
+}
+
+/** Whether a failure is a refusal by `access` or `limits` (reset at once; counted, not logged one line each). */
+export function isSourceRefusal(reason: string): reason is SourceRefusal {
+  return reason === 'access_denied' || reason === 'source_connections' || reason === 'source_rate'
 }
 
 /** Whether a PROXY header is the peer's own connection (a check), not a client's: see Opened.peerOwn. */
@@ -88,6 +96,8 @@ export class OpeningStage {
   constructor(
     private readonly config: ListenerConfig,
     private readonly tls: TlsTerminator | undefined,
+    /** `access` and `limits` applied to the client the PROXY header names, before any TLS work. */
+    private readonly gate?: SourceGate,
   ) {
     const routes = config.routes ?? []
     this.router = routes.length > 0 ? new Router(routes) : undefined
@@ -95,8 +105,11 @@ export class OpeningStage {
     this.needed = this.router !== undefined || tls !== undefined || config.sniPassthrough === true || config.proxyProtocolAccept === true
   }
 
-  /** Runs the opening on `raw`; `done` is called once (perhaps before this returns) unless cancelled. */
-  open(raw: Socket, done: (r: Opened | OpeningFailure) => void): PendingRead {
+  /**
+   * Runs the opening on `raw`; `done` is called once (perhaps before this returns) unless
+   * cancelled. `holder` receives what the gate counted for the client (to release at its end).
+   */
+  open(raw: Socket, done: (r: Opened | OpeningFailure) => void, holder?: SourceHolder): PendingRead {
     const cfg = this.config
     const o: Opened = {
       socket: raw,
@@ -208,6 +221,15 @@ export class OpeningStage {
           o.remotePort = a.sourcePort
           o.destAddress = a.destAddress
           o.destPort = a.destPort
+        }
+        // The peer's own checks are not clients: access and limits apply to clients only.
+        const gate = this.gate
+        if (gate !== undefined && !o.peerOwn && holder !== undefined) {
+          const refused = gate.admit(o.remoteAddress, holder)
+          if (refused !== undefined) {
+            finish(failure(refused, `client ${o.remoteAddress} (from the PROXY header) refused: ${refused}`, o.headerBytes))
+            return
+          }
         }
         afterProxy(r.rest)
       })

@@ -8,7 +8,8 @@ import type { LogThrottle } from '../log-throttle.js'
 import type { PickContext } from '../balancer/types.js'
 import { SluiceError, errnoCode } from '../errors.js'
 import { formatAddress } from '../config/address.js'
-import type { Opened, OpeningFailure, OpeningRefusal, OpeningStage } from './proxy-opening.js'
+import { isSourceRefusal, type Opened, type OpeningFailure, type OpeningRefusal, type OpeningStage } from './proxy-opening.js'
+import { reportSourceRefusal } from '../listener/source-report.js'
 import type { PendingRead } from './sni-peek.js'
 import { isPlainPool, proxyHeaderFor, secureUpstream } from './upstream-secure.js'
 import { connectionReset } from './peer-check.js'
@@ -100,6 +101,8 @@ export class TcpSession {
   /** Which side sent its FIN first, for the close reason. */
   private firstFin: 'client' | 'backend' | undefined
   private finished = false
+  /** Refused by access or limits: counted and summarized, no access-log line (a flood must not be logged one line each). */
+  private quiet = false
   private reason: CloseReason | undefined
   private tried: Set<Backend> | undefined
   private attempts = 0
@@ -120,6 +123,8 @@ export class TcpSession {
   private headerOut: Buffer | undefined
   /** The native relay's id for this connection, once it carries it. */
   private relayId: number | undefined
+  /** The per-source count this connection holds (limits.per_source_connections), released when it ends. */
+  sourceKey: string | undefined = undefined
   /** Bytes moved outside the client socket's counters: handed over to, and relayed by, the native relay. */
   private relayedIn = 0
   private relayedOut = 0
@@ -153,10 +158,14 @@ export class TcpSession {
       return
     }
     let settled = false
-    const read = stage.open(this.client, (r) => {
-      settled = true
-      this.onOpened(r)
-    })
+    const read = stage.open(
+      this.client,
+      (r) => {
+        settled = true
+        this.onOpened(r)
+      },
+      this,
+    )
     // An opening with nothing to read (routes only) reports before open() returns.
     if (!settled) this.pending = read
   }
@@ -194,6 +203,16 @@ export class TcpSession {
 
   private refuseOpening(f: OpeningFailure): void {
     this.reason ??= f.reason
+    if (isSourceRefusal(f.reason)) {
+      // Refused by access or limits once the PROXY header named the client: a reset, no byte
+      // sent; counted, one summary line a second, no access-log line of its own.
+      this.owner.metrics.rejectedConnectionsTotal.inc({ listener: this.owner.config.name, reason: f.reason })
+      reportSourceRefusal(this.owner, f.reason, this.clientAddress)
+      this.quiet = true
+      this.client.resetAndDestroy()
+      if (this.clientClosed) this.finish()
+      return
+    }
     if (f.reason === 'client_aborted' || f.reason === 'peer_check') {
       const { log, config } = this.owner
       // A peer check gets its own line when the session ends.
@@ -571,7 +590,7 @@ export class TcpSession {
     const owner = this.owner
     const reason = this.closeReason()
     if (reason === 'peer_check') owner.log.debug({ listener: owner.config.name, peer: this.peer, backend: b?.id }, 'a connection of the PROXY peer itself (its health check) ended')
-    if (owner.accessLog) {
+    if (owner.accessLog && !this.quiet) {
       const connected = this.connected
       writeAccessLine(owner, {
         client: this.clientAddress,
