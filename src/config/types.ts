@@ -58,6 +58,8 @@ export interface ListenerConfig {
     /** 0 = no idle timeout (TCP keep-alive still finds dead peers). */
     idleMs: number
     handshakeMs: number
+    /** proxy_protocol_accept: the PROXY header alone within this (absent: timeouts.handshake bounds it). */
+    proxyHeaderMs?: number
   }
   /** TLS termination (docs/tls.md); absent: the listener relays the bytes as they come. */
   tls?: ListenerTlsConfig
@@ -189,6 +191,10 @@ export interface PoolConfig {
   healthCheck?: HealthCheckConfig
   /** Passive ejection after consecutive connect failures; absent = none. */
   passive?: PassiveConfig
+  /** Connections that may wait for a slot when every usable backend is at max_connections (0 = none). */
+  maxQueue?: number
+  /** How long one may wait there before it is reset (queue_timeout). */
+  queueTimeoutMs?: number
 }
 
 /** A pool's `health_check`: one probe per backend every interval (docs/health-checks.md). */
@@ -260,4 +266,5 @@ export const DEFAULTS = {
   udpUpstreamSockets: 2,
   sniPeekTimeoutMs: 1_000,
   tlsWatchIntervalMs: 5_000,
+  queueTimeoutMs: 5_000,
 } as const

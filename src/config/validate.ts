@@ -21,6 +21,8 @@ import { readPoolTls } from './tls-settings.js'
 import { readHealthCheck, readPassive } from '../health/health-config.js'
 import { readAdmin } from '../admin/admin-config.js'
 import { ADMISSION_KEYS, readAccess, readLimits } from '../listener/admission-config.js'
+import { QUEUE_KEYS, readQueue } from '../upstream/queue-config.js'
+import { readProxyHeaderTimeout } from '../proxy/opening-timeouts.js'
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
 const NAME_HINT = 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit'
@@ -39,7 +41,7 @@ const NOT_YET: Readonly<Record<string, readonly string[]>> = {
 
 const TOP_KEYS = ['workers', 'relay', 'shutdown_timeout', 'log', 'admin', 'listeners', 'pools', 'demo_backends']
 const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp', ...OPENING_KEYS, ...ADMISSION_KEYS]
-const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start', 'health_check', 'passive', 'proxy_protocol', 'tls']
+const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start', 'health_check', 'passive', 'proxy_protocol', 'tls', ...QUEUE_KEYS]
 const BACKEND_KEYS = ['address', 'weight', 'backup', 'max_connections']
 
 /** Checks a whole parsed document, reporting every problem to `reader`. */
@@ -154,8 +156,10 @@ function readPools(reader: ConfigReader, at: Located, out: Map<string, PoolConfi
     if ((pool.has('health_check') && healthCheck === undefined) || (pool.has('passive') && passive === undefined)) continue
     const tls = pool.has('tls') ? readPoolTls(reader, pool.get('tls'), context) : undefined
     if (proxyProtocol === undefined || tls === false) continue
+    const queue = readQueue(reader, pool, context)
+    if (queue === undefined) continue
     if (algorithm === undefined || connectTimeoutMs === undefined || retries === undefined || backends === undefined || slowStartMs === undefined) continue
-    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries, slowStartMs, healthCheck, passive, proxyProtocol, ...(tls !== undefined ? { tls } : {}) })
+    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries, slowStartMs, healthCheck, passive, proxyProtocol, ...(tls !== undefined ? { tls } : {}), ...queue })
   }
 }
 
@@ -313,12 +317,13 @@ function refuseOpeningOnUdp(reader: ConfigReader, m: MapView, context: string, p
 
 function readTimeouts(reader: ConfigReader, m: MapView, context: string): ListenerConfig['timeouts'] | undefined {
   if (!m.has('timeouts')) return { idleMs: DEFAULTS.idleMs, handshakeMs: DEFAULTS.handshakeMs }
-  const t = reader.map(m.get('timeouts'), ['idle', 'handshake'], `${context} timeouts`)
+  const t = reader.map(m.get('timeouts'), ['idle', 'handshake', 'proxy_header'], `${context} timeouts`)
   if (t === undefined) return undefined
   const idleMs = t.has('idle') ? reader.duration(t.get('idle'), `${context} timeouts.idle`, { allowOff: true }) : DEFAULTS.idleMs
   const handshakeMs = t.has('handshake') ? reader.duration(t.get('handshake'), `${context} timeouts.handshake`) : DEFAULTS.handshakeMs
-  if (idleMs === undefined || handshakeMs === undefined) return undefined
-  return { idleMs, handshakeMs }
+  const proxyHeaderMs = readProxyHeaderTimeout(reader, m, t, context)
+  if (idleMs === undefined || handshakeMs === undefined || proxyHeaderMs === false) return undefined
+  return { idleMs, handshakeMs, ...(proxyHeaderMs !== undefined ? { proxyHeaderMs } : {}) }
 }
 
 /** Whether two listen hosts on the same port would collide (wildcards cover their family). */

@@ -12,6 +12,7 @@ import { SluiceError } from '../errors.js'
 import type { SharedCounters } from '../control/shared-counters.js'
 import { RelayHost } from '../proxy/relay-host.js'
 import { SourceTables } from '../control/source-tables.js'
+import { TimerWheel } from '../proxy/timer-wheel.js'
 import { backendSlotKey, listenerSlotKey, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
 
 export interface DataPlaneOptions {
@@ -62,6 +63,8 @@ export class DataPlane {
   private readonly shared: boolean
   private readonly report: (msg: FromWorker) => void
   private readonly sources: SourceTables
+  /** The deadlines of every session of this data plane (opening, queue, connect): one timer. */
+  private readonly wheel = new TimerWheel()
 
   constructor(opts: DataPlaneOptions) {
     this.sources = opts.sources ?? SourceTables.create()
@@ -99,7 +102,7 @@ export class DataPlane {
       }
       for (const lc of plan.bind) {
         const pool = this.pools.get(lc.pool) ?? (p.newPools.get(lc.pool) as Pool)
-        const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog, this.sources)
+        const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog, this.sources, this.wheel)
         if (l instanceof TcpListener) {
           l.relay = this.activeRelay
           l.poolLookup = (name) => this.pools.get(name) ?? p.newPools.get(name)

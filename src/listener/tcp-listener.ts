@@ -15,6 +15,7 @@ import { OpeningStage } from '../proxy/proxy-opening.js'
 import { TlsTerminator } from '../proxy/tls.js'
 import { SourceGate, type SourceHolder, type SourceRefusal } from './source-gate.js'
 import { SourceTables } from '../control/source-tables.js'
+import { TimerWheel } from '../proxy/timer-wheel.js'
 import { reportSourceRefusal } from './source-report.js'
 
 /**
@@ -58,6 +59,8 @@ export class TcpListener implements SessionOwner, Listener {
     public accessLog: boolean,
     /** The daemon's per-source tables (shared by every worker); a listener of its own in tests. */
     readonly sources: SourceTables = SourceTables.create(16_384),
+    /** The data plane's timer wheel (the deadlines of every session); a listener of its own in tests. */
+    readonly wheel: TimerWheel = new TimerWheel(),
   ) {
     this.server = createServer({
       allowHalfOpen: true,

@@ -8,10 +8,33 @@ import { parseProxyHeader, type ProxyAddresses, type ProxyHeader } from './proxy
 import type { TlsTerminator } from './tls.js'
 import { tlsFacts, type TlsFacts } from './proxy-tlv.js'
 import type { SourceGate, SourceHolder, SourceRefusal } from '../listener/source-gate.js'
+export type { SourceHolder }
 import { sourceRefusalCode } from '../listener/source-report.js'
 
 /** Why a connection was closed during its opening; each is a `reason` of sluice_rejected_connections_total. */
-export type OpeningRefusal = 'bad_proxy_header' | 'proxy_untrusted' | 'bad_client_hello' | 'tls_handshake' | 'handshake_timeout' | SourceRefusal
+export type OpeningRefusal =
+  | 'bad_proxy_header'
+  | 'proxy_untrusted'
+  | 'bad_client_hello'
+  | 'tls_handshake'
+  /** The TLS handshake (or the opening as a whole) did not finish within timeouts.handshake. */
+  | 'handshake_timeout'
+  /** The PROXY header was not complete within timeouts.proxy_header (or timeouts.handshake). */
+  | 'proxy_header_timeout'
+  /** sni_passthrough: a ClientHello begun was not complete within timeouts.handshake. */
+  | 'client_hello_timeout'
+  | SourceRefusal
+
+/** A session's part in its opening: what the gate counted for it, and word that the PROXY header is in. */
+export interface OpeningHost extends SourceHolder {
+  /** The PROXY header is read: from now on the deadline is the whole opening's (timeouts.handshake). */
+  proxyHeaderRead(): void
+}
+
+/** The opening in progress: `cancel()` stops it; `expire()` ends it as too slow, with the reason of the step it was in. */
+export interface OpeningRead extends PendingRead {
+  expire(): void
+}
 
 /** What the opening learned: who the client really is, what it asked for, where it goes. */
 export interface Opened {
@@ -57,6 +80,8 @@ const CODES: Record<Exclude<OpeningRefusal, SourceRefusal>, ErrorCode> = {
   bad_client_hello: 'SLUICE_ERR_CLIENT_HELLO',
   tls_handshake: 'SLUICE_ERR_TLS_HANDSHAKE',
   handshake_timeout: 'SLUICE_ERR_HANDSHAKE_TIMEOUT',
+  proxy_header_timeout: 'SLUICE_ERR_PROXY_HEADER_TIMEOUT',
+  client_hello_timeout: 'SLUICE_ERR_CLIENT_HELLO_TIMEOUT',
 }
 
 function failure(reason: OpeningRefusal, message: string, headerBytes: number): OpeningFailure {
@@ -109,7 +134,7 @@ export class OpeningStage {
    * Runs the opening on `raw`; `done` is called once (perhaps before this returns) unless
    * cancelled. `holder` receives what the gate counted for the client (to release at its end).
    */
-  open(raw: Socket, done: (r: Opened | OpeningFailure) => void, holder?: SourceHolder): PendingRead {
+  open(raw: Socket, done: (r: Opened | OpeningFailure) => void, host?: OpeningHost): OpeningRead {
     const cfg = this.config
     const o: Opened = {
       socket: raw,
@@ -127,23 +152,35 @@ export class OpeningStage {
     if (!cfg.proxyProtocolAccept && this.tls === undefined && !cfg.sniPassthrough) {
       o.pool = this.router?.pick(undefined, o.remoteAddress)
       done(o)
-      return { cancel: () => {} }
+      return NOTHING
     }
     let step: PendingRead | undefined
     let over = false
+    /** The step the opening is in, for the reason when its deadline passes. */
+    let phase: 'proxy' | 'hello' | 'tls' = cfg.proxyProtocolAccept ? 'proxy' : this.tls !== undefined ? 'tls' : 'hello'
     const finish = (r: Opened | OpeningFailure): void => {
       if (over) return
       over = true
-      clearTimeout(deadline)
       done(r)
     }
-    const deadline = setTimeout(() => {
+    // The deadline is the session's, on the data plane's timer wheel: it calls expire().
+    const expire = (): void => {
+      if (over) return
       step?.cancel()
       if (this.tls !== undefined) this.tls.cancel(raw)
-      finish(failure('handshake_timeout', `no complete opening (PROXY header, ClientHello or TLS handshake) within ${cfg.timeouts.handshakeMs}ms`, o.headerBytes))
-    }, cfg.timeouts.handshakeMs)
+      const t = cfg.timeouts
+      if (phase === 'proxy') {
+        const ms = t.proxyHeaderMs !== undefined && t.proxyHeaderMs < t.handshakeMs ? t.proxyHeaderMs : t.handshakeMs
+        finish(failure('proxy_header_timeout', `no complete PROXY header within ${ms}ms`, o.headerBytes))
+      } else if (phase === 'hello') {
+        finish(failure('client_hello_timeout', `no complete TLS ClientHello within ${t.handshakeMs}ms`, o.headerBytes))
+      } else {
+        finish(failure('handshake_timeout', `no complete TLS handshake within ${t.handshakeMs}ms`, o.headerBytes))
+      }
+    }
 
     const afterProxy = (rest: Buffer | undefined): void => {
+      phase = this.tls !== undefined ? 'tls' : 'hello'
       if (this.tls !== undefined) {
         if (rest !== undefined && rest.length > 0) raw.unshift(rest)
         const tls = this.tls
@@ -205,7 +242,7 @@ export class OpeningStage {
     } else if (cfg.proxyProtocolAccept) {
       if (this.trusted !== undefined && !this.trusted.has(o.remoteAddress)) {
         finish(failure('proxy_untrusted', `PROXY protocol header not accepted from ${o.remoteAddress}: it is not in proxy_protocol_trusted`, 0))
-        return { cancel: () => {} }
+        return NOTHING
       }
       step = readProxyHeader(raw, (r) => {
         if (r.kind === 'error') {
@@ -224,13 +261,14 @@ export class OpeningStage {
         }
         // The peer's own checks are not clients: access and limits apply to clients only.
         const gate = this.gate
-        if (gate !== undefined && !o.peerOwn && holder !== undefined) {
-          const refused = gate.admit(o.remoteAddress, holder)
+        if (gate !== undefined && !o.peerOwn && host !== undefined) {
+          const refused = gate.admit(o.remoteAddress, host)
           if (refused !== undefined) {
             finish(failure(refused, `client ${o.remoteAddress} (from the PROXY header) refused: ${refused}`, o.headerBytes))
             return
           }
         }
+        host?.proxyHeaderRead()
         afterProxy(r.rest)
       })
     } else {
@@ -239,9 +277,12 @@ export class OpeningStage {
     return {
       cancel: () => {
         over = true
-        clearTimeout(deadline)
         step?.cancel()
       },
+      expire,
     }
   }
 }
+
+/** An opening that reported before open() returned: nothing to cancel or expire. */
+const NOTHING: OpeningRead = { cancel: () => {}, expire: () => {} }

@@ -8,9 +8,10 @@ import type { LogThrottle } from '../log-throttle.js'
 import type { PickContext } from '../balancer/types.js'
 import { SluiceError, errnoCode } from '../errors.js'
 import { formatAddress } from '../config/address.js'
-import { isSourceRefusal, type Opened, type OpeningFailure, type OpeningRefusal, type OpeningStage } from './proxy-opening.js'
+import { isSourceRefusal, type Opened, type OpeningFailure, type OpeningHost, type OpeningRead, type OpeningRefusal, type OpeningStage } from './proxy-opening.js'
+import type { Deadline, TimerWheel } from './timer-wheel.js'
+import type { QueueWaiter } from '../upstream/backend-queue.js'
 import { reportSourceRefusal } from '../listener/source-report.js'
-import type { PendingRead } from './sni-peek.js'
 import { isPlainPool, proxyHeaderFor, secureUpstream } from './upstream-secure.js'
 import { connectionReset } from './peer-check.js'
 import type { RelayHost } from './relay-host.js'
@@ -47,6 +48,8 @@ export type CloseReason =
   | 'connect_failed' // every attempt (1 + retries) failed to connect
   | 'client_aborted' // the client left while sluice was still connecting to a backend
   | 'shutdown' // sluice stopped and shutdown_timeout ran out
+  | 'queue_full' // every usable backend was at max_connections and the pool's queue held max_queue
+  | 'queue_timeout' // waited queue_timeout in the pool's queue without a backend slot
   | 'peer_check' // the PROXY peer in front checking sluice: a LOCAL/UNKNOWN or self-naming header, or no byte at all
   | OpeningRefusal // refused during the opening: bad PROXY header or ClientHello, TLS handshake failed, too slow
 
@@ -71,6 +74,8 @@ export interface SessionOwner {
   poolNamed?(name: string): Pool | undefined
   /** The native relay that carries established plain connections, when there is one. */
   readonly relay?: RelayHost | undefined
+  /** The data plane's deadlines: the opening, the wait in a queue, the backend connect. */
+  readonly wheel: TimerWheel
   sessionEnded(session: TcpSession): void
 }
 
@@ -80,8 +85,19 @@ export interface SessionOwner {
  * access-log line when both sides are closed. Nothing that happens here escapes it: every
  * error closes this connection only.
  */
-export class TcpSession {
+export class TcpSession implements Deadline, QueueWaiter, OpeningHost {
   readonly startedAt = Date.now()
+  /** performance.now() at the start, for the deadlines. */
+  private readonly startedMono = performance.now()
+  deadlineAt = 0
+  deadlinePrev: Deadline | undefined = undefined
+  deadlineNext: Deadline | undefined = undefined
+  deadlineSlot = -1
+  queuePrev: QueueWaiter | undefined = undefined
+  queueNext: QueueWaiter | undefined = undefined
+  queued = false
+  /** What the deadline on the wheel bounds now. */
+  private waiting: 'opening' | 'queue' | 'connect' | undefined
   backend: Backend | undefined
   private upstream: Socket | undefined
   /** The TCP connection to the backend (under the TLSSocket when the pool speaks TLS). */
@@ -106,14 +122,13 @@ export class TcpSession {
   private reason: CloseReason | undefined
   private tried: Set<Backend> | undefined
   private attempts = 0
-  private connectTimer: NodeJS.Timeout | undefined
   private connectedAt = 0
   private connectStartedAt = 0
   private countedIn = 0
   private countedOut = 0
   private readonly ctx: PickContext
   /** The opening in progress; undefined before and after it (and always on a plain listener). */
-  private pending: PendingRead | undefined
+  private pending: OpeningRead | undefined
   private opened: Opened | undefined
   /** Where the TCP connection really came from (the PROXY peer when a header is read). */
   private readonly peer: string
@@ -167,11 +182,52 @@ export class TcpSession {
       this,
     )
     // An opening with nothing to read (routes only) reports before open() returns.
-    if (!settled) this.pending = read
+    if (!settled) {
+      this.pending = read
+      const t = this.owner.config.timeouts
+      const first = this.owner.config.proxyProtocolAccept === true && t.proxyHeaderMs !== undefined && t.proxyHeaderMs < t.handshakeMs ? t.proxyHeaderMs : t.handshakeMs
+      this.waitFor('opening', this.startedMono + first)
+    }
+  }
+
+  /** The PROXY header is in: the rest of the opening has until timeouts.handshake from the start. */
+  proxyHeaderRead(): void {
+    const t = this.owner.config.timeouts
+    if (this.waiting === 'opening' && t.proxyHeaderMs !== undefined && t.proxyHeaderMs < t.handshakeMs) this.waitFor('opening', this.startedMono + t.handshakeMs)
+  }
+
+  private waitFor(what: 'opening' | 'queue' | 'connect', at: number): void {
+    this.waiting = what
+    this.owner.wheel.schedule(this, at)
+  }
+
+  private stopWaiting(): void {
+    this.waiting = undefined
+    this.owner.wheel.cancel(this)
+  }
+
+  /** The deadline on the wheel passed: the opening, the wait in the queue or the connect took too long. */
+  onDeadline(): void {
+    const what = this.waiting
+    this.waiting = undefined
+    if (what === 'opening') {
+      this.pending?.expire()
+    } else if (what === 'queue') {
+      this.pool.queue.remove(this)
+      this.refuse('queue_timeout')
+    } else if (what === 'connect') {
+      const up = this.upstream
+      const b = this.backend
+      if (up === undefined || b === undefined || this.connected) return
+      const err = new SluiceError('SLUICE_ERR_CONNECT_TIMEOUT', `no connection to ${b.id} within ${this.pool.connectTimeoutMs}ms`)
+      // After a TLS wrap the attempt is the TLS socket over the TCP one.
+      this.onConnectFailed(up, b, err)
+    }
   }
 
   private readonly onOpened = (r: Opened | OpeningFailure): void => {
     this.pending = undefined
+    if (this.waiting === 'opening') this.stopWaiting()
     this.headerBytes = r.headerBytes
     if ('reason' in r) {
       this.refuseOpening(r)
@@ -271,14 +327,62 @@ export class TcpSession {
   private connectNext(): void {
     if (this.clientGone) return
     const pool = this.pool
-    const b = pool.pick(this.ctx, this.tried)
-    if (b === undefined) {
-      this.refuse(this.attempts === 0 ? 'no_backend' : 'connect_failed')
+    const queueing = this.attempts === 0 && pool.maxQueue > 0
+    // First come, first served: behind the connections already waiting.
+    if (queueing && pool.queue.length > 0) {
+      this.enqueue()
       return
     }
+    const b = this.takeBackend()
+    if (b === undefined) {
+      if (queueing && pool.allFull()) this.enqueue()
+      else this.refuse(this.attempts === 0 ? 'no_backend' : 'connect_failed')
+      return
+    }
+    this.connectTo(b)
+  }
+
+  /**
+   * A backend picked and its slot taken (atomically: max_connections holds across workers),
+   * or undefined. A backend whose last slot another connection took since the pick counts as
+   * full now, and the pick is made again without it.
+   */
+  private takeBackend(): Backend | undefined {
+    const pool = this.pool
+    for (let i = 0; i < 16; i++) {
+      const b = pool.pick(this.ctx, this.tried)
+      if (b === undefined) return undefined
+      if (pool.tryAcquire(b)) return b
+    }
+    return undefined
+  }
+
+  /** Every usable backend is at max_connections: wait in the pool's queue, or be refused when it is full. */
+  private enqueue(): void {
+    const pool = this.pool
+    if (pool.queue.length >= pool.maxQueue) {
+      this.refuse('queue_full')
+      return
+    }
+    pool.queue.push(this)
+    this.waitFor('queue', performance.now() + pool.queueTimeoutMs)
+  }
+
+  /** A slot may have freed (the pool's queue, head first): take it and connect, or stay. */
+  trySlot(): boolean {
+    // Gone meanwhile: out of the queue, nothing taken.
+    if (this.clientGone || this.finished) return true
+    const b = this.takeBackend()
+    if (b === undefined) return false
+    this.stopWaiting()
+    this.connectTo(b)
+    return true
+  }
+
+  private connectTo(b: Backend): void {
+    const pool = this.pool
     ;(this.tried ??= new Set()).add(b)
     this.attempts++
-    pool.acquire(b)
     this.backend = b
     this.connectStartedAt = performance.now()
     const options: NetConnectOpts & { highWaterMark: number } = {
@@ -295,11 +399,7 @@ export class TcpSession {
     this.upstream = up
     this.upstreamTcp = up
     this.upstreamClosed = false
-    this.connectTimer = setTimeout(() => {
-      const err = new SluiceError('SLUICE_ERR_CONNECT_TIMEOUT', `no connection to ${b.id} within ${pool.connectTimeoutMs}ms`)
-      // After a TLS wrap the attempt is the TLS socket over `up`.
-      this.onConnectFailed(this.upstream ?? up, b, err)
-    }, pool.connectTimeoutMs)
+    this.waitFor('connect', this.connectStartedAt + pool.connectTimeoutMs)
     const plain = isPlainPool(pool.config)
     up.once('connect', () => (plain ? this.onConnected(up, b) : this.onTcpConnected(up, b)))
     up.on('error', (err) => (this.connected && up === this.upstream ? this.onUpstreamError(err) : this.onConnectFailed(up, b, err)))
@@ -342,7 +442,7 @@ export class TcpSession {
 
   private onConnected(up: Socket, b: Backend): void {
     if (up !== this.upstream) return
-    clearTimeout(this.connectTimer)
+    this.stopWaiting()
     if (this.clientGone || this.client.destroyed) {
       // The client went away while the connect was in flight (its error came first, its
       // 'close' is still to come): never splice a dead socket, whose stream would never end.
@@ -439,7 +539,7 @@ export class TcpSession {
 
   private onConnectFailed(up: Socket, b: Backend, err: Error): void {
     if (up !== this.upstream || this.connected) return
-    clearTimeout(this.connectTimer)
+    this.stopWaiting()
     this.upstream = undefined
     this.upstreamClosed = true
     up.destroy()
@@ -458,10 +558,18 @@ export class TcpSession {
     else this.refuse('connect_failed')
   }
 
-  private refuse(reason: 'no_backend' | 'connect_failed'): void {
+  private refuse(reason: 'no_backend' | 'connect_failed' | 'queue_full' | 'queue_timeout'): void {
     this.reason ??= reason
-    const why = reason === 'no_backend' ? `no usable backend in pool ${this.pool.name}` : `all ${this.attempts} connect attempts in pool ${this.pool.name} failed`
-    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : 'SLUICE_ERR_CONNECT'
+    const pool = this.pool
+    const why =
+      reason === 'no_backend'
+        ? `no usable backend in pool ${pool.name}`
+        : reason === 'connect_failed'
+          ? `all ${this.attempts} connect attempts in pool ${pool.name} failed`
+          : reason === 'queue_full'
+            ? `every usable backend of pool ${pool.name} is at max_connections and its queue holds max_queue (${pool.maxQueue})`
+            : `no backend slot of pool ${pool.name} freed within queue_timeout (${pool.queueTimeoutMs}ms)`
+    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : reason === 'connect_failed' ? 'SLUICE_ERR_CONNECT' : reason === 'queue_full' ? 'SLUICE_ERR_QUEUE_FULL' : 'SLUICE_ERR_QUEUE_TIMEOUT'
     reportRefusal(this.owner, reason, code, `connection refused: ${why}`, { pool: this.pool.name, client: this.clientAddress })
     // A reset tells the client at once that nothing is there, as a refused connect would.
     this.client.resetAndDestroy()
@@ -524,6 +632,10 @@ export class TcpSession {
       this.reason ??= 'client_aborted'
     }
     if (!this.connected) {
+      if (this.queued) {
+        this.pool.queue.remove(this)
+        this.stopWaiting()
+      }
       this.abortAttempt()
       this.reason ??= 'client_aborted'
       return
@@ -535,7 +647,7 @@ export class TcpSession {
   private abortAttempt(): void {
     const up = this.upstream
     if (up === undefined || this.connected) return
-    clearTimeout(this.connectTimer)
+    this.stopWaiting()
     this.upstream = undefined
     this.upstreamClosed = true
     up.destroy()
@@ -583,7 +695,8 @@ export class TcpSession {
   private finish(): void {
     if (this.finished) return
     this.finished = true
-    clearTimeout(this.connectTimer)
+    this.owner.wheel.cancel(this)
+    if (this.queued) this.pool.queue.remove(this)
     const b = this.backend
     if (b !== undefined) this.pool.release(b)
     this.flushCounters()
