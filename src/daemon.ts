@@ -496,6 +496,13 @@ export class Daemon implements ControlApi {
     return totals
   }
 
+  /** Connections waiting in each pool's queue, summed over the workers. */
+  async queueLengths(): Promise<Map<string, number>> {
+    const out = new Map<string, number>()
+    for (const s of await this.workerSnapshots()) for (const [pool, n] of Object.entries(s.queues ?? {})) out.set(pool, (out.get(pool) ?? 0) + n)
+    return out
+  }
+
   readonly metricsContentType = Registry.PROMETHEUS_CONTENT_TYPE
 
   metricsText(): Promise<string> {

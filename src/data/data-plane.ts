@@ -190,7 +190,9 @@ export class DataPlane {
     const backends = [...this.pools.values()].flatMap((p) => p.backends.map((b) => ({ pool: p.name, backend: b.id, total: b.total })))
     let total = 0
     for (const l of all) total += l.accepted
-    return { relay: this.activeRelay === undefined ? 'js' : 'native', listeners, backends, activeConnections: all.reduce((n, l) => n + l.sessions.size, 0), connectionsTotal: total }
+    const queues: Record<string, number> = {}
+    for (const p of this.pools.values()) if (p.queue.length > 0) queues[p.name] = p.queue.length
+    return { relay: this.activeRelay === undefined ? 'js' : 'native', listeners, backends, activeConnections: all.reduce((n, l) => n + l.sessions.size, 0), connectionsTotal: total, queues }
   }
 
   get openConnections(): number {
