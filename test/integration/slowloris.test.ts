@@ -86,7 +86,8 @@ pools: { p: { backends: [${live.address}] } }
   const most = Math.max(...lived)
   // The client sees its connect complete a little after sluice accepted it (one event loop for both here).
   t.ok(least >= 15_000 - 500, `none cut before timeouts.proxy_header (15 s): the shortest lived ${least.toFixed(0)} ms`)
-  t.ok(most <= 15_000 + 5_000, `each cut soon after it (the longest lived ${most.toFixed(0)} ms)`)
+  // Late only by what a loaded machine delays the event loops (this test shares one with sluice).
+  t.ok(most <= 15_000 + 15_000, `each cut after it, not held on (the longest lived ${most.toFixed(0)} ms)`)
   const m = await run.metrics()
   t.equal(metricValue(m, 'sluice_rejected_connections_total', { listener: 'l', reason: 'proxy_header_timeout' }), STALLED, 'each counted as proxy_header_timeout')
   t.equal(metricValue(m, 'sluice_connections_active', { listener: 'l' }), 0, 'nothing left open')
