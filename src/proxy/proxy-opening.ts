@@ -7,6 +7,7 @@ import { peekClientHello, readProxyHeader, type PendingRead } from './sni-peek.j
 import { parseProxyHeader, type ProxyAddresses, type ProxyHeader } from './proxy-protocol.js'
 import type { TlsTerminator } from './tls.js'
 import { tlsFacts, type TlsFacts } from './proxy-tlv.js'
+import { formatAddress } from '../config/address.js'
 import type { SourceGate, SourceHolder, SourceRefusal } from '../listener/source-gate.js'
 export type { SourceHolder }
 import { sourceRefusalCode } from '../listener/source-report.js'
@@ -72,6 +73,8 @@ export interface OpeningFailure {
   error: SluiceError
   /** Length of the PROXY header read before the failure (0 without one). */
   headerBytes: number
+  /** The client the PROXY header named, when it was refused for it (access, limits). */
+  client?: string
 }
 
 const CODES: Record<Exclude<OpeningRefusal, SourceRefusal>, ErrorCode> = {
@@ -264,7 +267,7 @@ export class OpeningStage {
         if (gate !== undefined && !o.peerOwn && host !== undefined) {
           const refused = gate.admit(o.remoteAddress, host)
           if (refused !== undefined) {
-            finish(failure(refused, `client ${o.remoteAddress} (from the PROXY header) refused: ${refused}`, o.headerBytes))
+            finish({ ...failure(refused, `client ${o.remoteAddress} (from the PROXY header) refused: ${refused}`, o.headerBytes), client: formatAddress(o.remoteAddress, o.remotePort) })
             return
           }
         }

@@ -263,7 +263,7 @@ export class TcpSession implements Deadline, QueueWaiter, OpeningHost {
       // Refused by access or limits once the PROXY header named the client: a reset, no byte
       // sent; counted, one summary line a second, no access-log line of its own.
       this.owner.metrics.rejectedConnectionsTotal.inc({ listener: this.owner.config.name, reason: f.reason })
-      reportSourceRefusal(this.owner, f.reason, this.clientAddress)
+      reportSourceRefusal(this.owner, f.reason, f.client ?? this.clientAddress)
       this.quiet = true
       this.client.resetAndDestroy()
       if (this.clientClosed) this.finish()

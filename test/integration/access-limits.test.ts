@@ -89,6 +89,7 @@ pools: { p: { backends: [${b.address}] } }
   const hdr = (src: string, v6 = false): string => `PROXY ${v6 ? 'TCP6' : 'TCP4'} ${src} ${v6 ? '2001:db8::ffff' : '192.0.2.1'} 4000 5432\r\n`
   const denied = await attempt(port, '127.0.0.1', hdr('203.0.113.7'))
   t.same(await denied.outcome, { bytes: 0, error: 'ECONNRESET' }, 'the client named in the header is denied: reset')
+  t.equal(run.logs.lines.find((l) => l.code === 'SLUICE_ERR_ACCESS_DENIED')?.client, '203.0.113.7:4000', 'the summary line names the real client, not the PROXY peer')
   const first = await attempt(port, '127.0.0.1', hdr('198.51.100.1'))
   t.equal(await first.greeted, true, 'an allowed client is served')
   const second = await attempt(port, '127.0.0.1', hdr('198.51.100.1'))
