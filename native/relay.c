@@ -159,11 +159,12 @@ struct lsn {
   int64_t resume_at;
   uint32_t pause_ms;   /* the last pause, doubled while accepts keep failing */
   uint32_t untuned;    /* accepted before its options were set: tune these first ones */
+  bool held;           /* JS asked it to stop accepting for now (hold): paused until unhold */
   lsn_t *next;
 };
 
 /* A command JS queued for the relay thread besides add and destroy. */
-enum cmd_kind { C_LISTEN, C_UNLISTEN, C_CONNECT, C_RELEASE };
+enum cmd_kind { C_LISTEN, C_UNLISTEN, C_CONNECT, C_RELEASE, C_HOLD, C_UNHOLD };
 typedef struct cmd cmd_t;
 struct cmd {
   enum cmd_kind kind;
@@ -802,7 +803,7 @@ static void lsn_pause(relay_t *r, lsn_t *l, int err) {
 /* Polls the paused listeners whose pause is over again. */
 static void lsn_resume(relay_t *r) {
   for (lsn_t *l = r->listeners; l != NULL && r->paused > 0; l = l->next) {
-    if (!l->paused || l->resume_at > r->now) continue;
+    if (!l->paused || l->held || l->resume_at > r->now) continue;
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)(uintptr_t)l | 2};
     (void)epoll_ctl(r->ep, EPOLL_CTL_MOD, l->fd, &ev);
     l->paused = false;
@@ -1034,6 +1035,25 @@ static void lsn_stop(relay_t *r, lsn_t *l) {
   free(l);
 }
 
+/* Stops polling a listener until JS lets it go again (hold), or lets it go (unhold). */
+static void lsn_hold(relay_t *r, lsn_t *l, bool hold) {
+  bool listed = false;
+  for (lsn_t *x = r->listeners; x != NULL; x = x->next) listed = listed || x == l;
+  if (!listed || l->held == hold) return;
+  l->held = hold;
+  if (hold) {
+    if (!l->paused) {
+      struct epoll_event ev = {.events = 0, .data.u64 = (uint64_t)(uintptr_t)l | 2};
+      (void)epoll_ctl(r->ep, EPOLL_CTL_MOD, l->fd, &ev);
+      l->paused = true;
+      r->paused++;
+    }
+  } else {
+    l->pause_ms = 0;
+    l->resume_at = r->now; /* polled again at once (lsn_resume, this turn) */
+  }
+}
+
 /* Hands an accepted connection that waits for its backend back to JS: its descriptor is
  * JS's from now on (the end it promised is replaced by this event). */
 static void conn_release(relay_t *r, uint64_t id) {
@@ -1062,6 +1082,7 @@ static void run_cmds(relay_t *r, cmd_t *cmd) {
       unlock(r);
       r->ends_dirty = true;
     } else if (cmd->kind == C_RELEASE) conn_release(r, cmd->id);
+    else if (cmd->kind == C_HOLD || cmd->kind == C_UNHOLD) lsn_hold(r, cmd->lsn, cmd->kind == C_HOLD);
     else conn_connect(r, cmd);
     free(cmd->initial);
     free(cmd);
@@ -1162,12 +1183,18 @@ static void close_all(relay_t *r) {
 static int next_timeout(const relay_t *r) {
   if (r->ready != NULL) return 0;
   int64_t now = now_ms();
-  int64_t ms = -1;
-  if (r->wheel_count > 0) ms = (r->wheel_tick + 1) * TICK_MS - now;
-  for (const lsn_t *l = r->listeners; l != NULL && r->paused > 0; l = l->next) {
-    if (l->paused && (ms < 0 || l->resume_at - now < ms)) ms = l->resume_at - now;
+  bool timed = false;
+  int64_t ms = 0;
+  if (r->wheel_count > 0) {
+    timed = true;
+    ms = (r->wheel_tick + 1) * TICK_MS - now;
   }
-  if (ms < 0 && r->wheel_count == 0 && r->paused == 0) return -1;
+  for (const lsn_t *l = r->listeners; l != NULL && r->paused > 0; l = l->next) {
+    if (!l->paused || l->held) continue; /* a held listener waits for JS, not for a time */
+    if (!timed || l->resume_at - now < ms) ms = l->resume_at - now;
+    timed = true;
+  }
+  if (!timed) return -1;
   return ms < 1 ? 1 : (int)ms;
 }
 
@@ -1918,6 +1945,36 @@ static napi_value relay_release(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* hold(listenerId, on): stops accepting on a listening socket for now (its backlog waits in
+ * the kernel), or accepts again. */
+static napi_value relay_hold(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  relay_t *r = this_relay(env, info, &argc, argv);
+  if (r == NULL) return NULL;
+  uint32_t id;
+  bool on = false;
+  if (argc < 2 || !arg_u32(env, argv[0], "id", &id) || napi_get_value_bool(env, argv[1], &on) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "hold(id, on) takes a listening socket id and a boolean");
+    return NULL;
+  }
+  if (r->closed) return NULL;
+  uint32_t i = 0;
+  while (i < r->nlsns && r->lsns[i].id != id) i++;
+  if (i == r->nlsns) return NULL; /* taken back meanwhile */
+  cmd_t *cmd = calloc(1, sizeof *cmd);
+  if (cmd == NULL) {
+    throw_errno(env, ENOMEM, "relay hold");
+    return NULL;
+  }
+  cmd->kind = on ? C_HOLD : C_UNHOLD;
+  cmd->lsn = r->lsns[i].lsn;
+  lock(r);
+  cmd_queue(r, cmd);
+  queued(r);
+  return NULL;
+}
+
 /* takeBytes() -> Float64Array(2 * groups): bytes written to the backend ([2g]) and to the
  * client ([2g + 1]) by group g's connections since the last call. */
 static napi_value relay_take_bytes(napi_env env, napi_callback_info info) {
@@ -1988,6 +2045,7 @@ NAPI_MODULE_INIT() {
     {"unlisten", NULL, relay_unlisten, NULL, NULL, NULL, napi_default_method, NULL},
     {"connect", NULL, relay_connect, NULL, NULL, NULL, napi_default_method, NULL},
     {"release", NULL, relay_release, NULL, NULL, NULL, napi_default_method, NULL},
+    {"hold", NULL, relay_hold, NULL, NULL, NULL, napi_default_method, NULL},
     {"takeBytes", NULL, relay_take_bytes, NULL, NULL, NULL, napi_default_method, NULL},
     {"close", NULL, relay_close, NULL, NULL, NULL, napi_default_method, NULL},
     {"size", NULL, NULL, relay_size, NULL, NULL, napi_default, NULL},

@@ -14,6 +14,7 @@ import { PoolHealth } from './health/pool-health.js'
 import { AdminServer } from './admin/admin-server.js'
 import { SluiceError } from './errors.js'
 import { SharedCounters, SlotAllocator } from './control/shared-counters.js'
+import { SourceTables } from './control/source-tables.js'
 import { backendSlotKey, listenerSlotKey, type BackendStateEntry, type FromWorker, type SlotTable, type WorkerSnapshot } from './control/messages.js'
 import { InProcessWorker, ThreadWorker, type WorkerLink } from './control/worker-link.js'
 import { ReloadWhileStopping, type ControlApi, type ListenerView, type WorkerView } from './control/control-api.js'
@@ -62,6 +63,8 @@ export class Daemon implements ControlApi {
   private readonly health = new Map<string, PoolHealth>()
   private readonly counters = SharedCounters.create(COUNTER_SLOTS)
   private readonly slots = new SlotAllocator(this.counters)
+  /** Per-source counts and rates (access and limits), shared by every worker. */
+  private readonly sources = SourceTables.create()
   private workers: WorkerLink[] = []
   /** Ports of listeners configured with port 0, as the first worker bound them (every worker binds the same). */
   private ports: Record<string, number> = {}
@@ -376,8 +379,8 @@ export class Daemon implements ControlApi {
 
   private makeWorker(id: number): WorkerLink {
     const onEvent = (link: WorkerLink, m: FromWorker): void => this.onWorkerEvent(link, m)
-    if (this.cfg.workers <= 1 && !this.threads) return new InProcessWorker(id, this.log, this.counters, onEvent)
-    return new ThreadWorker(id, this.counters, this.cfg.log.level, this.cfg.workers > 1, onEvent)
+    if (this.cfg.workers <= 1 && !this.threads) return new InProcessWorker(id, this.log, this.counters, onEvent, this.sources)
+    return new ThreadWorker(id, this.counters, this.cfg.log.level, this.cfg.workers > 1, onEvent, this.sources)
   }
 
   private onWorkerEvent(link: WorkerLink, m: FromWorker): void {
@@ -529,6 +532,13 @@ export class Daemon implements ControlApi {
     const totals = new Map<string, number>()
     for (const s of await this.workerSnapshots()) for (const b of s.backends) totals.set(backendSlotKey(b.pool, b.backend), (totals.get(backendSlotKey(b.pool, b.backend)) ?? 0) + b.total)
     return totals
+  }
+
+  /** Connections waiting in each pool's queue, summed over the workers. */
+  async queueLengths(): Promise<Map<string, number>> {
+    const out = new Map<string, number>()
+    for (const s of await this.workerSnapshots()) for (const [pool, n] of Object.entries(s.queues ?? {})) out.set(pool, (out.get(pool) ?? 0) + n)
+    return out
   }
 
   readonly metricsContentType = Registry.PROMETHEUS_CONTENT_TYPE

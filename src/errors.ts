@@ -40,6 +40,14 @@ export const ERROR_CODES = {
   SLUICE_ERR_DISCOVERY_ETCD: 'etcd discovery could not read or watch its prefix, or a key holds a value that is not a backend; the last good set stays and the watch resumes after a backoff.',
   SLUICE_ERR_RESOURCE_EXHAUSTED: 'sluice ran out of file descriptors (EMFILE, ENFILE) or socket memory (ENOBUFS, ENOMEM), or a UDP listener\'s session table was full: accepting pauses and is retried with backoff; no backend is blamed.',
   SLUICE_ERR_BACKEND_TLS: 'The TLS handshake with a backend failed (certificate not trusted, wrong name, protocol error); the next backend is tried.',
+  SLUICE_ERR_ACCESS_DENIED: 'A client address is not allowed by its listener\'s access lists (in deny, or not in allow); the connection was reset, the datagram dropped.',
+  SLUICE_ERR_SOURCE_CONNECTIONS: 'A client address already holds limits.per_source_connections open connections (UDP: live sessions); the new one was reset (dropped).',
+  SLUICE_ERR_SOURCE_RATE: 'A client address opened new connections (sessions) or sent datagrams faster than limits.per_source_rate / per_source_datagrams; the excess was reset (dropped).',
+  SLUICE_ERR_SOURCE_TABLE_FULL: 'The shared per-source table had no free entry for a new client address; the client was admitted without its per-source limit.',
+  SLUICE_ERR_QUEUE_FULL: 'Every usable backend of a pool was at max_connections and the pool\'s queue already held max_queue connections; the new one was reset.',
+  SLUICE_ERR_QUEUE_TIMEOUT: 'A connection waited in its pool\'s queue for queue_timeout without a backend slot freeing; it was reset.',
+  SLUICE_ERR_PROXY_HEADER_TIMEOUT: 'A connection on a proxy_protocol_accept listener did not send its whole PROXY header within timeouts.proxy_header (or timeouts.handshake); it was closed.',
+  SLUICE_ERR_CLIENT_HELLO_TIMEOUT: 'A connection on an sni_passthrough listener began a ClientHello and did not finish it within timeouts.handshake; it was closed.',
 } as const
 
 export type ErrorCode = keyof typeof ERROR_CODES

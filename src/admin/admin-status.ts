@@ -37,6 +37,10 @@ export interface PoolStatus {
   listeners: string[]
   backends: BackendStatus[]
   totals: { backends: number; up: number; active_connections: number; total_connections: number }
+  /** Connections waiting for a backend slot (every usable backend at max_connections), over every worker. */
+  queue_length: number
+  /** The pool's max_queue (0: no queue). */
+  max_queue: number
 }
 
 export interface BackendStatus {
@@ -70,7 +74,7 @@ export function backendStatus(b: Backend, total = b.total): BackendStatus {
  * (listener sessions, connections per backend) summed over the workers.
  */
 export async function buildStatus(daemon: ControlApi, version: string, admin: StatusDocument['admin']): Promise<StatusDocument> {
-  const [views, totals, workers] = await Promise.all([daemon.listenerViews(), daemon.backendTotals(), daemon.workerViews()])
+  const [views, totals, workers, queues] = await Promise.all([daemon.listenerViews(), daemon.backendTotals(), daemon.workerViews(), daemon.queueLengths?.() ?? new Map<string, number>()])
   const listeners: ListenerStatus[] = views.map((l) => ({
     name: l.name,
     protocol: l.protocol,
@@ -79,7 +83,7 @@ export async function buildStatus(daemon: ControlApi, version: string, admin: St
     listening: l.listening,
     active_connections: l.activeConnections,
   }))
-  const pools = [...daemon.pools.values()].map((p) => poolStatus(p, listeners, totals))
+  const pools = [...daemon.pools.values()].map((p) => poolStatus(p, listeners, totals, queues.get(p.name) ?? 0))
   const backends = pools.flatMap((p) => p.backends)
   return {
     version,
@@ -103,7 +107,7 @@ export async function buildStatus(daemon: ControlApi, version: string, admin: St
   }
 }
 
-function poolStatus(p: Pool, listeners: readonly ListenerStatus[], totals: ReadonlyMap<string, number>): PoolStatus {
+function poolStatus(p: Pool, listeners: readonly ListenerStatus[], totals: ReadonlyMap<string, number>, queueLength: number): PoolStatus {
   const backends = p.backends.map((b) => backendStatus(b, totals.get(`${p.name}\n${b.id}`) ?? 0))
   // Removed (reload, discovery, DELETE) but still finishing connections: draining until the last ends.
   for (const b of p.leaving) backends.push(backendStatus(b, totals.get(`${p.name}\n${b.id}`) ?? 0))
@@ -118,5 +122,7 @@ function poolStatus(p: Pool, listeners: readonly ListenerStatus[], totals: Reado
       active_connections: backends.reduce((n, b) => n + b.active_connections, 0),
       total_connections: backends.reduce((n, b) => n + b.total_connections, 0),
     },
+    queue_length: queueLength,
+    max_queue: p.maxQueue,
   }
 }

@@ -58,6 +58,8 @@ export interface ListenerConfig {
     /** 0 = no idle timeout (TCP keep-alive still finds dead peers). */
     idleMs: number
     handshakeMs: number
+    /** proxy_protocol_accept: the PROXY header alone within this (absent: timeouts.handshake bounds it). */
+    proxyHeaderMs?: number
   }
   /** TLS termination (docs/tls.md); absent: the listener relays the bytes as they come. */
   tls?: ListenerTlsConfig
@@ -71,6 +73,26 @@ export interface ListenerConfig {
   proxyProtocolAccept?: boolean
   /** With proxyProtocolAccept: the sources allowed to send it (CIDRs); undefined = any. */
   proxyProtocolTrusted?: string[]
+  /** Which client addresses may connect (after the PROXY header); absent = every one. */
+  access?: AccessConfig
+  /** Per-source limits (docs/configuration.md); absent = none. */
+  limits?: SourceLimitsConfig
+}
+
+/** `access: {allow, deny}` of a listener: normalized CIDRs. Deny wins; no allow = allow all. */
+export interface AccessConfig {
+  allow?: string[]
+  deny?: string[]
+}
+
+/** `limits:` of a listener, per client address (IPv6 per /64); each absent = no limit. */
+export interface SourceLimitsConfig {
+  /** Open connections (TCP) or live sessions (UDP) per source. */
+  perSourceConnections?: number
+  /** New connections (sessions) per second per source; a bucket holds one second's worth. */
+  perSourceRate?: number
+  /** UDP only: datagrams from a source per second. */
+  perSourceDatagrams?: number
 }
 
 /** One `routes` item: every condition given must match; the first matching route wins. */
@@ -128,6 +150,8 @@ export interface UdpListenerConfig {
   listen: string
   pool: string
   udp: UdpSettings
+  access?: AccessConfig
+  limits?: SourceLimitsConfig
 }
 
 export interface UdpSettings {
@@ -167,6 +191,10 @@ export interface PoolConfig {
   healthCheck?: HealthCheckConfig
   /** Passive ejection after consecutive connect failures; absent = none. */
   passive?: PassiveConfig
+  /** Connections that may wait for a slot when every usable backend is at max_connections (0 = none). */
+  maxQueue?: number
+  /** How long one may wait there before it is reset (queue_timeout). */
+  queueTimeoutMs?: number
   /** Sources of more backends, merged with `backends` (docs/discovery.md); absent = none. */
   discovery?: DiscoveryConfig
 }
@@ -272,4 +300,5 @@ export const DEFAULTS = {
   udpUpstreamSockets: 2,
   sniPeekTimeoutMs: 1_000,
   tlsWatchIntervalMs: 5_000,
+  queueTimeoutMs: 5_000,
 } as const

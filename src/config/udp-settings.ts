@@ -9,7 +9,7 @@ const SESSION_ONLY = ['session_timeout', 'responses', 'max_sessions']
 const DNS_ONLY = ['query_timeout', 'upstream_sockets']
 
 /** The listener keys a udp listener applies; every other listener key is an error on it. */
-const UDP_LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'udp']
+const UDP_LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'udp', 'access', 'limits']
 
 /** Longest query_timeout accepted in dns mode. */
 const MAX_QUERY_TIMEOUT_MS = 60_000

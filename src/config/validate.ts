@@ -21,6 +21,9 @@ import { readPoolTls } from './tls-settings.js'
 import { readHealthCheck, readPassive } from '../health/health-config.js'
 import { readAdmin } from '../admin/admin-config.js'
 import { readDiscovery } from '../upstream/discovery/discovery-config.js'
+import { ADMISSION_KEYS, readAccess, readLimits } from '../listener/admission-config.js'
+import { QUEUE_KEYS, readQueue } from '../upstream/queue-config.js'
+import { readProxyHeaderTimeout } from '../proxy/opening-timeouts.js'
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
 const NAME_HINT = 'must be 1-63 letters, digits, "_", "." or "-", starting with a letter or digit'
@@ -33,13 +36,13 @@ const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'erro
  */
 const NOT_YET: Readonly<Record<string, readonly string[]>> = {
   top: [],
-  listener: ['access', 'limits'],
+  listener: [],
   pool: [],
 }
 
 const TOP_KEYS = ['workers', 'relay', 'shutdown_timeout', 'log', 'admin', 'listeners', 'pools', 'demo_backends']
-const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp', ...OPENING_KEYS]
-const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start', 'health_check', 'passive', 'proxy_protocol', 'tls', 'discovery']
+const LISTENER_KEYS = ['name', 'protocol', 'listen', 'pool', 'max_connections', 'timeouts', 'udp', ...OPENING_KEYS, ...ADMISSION_KEYS]
+const POOL_KEYS = ['algorithm', 'backends', 'connect_timeout', 'retries', 'slow_start', 'health_check', 'passive', 'proxy_protocol', 'tls', ...QUEUE_KEYS, 'discovery']
 const BACKEND_KEYS = ['address', 'weight', 'backup', 'max_connections']
 
 /** Checks a whole parsed document, reporting every problem to `reader`. */
@@ -157,8 +160,10 @@ function readPools(reader: ConfigReader, at: Located, out: Map<string, PoolConfi
     if ((pool.has('health_check') && healthCheck === undefined) || (pool.has('passive') && passive === undefined)) continue
     const tls = pool.has('tls') ? readPoolTls(reader, pool.get('tls'), context) : undefined
     if (proxyProtocol === undefined || tls === false) continue
+    const queue = readQueue(reader, pool, context)
+    if (queue === undefined) continue
     if (algorithm === undefined || connectTimeoutMs === undefined || retries === undefined || backends === undefined || slowStartMs === undefined) continue
-    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries, slowStartMs, healthCheck, passive, proxyProtocol, ...(tls !== undefined ? { tls } : {}), ...(discovery !== undefined ? { discovery } : {}) })
+    out.set(name, { name, algorithm, algorithmOptions, backends, connectTimeoutMs, retries, slowStartMs, healthCheck, passive, proxyProtocol, ...(tls !== undefined ? { tls } : {}), ...(discovery !== undefined ? { discovery } : {}), ...queue })
   }
 }
 
@@ -270,8 +275,10 @@ function readListeners(
     if (protocol === 'udp') {
       refuseOpeningOnUdp(reader, m, context, pool === undefined ? undefined : pools.get(pool))
       const udp = readUdpSettings(reader, m, context, LISTENER_KEYS)
-      if (name === undefined || hp === undefined || pool === undefined || udp === undefined) continue
-      out.push({ name, protocol, host: hp.host, port: hp.port, listen: formatAddress(hp.host, hp.port), pool, udp })
+      const access = readAccess(reader, m, context)
+      const limits = readLimits(reader, m, context, 'udp', udp?.mode)
+      if (name === undefined || hp === undefined || pool === undefined || udp === undefined || access === false || limits === false) continue
+      out.push({ name, protocol, host: hp.host, port: hp.port, listen: formatAddress(hp.host, hp.port), pool, udp, ...(access !== undefined ? { access } : {}), ...(limits !== undefined ? { limits } : {}) })
       continue
     }
     refuseUdpSettingsOnTcp(reader, m, context)
@@ -280,7 +287,10 @@ function readListeners(
       : DEFAULTS.maxConnections
     const timeouts = readTimeouts(reader, m, context)
     const opening = readOpening(reader, m, context, declaredPools)
+    const access = readAccess(reader, m, context)
+    const limits = readLimits(reader, m, context, 'tcp')
     if (name === undefined || protocol !== 'tcp' || hp === undefined || pool === undefined || maxConnections === undefined || timeouts === undefined || opening === undefined) continue
+    if (access === false || limits === false) continue
     out.push({
       name,
       protocol,
@@ -291,6 +301,8 @@ function readListeners(
       maxConnections,
       timeouts,
       ...opening,
+      ...(access !== undefined ? { access } : {}),
+      ...(limits !== undefined ? { limits } : {}),
     })
   }
 }
@@ -310,12 +322,13 @@ function refuseOpeningOnUdp(reader: ConfigReader, m: MapView, context: string, p
 
 function readTimeouts(reader: ConfigReader, m: MapView, context: string): ListenerConfig['timeouts'] | undefined {
   if (!m.has('timeouts')) return { idleMs: DEFAULTS.idleMs, handshakeMs: DEFAULTS.handshakeMs }
-  const t = reader.map(m.get('timeouts'), ['idle', 'handshake'], `${context} timeouts`)
+  const t = reader.map(m.get('timeouts'), ['idle', 'handshake', 'proxy_header'], `${context} timeouts`)
   if (t === undefined) return undefined
   const idleMs = t.has('idle') ? reader.duration(t.get('idle'), `${context} timeouts.idle`, { allowOff: true }) : DEFAULTS.idleMs
   const handshakeMs = t.has('handshake') ? reader.duration(t.get('handshake'), `${context} timeouts.handshake`) : DEFAULTS.handshakeMs
-  if (idleMs === undefined || handshakeMs === undefined) return undefined
-  return { idleMs, handshakeMs }
+  const proxyHeaderMs = readProxyHeaderTimeout(reader, m, t, context)
+  if (idleMs === undefined || handshakeMs === undefined || proxyHeaderMs === false) return undefined
+  return { idleMs, handshakeMs, ...(proxyHeaderMs !== undefined ? { proxyHeaderMs } : {}) }
 }
 
 /** Whether two listen hosts on the same port would collide (wildcards cover their family). */

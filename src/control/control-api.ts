@@ -61,6 +61,8 @@ export interface ControlApi extends Reloadable, PoolSource, MemberControl {
   workerViews(): Promise<WorkerView[]>
   /** Connections handed to each backend since start, over every worker (`pool\nbackend` → n). */
   backendTotals(): Promise<Map<string, number>>
+  /** Connections waiting in each pool's queue, summed over the workers (pool → n; absent = 0). */
+  queueLengths?(): Promise<Map<string, number>>
   /** The Prometheus exposition of every metric, summed over the workers. */
   metricsText(): Promise<string>
   readonly metricsContentType: string

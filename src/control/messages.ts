@@ -82,6 +82,8 @@ export interface WorkerSnapshot {
   backends: BackendShare[]
   activeConnections: number
   connectionsTotal: number
+  /** Connections waiting in each pool's queue in this worker (pool name → length). */
+  queues?: Record<string, number>
 }
 
 /** A worker to the control plane. */

@@ -97,19 +97,27 @@ export class SharedKeyTable {
     return n
   }
 
-  /** The first entry to probe, and the key's 40-bit tag (never 0). FNV-1a, 64 bits. */
+  /** The first entry to probe, and the key's 40-bit tag (never 0). */
   private hash(key: string): [number, bigint] {
-    let lo = 0x84222325
-    let hi = 0xcbf29ce4
-    for (let i = 0; i < key.length; i++) {
-      lo ^= key.charCodeAt(i)
-      // Multiply the 64-bit state by the FNV prime 0x100000001b3, in 32-bit halves.
-      const l = lo * 0x1b3
-      const carry = Math.floor(l / 0x100000000)
-      hi = (Math.imul(hi, 0x1b3) + Math.imul(lo, 0x100) + carry) >>> 0
-      lo = l >>> 0
-    }
-    const tag = ((BigInt(hi) << 8n) | BigInt(lo >>> 24)) & 0xffffffffffn
-    return [lo & this.mask, tag === 0n ? 1n : tag]
+    return hashKey(key, this.mask)
   }
+}
+
+/**
+ * FNV-1a, 64 bits, of `key`: the first entry to probe (`& mask`) and a 40-bit tag of the
+ * key (never 0). Shared by the tables in SharedArrayBuffers that every worker indexes alike.
+ */
+export function hashKey(key: string, mask: number): [number, bigint] {
+  let lo = 0x84222325
+  let hi = 0xcbf29ce4
+  for (let i = 0; i < key.length; i++) {
+    lo ^= key.charCodeAt(i)
+    // Multiply the 64-bit state by the FNV prime 0x100000001b3, in 32-bit halves.
+    const l = lo * 0x1b3
+    const carry = Math.floor(l / 0x100000000)
+    hi = (Math.imul(hi, 0x1b3) + Math.imul(lo, 0x100) + carry) >>> 0
+    lo = l >>> 0
+  }
+  const tag = ((BigInt(hi) << 8n) | BigInt(lo >>> 24)) & 0xffffffffffn
+  return [lo & mask, tag === 0n ? 1n : tag]
 }

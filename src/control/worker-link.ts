@@ -6,6 +6,7 @@ import type { Logger } from '../log.js'
 import { DataPlane } from '../data/data-plane.js'
 import { dispatch } from '../data/worker-dispatch.js'
 import type { SharedCounters } from './shared-counters.js'
+import type { SourceTables } from './source-tables.js'
 import type { FromWorker, ToWorker } from './messages.js'
 
 /** Messages that expect an answer, and the answer each gets. */
@@ -67,9 +68,9 @@ export class InProcessWorker extends WorkerLink {
   readonly plane: DataPlane
   readonly registry = new Registry()
 
-  constructor(id: number, log: Logger, counters: SharedCounters, onEvent: (link: WorkerLink, m: FromWorker) => void) {
+  constructor(id: number, log: Logger, counters: SharedCounters, onEvent: (link: WorkerLink, m: FromWorker) => void, sources?: SourceTables) {
     super(id, onEvent)
-    this.plane = new DataPlane({ id, log, registry: this.registry, counters, shared: false, report: (m) => this.received(m) })
+    this.plane = new DataPlane({ id, log, registry: this.registry, counters, shared: false, report: (m) => this.received(m), ...(sources !== undefined ? { sources } : {}) })
   }
 
   send(msg: ToWorker, config?: Config): void {
@@ -100,6 +101,8 @@ function workerEntry(): URL {
 export interface WorkerData {
   id: number
   counters: SharedArrayBuffer
+  /** The per-source tables (SourceTables.buffers); absent: the worker makes its own. */
+  sources?: { connections: SharedArrayBuffer; rates: SharedArrayBuffer }
   /** Several workers bind each listener (SO_REUSEPORT). */
   shared: boolean
   logLevel: string
@@ -113,9 +116,9 @@ export class ThreadWorker extends WorkerLink {
   private readonly worker: Worker
   private exiting = false
 
-  constructor(id: number, counters: SharedCounters, logLevel: string, shared: boolean, onEvent: (link: WorkerLink, m: FromWorker) => void) {
+  constructor(id: number, counters: SharedCounters, logLevel: string, shared: boolean, onEvent: (link: WorkerLink, m: FromWorker) => void, sources?: SourceTables) {
     super(id, onEvent)
-    const data: WorkerData = { id, counters: counters.buffer, shared, logLevel }
+    const data: WorkerData = { id, counters: counters.buffer, shared, logLevel, ...(sources !== undefined ? { sources: sources.buffers } : {}) }
     this.worker = new Worker(workerEntry(), { workerData: data })
     this.worker.on('message', (m: FromWorker) => this.received(m))
     this.worker.on('error', (err: Error) => {

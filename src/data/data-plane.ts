@@ -13,6 +13,8 @@ import type { SharedCounters } from '../control/shared-counters.js'
 import { RelayHost } from '../proxy/relay-host.js'
 import { ExhaustionGuard } from '../listener/accept-guard.js'
 import { UdpListener } from '../listener/udp-listener.js'
+import { SourceTables } from '../control/source-tables.js'
+import { TimerWheel } from '../proxy/timer-wheel.js'
 import { backendSlotKey, listenerSlotKey, type BackendStateEntry, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
 
 export interface DataPlaneOptions {
@@ -25,6 +27,8 @@ export interface DataPlaneOptions {
   shared: boolean
   /** What this data plane tells the control plane (connect failures, for passive health). */
   report(msg: FromWorker): void
+  /** The daemon's per-source tables (access and limits), shared by every worker; absent: this plane's own. */
+  sources?: SourceTables
 }
 
 interface Prepared {
@@ -60,8 +64,12 @@ export class DataPlane {
   private readonly counters: SharedCounters
   private readonly shared: boolean
   private readonly report: (msg: FromWorker) => void
+  private readonly sources: SourceTables
+  /** The deadlines of every session of this data plane (opening, queue, connect): one timer. */
+  private readonly wheel = new TimerWheel()
 
   constructor(opts: DataPlaneOptions) {
+    this.sources = opts.sources ?? SourceTables.create()
     this.id = opts.id
     this.log = opts.log
     this.counters = opts.counters
@@ -104,7 +112,7 @@ export class DataPlane {
       }
       for (const lc of plan.bind) {
         const pool = this.pools.get(lc.pool) ?? (p.newPools.get(lc.pool) as Pool)
-        const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog)
+        const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog, this.sources, this.wheel)
         if (l instanceof TcpListener || l instanceof UdpListener) l.exhaustion = this.exhaustion
         if (l instanceof TcpListener) {
           l.relay = this.activeRelay
@@ -207,7 +215,9 @@ export class DataPlane {
     const backends = [...this.pools.values()].flatMap((p) => p.backends.map((b) => ({ pool: p.name, backend: b.id, total: b.total })))
     let total = 0
     for (const l of all) total += l.accepted
-    return { relay: this.activeRelay === undefined ? 'js' : 'native', listeners, backends, activeConnections: all.reduce((n, l) => n + l.sessions.size, 0), connectionsTotal: total }
+    const queues: Record<string, number> = {}
+    for (const p of this.pools.values()) if (p.queue.length > 0) queues[p.name] = p.queue.length
+    return { relay: this.activeRelay === undefined ? 'js' : 'native', listeners, backends, activeConnections: all.reduce((n, l) => n + l.sessions.size, 0), connectionsTotal: total, queues }
   }
 
   get openConnections(): number {

@@ -5,6 +5,7 @@ import { parseConfig } from '../config/load.js'
 import { createLogger, type Logger } from '../log.js'
 import type { LogLevel } from '../config/types.js'
 import { SharedCounters } from '../control/shared-counters.js'
+import { SourceTables } from '../control/source-tables.js'
 import type { FromWorker, ToWorker } from '../control/messages.js'
 import type { WorkerData } from '../control/worker-link.js'
 import { DataPlane } from './data-plane.js'
@@ -50,7 +51,8 @@ const log: Logger = createLogger(
 )
 const child = log.child({ worker: data.id })
 const registry = new Registry()
-const plane = new DataPlane({ id: data.id, log: child, registry, counters: new SharedCounters(data.counters), shared: data.shared, report: post })
+const sources = data.sources !== undefined ? new SourceTables(data.sources) : undefined
+const plane = new DataPlane({ id: data.id, log: child, registry, counters: new SharedCounters(data.counters), shared: data.shared, report: post, ...(sources !== undefined ? { sources } : {}) })
 
 const run = (msg: ToWorker): Promise<void> =>
   dispatch(plane, registry, msg, (m) => parseConfig(m.source.text, m.source.file, m.source.env), post).catch((err: unknown) => {

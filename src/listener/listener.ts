@@ -4,6 +4,8 @@ import type { Metrics } from '../metrics/metrics.js'
 import type { Pool } from '../upstream/pool.js'
 import { TcpListener } from './tcp-listener.js'
 import { UdpListener } from './udp-listener.js'
+import type { SourceTables } from '../control/source-tables.js'
+import type { TimerWheel } from '../proxy/timer-wheel.js'
 
 /** A bound listen address: the real port when the configuration said port 0. */
 export interface ListenerAddress {
@@ -55,8 +57,8 @@ export interface AdmissionCounter {
 }
 
 /** The listener for `config.protocol`. */
-export function createListener(config: AnyListenerConfig, pool: Pool, log: Logger, metrics: Metrics, accessLog: boolean): Listener {
+export function createListener(config: AnyListenerConfig, pool: Pool, log: Logger, metrics: Metrics, accessLog: boolean, sources?: SourceTables, wheel?: TimerWheel): Listener {
   return config.protocol === 'udp'
-    ? new UdpListener(config, pool, log, metrics, accessLog)
-    : new TcpListener(config, pool, log, metrics, accessLog)
+    ? new UdpListener(config, pool, log, metrics, accessLog, sources)
+    : new TcpListener(config, pool, log, metrics, accessLog, sources, wheel)
 }

@@ -20,6 +20,10 @@ import { TlsTerminator } from '../proxy/tls.js'
 import { localExhaustion } from '../fd-budget.js'
 import type { ExhaustionGuard } from './accept-guard.js'
 import { dropHeld, holdListening, listenBacklog, listenHeld, type HeldSocket } from './accept-pause.js'
+import { SourceGate, type SourceHolder, type SourceRefusal } from './source-gate.js'
+import { SourceTables } from '../control/source-tables.js'
+import { TimerWheel } from '../proxy/timer-wheel.js'
+import { reportSourceRefusal } from './source-report.js'
 
 /**
  * A TCP listener: accepts client connections, admits or refuses them, and hands each to a
@@ -63,6 +67,12 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
   exhaustion: ExhaustionGuard | undefined
   /** The listening socket while accepting is paused (out of descriptors). */
   private paused: HeldSocket | undefined
+  /** The relay holds its socket (pauseAccepting while the relay accepts). */
+  private nativeHeld = false
+  /** `access` and `limits`; undefined when the listener has neither. Applied at accept, or after the PROXY header. */
+  gate: SourceGate | undefined
+  /** What the gate counted for the connection being accepted, handed to its session. */
+  private readonly held: SourceHolder = { sourceKey: undefined }
 
   constructor(
     public config: ListenerConfig,
@@ -70,6 +80,10 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
     readonly log: Logger,
     readonly metrics: Metrics,
     public accessLog: boolean,
+    /** The daemon's per-source tables (shared by every worker); a listener of its own in tests. */
+    readonly sources: SourceTables = SourceTables.create(16_384),
+    /** The data plane's timer wheel (the deadlines of every session); a listener of its own in tests. */
+    readonly wheel: TimerWheel = new TimerWheel(),
   ) {
     this.server = this.newServer()
     this.configureOpening(config)
@@ -158,7 +172,14 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
       this.refuseRelayed(host, a.id, refusal)
       return
     }
+    const refused = this.gateAtAccept(a.address)
+    if (refused !== undefined) {
+      reportSourceRefusal(this, refused, a.address)
+      this.refuseRelayed(host, a.id, refused)
+      return
+    }
     const session = new NativeSession(a.id, a.address, a.port, this, this.pool, host)
+    session.sourceKey = this.held.sourceKey
     this.sessions.add(session)
     session.start()
   }
@@ -188,8 +209,12 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
    * (accept-pause.ts); false when it cannot (no native addon), then it accepts on.
    */
   pauseAccepting(): boolean {
-    // The native relay pauses its own accepting when descriptors run out (SLUICE_ERR_ACCEPT).
-    if (this.native !== undefined) return true
+    // The relay holds the socket (its backlog waits) until resumeAccepting.
+    if (this.native !== undefined) {
+      this.native.host.hold(this.native.id, true)
+      this.nativeHeld = true
+      return true
+    }
     if (this.paused !== undefined || this.closing) return this.paused !== undefined
     this.paused = holdListening(this.server, this.address())
     return this.paused !== undefined
@@ -197,6 +222,10 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
 
   /** Accepts again on the socket held by pauseAccepting. */
   resumeAccepting(): void {
+    if (this.nativeHeld) {
+      this.nativeHeld = false
+      if (this.native !== undefined) this.native.host.hold(this.native.id, false)
+    }
     const held = this.paused
     if (held === undefined) return
     this.paused = undefined
@@ -276,7 +305,9 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
       this.tls.close()
       this.tls = undefined
     }
-    const stage = new OpeningStage(config, this.tls)
+    this.gate = SourceGate.needed(config.access, config.limits) ? new SourceGate(config.name, config.access, config.limits, this.sources) : undefined
+    // Behind a PROXY peer the real client is known only once its header is read.
+    const stage = new OpeningStage(config, this.tls, config.proxyProtocolAccept === true ? this.gate : undefined)
     this.opening = stage.needed ? stage : undefined
   }
 
@@ -285,6 +316,10 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
   }
 
   sessionEnded(session: OpenSession): void {
+    if (session.sourceKey !== undefined) {
+      this.sources.connections.release(session.sourceKey)
+      session.sourceKey = undefined
+    }
     if (this.sessions.delete(session)) this.admission?.release()
     if (this.sessions.size === 0 && this.idleWaiters.length > 0) {
       const waiters = this.idleWaiters
@@ -342,9 +377,30 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
       this.refuse(socket, refusal)
       return
     }
+    const refused = this.gateAtAccept(socket.remoteAddress)
+    if (refused !== undefined) {
+      this.refuseSource(socket, refused)
+      return
+    }
     const session = new TcpSession(socket, this, this.pool)
+    session.sourceKey = this.held.sourceKey
     this.sessions.add(session)
     session.start()
+  }
+
+  /**
+   * `access` and `limits` for a client at accept (behind a PROXY peer they wait for its
+   * header): undefined when admitted, with what it counts in `held`. A refused one gives its
+   * max_connections place back.
+   */
+  private gateAtAccept(address: string | undefined): SourceRefusal | undefined {
+    const gate = this.gate
+    this.held.sourceKey = undefined
+    if (gate === undefined || this.config.proxyProtocolAccept === true || address === undefined) return undefined
+    const refused = gate.admit(address, this.held)
+    if (gate.lastFull !== undefined) this.sourceTableFull(gate.lastFull)
+    if (refused !== undefined) this.admission?.release()
+    return refused
   }
 
   /** Admits a new connection (taking its place in max_connections), or says why not (logged, throttled). */
@@ -366,6 +422,23 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
   private dropHeld(): void {
     if (this.paused !== undefined) dropHeld(this.paused)
     this.paused = undefined
+  }
+
+  /** Refused by `access` or `limits`: reset at once, no byte sent; counted, and one summary line a second. */
+  private refuseSource(socket: Socket, reason: SourceRefusal): void {
+    reportSourceRefusal(this, reason, socket.remoteAddress ?? '')
+    this.refuse(socket, reason)
+  }
+
+  /** A per-source table had no room for a new source: admitted uncounted; one line a second says so. */
+  sourceTableFull(table: 'connections' | 'rates'): void {
+    this.metrics.sourceTableFullTotal.inc({ listener: this.config.name, table })
+    const suppressed = this.throttle.take(`source-table-full:${table}`)
+    if (suppressed === false) return
+    this.log.warn(
+      { code: 'SLUICE_ERR_SOURCE_TABLE_FULL', listener: this.config.name, table, suppressed },
+      `the per-source ${table} table is full: a new client address was admitted without its per-source limit (a flood of distinct sources?)`,
+    )
   }
 
   private refuse(socket: Socket, reason: string): void {

@@ -17,6 +17,9 @@ import { UdpStats } from '../proxy/udp-stats.js'
 import { ExpiryWheel } from '../proxy/udp-expiry.js'
 import { DnsRelay, type DnsRelayOwner } from '../proxy/dns-relay.js'
 import type { ExhaustionGuard } from './accept-guard.js'
+import { SourceGate, type SourceHolder, type SourceRefusal } from './source-gate.js'
+import { SourceTables } from '../control/source-tables.js'
+import { reportSourceRefusal } from './source-report.js'
 
 /** Socket buffers asked of the kernel (it caps them at net.core.rmem_max / wmem_max). */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
@@ -50,6 +53,9 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
   exhaustion: ExhaustionGuard | undefined
   /** Reused for every pick: the balancers read it and keep nothing of it. */
   private readonly ctx: PickContext = { protocol: 'udp', remoteAddress: '', remotePort: 0 }
+  /** `access` and `limits`; undefined when the listener has neither. */
+  private gate: SourceGate | undefined
+  private readonly held: SourceHolder = { sourceKey: undefined }
 
   constructor(
     public config: UdpListenerConfig,
@@ -57,7 +63,10 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
     readonly log: Logger,
     readonly metrics: Metrics,
     public accessLog: boolean,
+    /** The daemon's per-source tables (shared by every worker); a listener of its own in tests. */
+    readonly sources: SourceTables = SourceTables.create(16_384),
   ) {
+    this.gate = makeGate(config, sources)
     this.wheel = new ExpiryWheel<UdpSession>(config.udp.sessionTimeoutMs, (s) => s.end('timeout'))
     if (config.udp.mode === 'dns') this.dns = new DnsRelay(this, pool)
   }
@@ -122,6 +131,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
     this.config = config
     this.pool = pool
     this.accessLog = accessLog
+    this.gate = makeGate(config, this.sources)
     this.wheel.configure(config.udp.sessionTimeoutMs)
     if (config.udp.mode === 'dns') {
       if (this.dns === undefined) this.dns = new DnsRelay(this, pool)
@@ -173,6 +183,10 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
   }
 
   sessionEnded(session: UdpSession): void {
+    if (session.sourceKey !== undefined) {
+      this.sources.connections.release(session.sourceKey)
+      session.sourceKey = undefined
+    }
     if (this.sessions.get(session.key) === session) this.sessions.delete(session.key)
     this.wheel.remove(session)
     this.stats.sessions--
@@ -181,6 +195,19 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
 
   private readonly onMessage = (msg: Buffer, rinfo: RemoteInfo): void => {
     const dns = this.dns
+    const gate = this.gate
+    if (gate !== undefined) {
+      // Sessions are admitted by the whole gate when they open; every datagram by its rate.
+      if (dns !== undefined && !gate.allows(rinfo.address)) {
+        this.dropSource('access_denied', rinfo.address)
+        return
+      }
+      if (gate.limitsDatagrams && !gate.datagram(rinfo.address)) {
+        this.dropSource('source_datagrams', rinfo.address)
+        return
+      }
+      if (gate.lastFull !== undefined) this.tableFull(gate)
+    }
     if (dns !== undefined) {
       dns.query(msg, rinfo.address, rinfo.port)
       return
@@ -198,6 +225,17 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
       return undefined
     }
     const { udp, name } = this.config
+    const gate = this.gate
+    const held = this.held
+    held.sourceKey = undefined
+    if (gate !== undefined) {
+      const refused = gate.admit(address, held)
+      if (gate.lastFull !== undefined) this.tableFull(gate)
+      if (refused !== undefined) {
+        this.dropSource(refused, address)
+        return undefined
+      }
+    }
     if (this.exhaustion?.paused === true) {
       // Out of descriptors: a session could not get its socket. Counted; the guard warns.
       this.stats.refuse('fd_exhausted')
@@ -205,6 +243,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
       return undefined
     }
     if (this.sessions.size >= udp.maxSessions) {
+      this.releaseHeld()
       this.stats.refuse('max_sessions')
       this.exhaustion?.sessionsFull(name)
       const suppressed = this.throttle.take('max_sessions')
@@ -219,6 +258,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
     const pool = this.pool
     const b = this.pick(pool, address, port, undefined)
     if (b === undefined) {
+      this.releaseHeld()
       this.stats.refuse('no_backend')
       const suppressed = this.throttle.take('no_backend')
       if (suppressed !== false) {
@@ -230,12 +270,50 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
       return undefined
     }
     const s = new UdpSession(this, pool, key, address, port, now)
+    s.sourceKey = held.sourceKey
+    held.sourceKey = undefined
     this.opened++
     this.sessions.set(key, s)
     this.stats.sessions++
     this.wheel.add(s)
     s.start(b)
     return s
+  }
+
+  /** A datagram dropped by access or limits: counted; one summary line a second. */
+  private dropSource(reason: SourceRefusal | 'source_datagrams', address: string): void {
+    this.stats.sourceDrops[reason]++
+    if (reason === 'source_datagrams') {
+      const suppressed = this.throttle.take('source:source_datagrams')
+      if (suppressed !== false) {
+        this.log.warn(
+          { code: 'SLUICE_ERR_SOURCE_RATE', listener: this.name, reason, client: address, suppressed },
+          `listener ${this.name} dropped ${suppressed + 1} datagram(s) in the last second or more: over limits.per_source_datagrams (latest from ${address})`,
+        )
+      }
+      return
+    }
+    reportSourceRefusal(this, reason, address)
+  }
+
+  private tableFull(gate: SourceGate): void {
+    const table = gate.lastFull
+    if (table === undefined) return
+    gate.lastFull = undefined
+    this.stats.tableFull[table]++
+    const suppressed = this.throttle.take(`source-table-full:${table}`)
+    if (suppressed === false) return
+    this.log.warn(
+      { code: 'SLUICE_ERR_SOURCE_TABLE_FULL', listener: this.name, table, suppressed },
+      `the per-source ${table} table is full: a new client address was admitted without its per-source limit (a flood of distinct sources?)`,
+    )
+  }
+
+  private releaseHeld(): void {
+    const key = this.held.sourceKey
+    if (key === undefined) return
+    this.held.sourceKey = undefined
+    this.sources.connections.release(key)
   }
 
   private pick(pool: Pool, address: string, port: number, avoid: ReadonlySet<Backend> | undefined): Backend | undefined {
@@ -256,6 +334,10 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
     this.idleWaiters = []
     for (const w of waiters) w()
   }
+}
+
+function makeGate(config: UdpListenerConfig, sources: SourceTables): SourceGate | undefined {
+  return SourceGate.needed(config.access, config.limits) ? new SourceGate(config.name, config.access, config.limits, sources) : undefined
 }
 
 /** Binds `host:port`; an empty host is every address, IPv6 and IPv4 where the host has both. */

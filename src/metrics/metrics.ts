@@ -25,6 +25,9 @@ export class Metrics {
   readonly discoveryBackends: Gauge<'pool' | 'source'>
   readonly membershipChangesTotal: Counter<'pool' | 'source'>
   readonly resourceExhaustedTotal: Counter<'resource' | 'listener'>
+  readonly udpDroppedDatagramsTotal: Counter<'listener' | 'reason'>
+  readonly sourceTableFullTotal: Counter<'listener' | 'table'>
+  readonly queueLength: Gauge<'pool'>
 
   constructor(
     readonly registry: Registry,
@@ -150,6 +153,25 @@ export class Metrics {
       name: 'sluice_dns_dropped_total',
       help: 'udp.mode dns: queries and answers dropped, by reason (malformed_query, malformed_answer, unmatched_answer, question_mismatch, timeout, ids_exhausted).',
       labelNames: ['listener', 'reason'],
+      registers,
+    })
+    // Per-source limits and the backend queue (docs/operations.md).
+    this.udpDroppedDatagramsTotal = new Counter({
+      name: 'sluice_udp_dropped_datagrams_total',
+      help: 'UDP datagrams from clients dropped by access or limits, by reason (access_denied, source_connections, source_rate, source_datagrams).',
+      labelNames: ['listener', 'reason'],
+      registers,
+    })
+    this.sourceTableFullTotal = new Counter({
+      name: 'sluice_source_table_full_total',
+      help: 'New client addresses admitted without their per-source limit because the shared per-source table (connections or rates) had no free entry.',
+      labelNames: ['listener', 'table'],
+      registers,
+    })
+    this.queueLength = new Gauge({
+      name: 'sluice_queue_length',
+      help: 'Connections waiting in a pool\'s queue for a backend slot (every usable backend at max_connections).',
+      labelNames: ['pool'],
       registers,
     })
   }

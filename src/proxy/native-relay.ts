@@ -109,6 +109,7 @@ interface RelayHandle {
   unlisten(id: number): number
   connect(id: number, ip: string, port: number, timeoutMs: number, idleMs: number, toBackend: Uint8Array | undefined): void
   release(id: number): void
+  hold(listener: number, on: boolean): void
   takeBytes(): Float64Array
   close(): void
   readonly size: number
@@ -251,6 +252,11 @@ export class NativeRelay {
    */
   release(id: number): void {
     this.handle.release(id)
+  }
+
+  /** Stops accepting on a listening socket for now (its backlog waits in the kernel), or accepts again. */
+  hold(listener: number, on: boolean): void {
+    this.handle.hold(listener, on)
   }
 
   /**

@@ -8,6 +8,8 @@ import { localExhaustion } from '../fd-budget.js'
 import { formatAddress } from '../config/address.js'
 import type { RelayConnectResult, RelayEnd } from './native-relay.js'
 import type { RelayedConnection, RelayHost } from './relay-host.js'
+import type { Deadline } from './timer-wheel.js'
+import type { QueueWaiter } from '../upstream/backend-queue.js'
 import { reportConnectFailure, reportRefusal, writeAccessLine } from './session-report.js'
 import type { CloseReason, OpenSession, SessionOwner } from './tcp-session.js'
 
@@ -17,8 +19,16 @@ import type { CloseReason, OpenSession, SessionOwner } from './tcp-session.js'
  * connect, retries on another backend when that fails, and writes the access-log line when
  * the relay reports the end; the relay does everything else (the connect timeout too).
  */
-export class NativeSession implements OpenSession, RelayedConnection {
+export class NativeSession implements OpenSession, RelayedConnection, Deadline, QueueWaiter {
   readonly startedAt = Date.now()
+  sourceKey: string | undefined = undefined
+  deadlineAt = 0
+  deadlinePrev: Deadline | undefined = undefined
+  deadlineNext: Deadline | undefined = undefined
+  deadlineSlot = -1
+  queuePrev: QueueWaiter | undefined = undefined
+  queueNext: QueueWaiter | undefined = undefined
+  queued = false
   private backend: Backend | undefined
   private connected = false
   private connectedAt = 0
@@ -61,14 +71,64 @@ export class NativeSession implements OpenSession, RelayedConnection {
 
   private connectNext(): void {
     const pool = this.pool
-    const b = pool.pick(this.ctx, this.tried)
-    if (b === undefined) {
-      this.refuse(this.attempts === 0 ? 'no_backend' : 'connect_failed')
+    const queueing = this.attempts === 0 && pool.maxQueue > 0
+    // First come, first served: behind the connections already waiting.
+    if (queueing && pool.queue.length > 0) {
+      this.enqueue()
       return
     }
+    const b = this.takeBackend()
+    if (b === undefined) {
+      if (queueing && pool.allFull()) this.enqueue()
+      else this.refuse(this.attempts === 0 ? 'no_backend' : 'connect_failed')
+      return
+    }
+    this.connectTo(b)
+  }
+
+  /** A backend picked and its slot taken atomically (max_connections across workers), or undefined. */
+  private takeBackend(): Backend | undefined {
+    const pool = this.pool
+    for (let i = 0; i < 16; i++) {
+      const b = pool.pick(this.ctx, this.tried)
+      if (b === undefined) return undefined
+      if (pool.tryAcquire(b)) return b
+    }
+    return undefined
+  }
+
+  /** Every usable backend is at max_connections: wait in the pool's queue, or be refused when it is full. */
+  private enqueue(): void {
+    const pool = this.pool
+    if (pool.queue.length >= pool.maxQueue) {
+      this.refuse('queue_full')
+      return
+    }
+    pool.queue.push(this)
+    this.owner.wheel.schedule(this, performance.now() + pool.queueTimeoutMs)
+  }
+
+  /** A slot may have freed (the pool's queue, head first): take it and connect, or stay. */
+  trySlot(): boolean {
+    if (this.finished) return true
+    const b = this.takeBackend()
+    if (b === undefined) return false
+    this.owner.wheel.cancel(this)
+    this.connectTo(b)
+    return true
+  }
+
+  /** queue_timeout passed in the queue (the relay bounds the connect itself). */
+  onDeadline(): void {
+    if (!this.queued || this.finished) return
+    this.pool.queue.remove(this)
+    this.refuse('queue_timeout')
+  }
+
+  private connectTo(b: Backend): void {
+    const pool = this.pool
     ;(this.tried ??= new Set()).add(b)
     this.attempts++
-    pool.acquire(b)
     this.backend = b
     if (isIP(b.host) !== 0) {
       this.relay.connect(this.id, this, b.host, b.port, pool.connectTimeoutMs, this.owner.config.timeouts.idleMs)
@@ -140,15 +200,29 @@ export class NativeSession implements OpenSession, RelayedConnection {
     }, left)
   }
 
-  private refuse(reason: 'no_backend' | 'connect_failed' | 'fd_exhausted'): void {
+  private refuse(reason: 'no_backend' | 'connect_failed' | 'fd_exhausted' | 'queue_full' | 'queue_timeout'): void {
     this.reason ??= reason
+    const pool = this.pool
     const why =
       reason === 'no_backend'
-        ? `no usable backend in pool ${this.pool.name}`
+        ? `no usable backend in pool ${pool.name}`
         : reason === 'fd_exhausted'
-          ? `sluice is out of file descriptors (for ${this.pool.connectTimeoutMs}ms, the pool's connect_timeout)`
-          : `all ${this.attempts} connect attempts in pool ${this.pool.name} failed`
-    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : reason === 'fd_exhausted' ? 'SLUICE_ERR_RESOURCE_EXHAUSTED' : 'SLUICE_ERR_CONNECT'
+          ? `sluice is out of file descriptors (for ${pool.connectTimeoutMs}ms, the pool's connect_timeout)`
+          : reason === 'queue_full'
+            ? `every usable backend of pool ${pool.name} is at max_connections and its queue holds max_queue (${pool.maxQueue})`
+            : reason === 'queue_timeout'
+              ? `no backend slot of pool ${pool.name} freed within queue_timeout (${pool.queueTimeoutMs}ms)`
+              : `all ${this.attempts} connect attempts in pool ${pool.name} failed`
+    const code =
+      reason === 'no_backend'
+        ? 'SLUICE_ERR_NO_BACKEND'
+        : reason === 'fd_exhausted'
+          ? 'SLUICE_ERR_RESOURCE_EXHAUSTED'
+          : reason === 'queue_full'
+            ? 'SLUICE_ERR_QUEUE_FULL'
+            : reason === 'queue_timeout'
+              ? 'SLUICE_ERR_QUEUE_TIMEOUT'
+              : 'SLUICE_ERR_CONNECT'
     reportRefusal(this.owner, reason, code, `connection refused: ${why}`, { pool: this.pool.name, client: this.clientAddress })
     // A reset tells the client at once that nothing is there, as a refused connect would.
     this.relay.destroy(this.id, true)
@@ -157,6 +231,8 @@ export class NativeSession implements OpenSession, RelayedConnection {
   onRelayEnd(end: RelayEnd): void {
     if (this.finished) return
     this.finished = true
+    if (this.queued) this.pool.queue.remove(this)
+    this.owner.wheel.cancel(this)
     if (end.reason === 'destroyed') this.reason ??= 'shutdown'
     else if (end.reason === 'client_closed' || end.reason === 'backend_closed') this.firstFin ??= end.reason === 'client_closed' ? 'client' : 'backend'
     else if (end.reason === 'client_aborted' || !this.connected) this.reason ??= 'client_aborted'

@@ -7,9 +7,35 @@ import { peekClientHello, readProxyHeader, type PendingRead } from './sni-peek.j
 import { parseProxyHeader, type ProxyAddresses, type ProxyHeader } from './proxy-protocol.js'
 import type { TlsTerminator } from './tls.js'
 import { tlsFacts, type TlsFacts } from './proxy-tlv.js'
+import { formatAddress } from '../config/address.js'
+import type { SourceGate, SourceHolder, SourceRefusal } from '../listener/source-gate.js'
+export type { SourceHolder }
+import { sourceRefusalCode } from '../listener/source-report.js'
 
 /** Why a connection was closed during its opening; each is a `reason` of sluice_rejected_connections_total. */
-export type OpeningRefusal = 'bad_proxy_header' | 'proxy_untrusted' | 'bad_client_hello' | 'tls_handshake' | 'handshake_timeout'
+export type OpeningRefusal =
+  | 'bad_proxy_header'
+  | 'proxy_untrusted'
+  | 'bad_client_hello'
+  | 'tls_handshake'
+  /** The TLS handshake (or the opening as a whole) did not finish within timeouts.handshake. */
+  | 'handshake_timeout'
+  /** The PROXY header was not complete within timeouts.proxy_header (or timeouts.handshake). */
+  | 'proxy_header_timeout'
+  /** sni_passthrough: a ClientHello begun was not complete within timeouts.handshake. */
+  | 'client_hello_timeout'
+  | SourceRefusal
+
+/** A session's part in its opening: what the gate counted for it, and word that the PROXY header is in. */
+export interface OpeningHost extends SourceHolder {
+  /** The PROXY header is read: from now on the deadline is the whole opening's (timeouts.handshake). */
+  proxyHeaderRead(): void
+}
+
+/** The opening in progress: `cancel()` stops it; `expire()` ends it as too slow, with the reason of the step it was in. */
+export interface OpeningRead extends PendingRead {
+  expire(): void
+}
 
 /** What the opening learned: who the client really is, what it asked for, where it goes. */
 export interface Opened {
@@ -47,18 +73,28 @@ export interface OpeningFailure {
   error: SluiceError
   /** Length of the PROXY header read before the failure (0 without one). */
   headerBytes: number
+  /** The client the PROXY header named, when it was refused for it (access, limits). */
+  client?: string
 }
 
-const CODES: Record<OpeningRefusal, ErrorCode> = {
+const CODES: Record<Exclude<OpeningRefusal, SourceRefusal>, ErrorCode> = {
   bad_proxy_header: 'SLUICE_ERR_PROXY_PROTOCOL',
   proxy_untrusted: 'SLUICE_ERR_PROXY_UNTRUSTED',
   bad_client_hello: 'SLUICE_ERR_CLIENT_HELLO',
   tls_handshake: 'SLUICE_ERR_TLS_HANDSHAKE',
   handshake_timeout: 'SLUICE_ERR_HANDSHAKE_TIMEOUT',
+  proxy_header_timeout: 'SLUICE_ERR_PROXY_HEADER_TIMEOUT',
+  client_hello_timeout: 'SLUICE_ERR_CLIENT_HELLO_TIMEOUT',
 }
 
 function failure(reason: OpeningRefusal, message: string, headerBytes: number): OpeningFailure {
-  return { reason, error: new SluiceError(CODES[reason], message), headerBytes }
+  const code = reason === 'access_denied' || reason === 'source_connections' || reason === 'source_rate' ? sourceRefusalCode(reason) : CODES[reason]
+  return { reason, error: new SluiceError(code, message), headerBytes }
+}
+
+/** Whether a failure is a refusal by `access` or `limits` (reset at once; counted, not logged one line each). */
+export function isSourceRefusal(reason: string): reason is SourceRefusal {
+  return reason === 'access_denied' || reason === 'source_connections' || reason === 'source_rate'
 }
 
 /** Whether a PROXY header is the peer's own connection (a check), not a client's: see Opened.peerOwn. */
@@ -88,6 +124,8 @@ export class OpeningStage {
   constructor(
     private readonly config: ListenerConfig,
     private readonly tls: TlsTerminator | undefined,
+    /** `access` and `limits` applied to the client the PROXY header names, before any TLS work. */
+    private readonly gate?: SourceGate,
   ) {
     const routes = config.routes ?? []
     this.router = routes.length > 0 ? new Router(routes) : undefined
@@ -95,8 +133,11 @@ export class OpeningStage {
     this.needed = this.router !== undefined || tls !== undefined || config.sniPassthrough === true || config.proxyProtocolAccept === true
   }
 
-  /** Runs the opening on `raw`; `done` is called once (perhaps before this returns) unless cancelled. */
-  open(raw: Socket, done: (r: Opened | OpeningFailure) => void): PendingRead {
+  /**
+   * Runs the opening on `raw`; `done` is called once (perhaps before this returns) unless
+   * cancelled. `holder` receives what the gate counted for the client (to release at its end).
+   */
+  open(raw: Socket, done: (r: Opened | OpeningFailure) => void, host?: OpeningHost): OpeningRead {
     const cfg = this.config
     const o: Opened = {
       socket: raw,
@@ -114,23 +155,35 @@ export class OpeningStage {
     if (!cfg.proxyProtocolAccept && this.tls === undefined && !cfg.sniPassthrough) {
       o.pool = this.router?.pick(undefined, o.remoteAddress)
       done(o)
-      return { cancel: () => {} }
+      return NOTHING
     }
     let step: PendingRead | undefined
     let over = false
+    /** The step the opening is in, for the reason when its deadline passes. */
+    let phase: 'proxy' | 'hello' | 'tls' = cfg.proxyProtocolAccept ? 'proxy' : this.tls !== undefined ? 'tls' : 'hello'
     const finish = (r: Opened | OpeningFailure): void => {
       if (over) return
       over = true
-      clearTimeout(deadline)
       done(r)
     }
-    const deadline = setTimeout(() => {
+    // The deadline is the session's, on the data plane's timer wheel: it calls expire().
+    const expire = (): void => {
+      if (over) return
       step?.cancel()
       if (this.tls !== undefined) this.tls.cancel(raw)
-      finish(failure('handshake_timeout', `no complete opening (PROXY header, ClientHello or TLS handshake) within ${cfg.timeouts.handshakeMs}ms`, o.headerBytes))
-    }, cfg.timeouts.handshakeMs)
+      const t = cfg.timeouts
+      if (phase === 'proxy') {
+        const ms = t.proxyHeaderMs !== undefined && t.proxyHeaderMs < t.handshakeMs ? t.proxyHeaderMs : t.handshakeMs
+        finish(failure('proxy_header_timeout', `no complete PROXY header within ${ms}ms`, o.headerBytes))
+      } else if (phase === 'hello') {
+        finish(failure('client_hello_timeout', `no complete TLS ClientHello within ${t.handshakeMs}ms`, o.headerBytes))
+      } else {
+        finish(failure('handshake_timeout', `no complete TLS handshake within ${t.handshakeMs}ms`, o.headerBytes))
+      }
+    }
 
     const afterProxy = (rest: Buffer | undefined): void => {
+      phase = this.tls !== undefined ? 'tls' : 'hello'
       if (this.tls !== undefined) {
         if (rest !== undefined && rest.length > 0) raw.unshift(rest)
         const tls = this.tls
@@ -192,7 +245,7 @@ export class OpeningStage {
     } else if (cfg.proxyProtocolAccept) {
       if (this.trusted !== undefined && !this.trusted.has(o.remoteAddress)) {
         finish(failure('proxy_untrusted', `PROXY protocol header not accepted from ${o.remoteAddress}: it is not in proxy_protocol_trusted`, 0))
-        return { cancel: () => {} }
+        return NOTHING
       }
       step = readProxyHeader(raw, (r) => {
         if (r.kind === 'error') {
@@ -209,6 +262,16 @@ export class OpeningStage {
           o.destAddress = a.destAddress
           o.destPort = a.destPort
         }
+        // The peer's own checks are not clients: access and limits apply to clients only.
+        const gate = this.gate
+        if (gate !== undefined && !o.peerOwn && host !== undefined) {
+          const refused = gate.admit(o.remoteAddress, host)
+          if (refused !== undefined) {
+            finish({ ...failure(refused, `client ${o.remoteAddress} (from the PROXY header) refused: ${refused}`, o.headerBytes), client: formatAddress(o.remoteAddress, o.remotePort) })
+            return
+          }
+        }
+        host?.proxyHeaderRead()
         afterProxy(r.rest)
       })
     } else {
@@ -217,9 +280,12 @@ export class OpeningStage {
     return {
       cancel: () => {
         over = true
-        clearTimeout(deadline)
         step?.cancel()
       },
+      expire,
     }
   }
 }
+
+/** An opening that reported before open() returned: nothing to cancel or expire. */
+const NOTHING: OpeningRead = { cancel: () => {}, expire: () => {} }

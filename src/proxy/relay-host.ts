@@ -103,6 +103,11 @@ export class RelayHost {
     return this.relay.unlisten(id)
   }
 
+  /** Stops accepting on `id` for now, or accepts again (`on` false). */
+  hold(id: number, on: boolean): void {
+    this.relay.hold(id, on)
+  }
+
   /** Gives an accepted connection back (to `conn.onRelayReleased`, with its descriptor). */
   release(id: number, conn: RelayedConnection): void {
     this.sessions.set(id, conn)

@@ -8,8 +8,10 @@ import type { LogThrottle } from '../log-throttle.js'
 import type { PickContext } from '../balancer/types.js'
 import { SluiceError, errnoCode } from '../errors.js'
 import { formatAddress } from '../config/address.js'
-import type { Opened, OpeningFailure, OpeningRefusal, OpeningStage } from './proxy-opening.js'
-import type { PendingRead } from './sni-peek.js'
+import { isSourceRefusal, type Opened, type OpeningFailure, type OpeningHost, type OpeningRead, type OpeningRefusal, type OpeningStage } from './proxy-opening.js'
+import type { Deadline, TimerWheel } from './timer-wheel.js'
+import type { QueueWaiter } from '../upstream/backend-queue.js'
+import { reportSourceRefusal } from '../listener/source-report.js'
 import { isPlainPool, proxyHeaderFor, secureUpstream } from './upstream-secure.js'
 import { connectionReset } from './peer-check.js'
 import type { RelayHost } from './relay-host.js'
@@ -49,6 +51,8 @@ export type CloseReason =
   | 'fd_exhausted' // sluice had no descriptor for the backend connection within connect_timeout
   | 'client_aborted' // the client left while sluice was still connecting to a backend
   | 'shutdown' // sluice stopped and shutdown_timeout ran out
+  | 'queue_full' // every usable backend was at max_connections and the pool's queue held max_queue
+  | 'queue_timeout' // waited queue_timeout in the pool's queue without a backend slot
   | 'peer_check' // the PROXY peer in front checking sluice: a LOCAL/UNKNOWN or self-naming header, or no byte at all
   | OpeningRefusal // refused during the opening: bad PROXY header or ClientHello, TLS handshake failed, too slow
 
@@ -64,6 +68,8 @@ export interface OpenSession {
   flushCounters(): void
   /** Closes both sides now (shutdown deadline, operator action). */
   destroy(reason: CloseReason): void
+  /** The per-source count it holds (limits.per_source_connections), released when it ends. */
+  sourceKey: string | undefined
 }
 
 /** What a session needs from the listener that accepted it. */
@@ -83,6 +89,8 @@ export interface SessionOwner {
   readonly relay?: RelayHost | undefined
   /** Pauses and retries when descriptors run out (accept-guard.ts). */
   readonly exhaustion?: ExhaustionGuard | undefined
+  /** The data plane's deadlines: the opening, the wait in a queue, the backend connect. */
+  readonly wheel: TimerWheel
   sessionEnded(session: OpenSession): void
 }
 
@@ -92,8 +100,19 @@ export interface SessionOwner {
  * access-log line when both sides are closed. Nothing that happens here escapes it: every
  * error closes this connection only.
  */
-export class TcpSession implements OpenSession {
+export class TcpSession implements OpenSession, Deadline, QueueWaiter, OpeningHost {
   readonly startedAt = Date.now()
+  /** performance.now() at the start, for the deadlines. */
+  private readonly startedMono = performance.now()
+  deadlineAt = 0
+  deadlinePrev: Deadline | undefined = undefined
+  deadlineNext: Deadline | undefined = undefined
+  deadlineSlot = -1
+  queuePrev: QueueWaiter | undefined = undefined
+  queueNext: QueueWaiter | undefined = undefined
+  queued = false
+  /** What the deadline on the wheel bounds now. */
+  private waiting: 'opening' | 'queue' | 'connect' | undefined
   backend: Backend | undefined
   private upstream: Socket | undefined
   /** The TCP connection to the backend (under the TLSSocket when the pool speaks TLS). */
@@ -113,10 +132,11 @@ export class TcpSession implements OpenSession {
   /** Which side sent its FIN first, for the close reason. */
   private firstFin: 'client' | 'backend' | undefined
   private finished = false
+  /** Refused by access or limits: counted and summarized, no access-log line (a flood must not be logged one line each). */
+  private quiet = false
   private reason: CloseReason | undefined
   private tried: Set<Backend> | undefined
   private attempts = 0
-  private connectTimer: NodeJS.Timeout | undefined
   private connectedAt = 0
   private connectStartedAt = 0
   /** When a connect first failed for want of a descriptor here (0: never). */
@@ -125,7 +145,7 @@ export class TcpSession implements OpenSession {
   private countedOut = 0
   private readonly ctx: PickContext
   /** The opening in progress; undefined before and after it (and always on a plain listener). */
-  private pending: PendingRead | undefined
+  private pending: OpeningRead | undefined
   private opened: Opened | undefined
   /** Where the TCP connection really came from (the PROXY peer when a header is read). */
   private readonly peer: string
@@ -135,6 +155,8 @@ export class TcpSession implements OpenSession {
   private headerOut: Buffer | undefined
   /** The native relay's id for this connection, once it carries it. */
   private relayId: number | undefined
+  /** The per-source count this connection holds (limits.per_source_connections), released when it ends. */
+  sourceKey: string | undefined = undefined
   /** Bytes moved outside the client socket's counters: handed over to, and relayed by, the native relay. */
   private relayedIn = 0
   private relayedOut = 0
@@ -168,16 +190,61 @@ export class TcpSession implements OpenSession {
       return
     }
     let settled = false
-    const read = stage.open(this.client, (r) => {
-      settled = true
-      this.onOpened(r)
-    })
+    const read = stage.open(
+      this.client,
+      (r) => {
+        settled = true
+        this.onOpened(r)
+      },
+      this,
+    )
     // An opening with nothing to read (routes only) reports before open() returns.
-    if (!settled) this.pending = read
+    if (!settled) {
+      this.pending = read
+      const t = this.owner.config.timeouts
+      const first = this.owner.config.proxyProtocolAccept === true && t.proxyHeaderMs !== undefined && t.proxyHeaderMs < t.handshakeMs ? t.proxyHeaderMs : t.handshakeMs
+      this.waitFor('opening', this.startedMono + first)
+    }
+  }
+
+  /** The PROXY header is in: the rest of the opening has until timeouts.handshake from the start. */
+  proxyHeaderRead(): void {
+    const t = this.owner.config.timeouts
+    if (this.waiting === 'opening' && t.proxyHeaderMs !== undefined && t.proxyHeaderMs < t.handshakeMs) this.waitFor('opening', this.startedMono + t.handshakeMs)
+  }
+
+  private waitFor(what: 'opening' | 'queue' | 'connect', at: number): void {
+    this.waiting = what
+    this.owner.wheel.schedule(this, at)
+  }
+
+  private stopWaiting(): void {
+    this.waiting = undefined
+    this.owner.wheel.cancel(this)
+  }
+
+  /** The deadline on the wheel passed: the opening, the wait in the queue or the connect took too long. */
+  onDeadline(): void {
+    const what = this.waiting
+    this.waiting = undefined
+    if (what === 'opening') {
+      this.pending?.expire()
+    } else if (what === 'queue') {
+      this.pool.queue.remove(this)
+      this.refuse('queue_timeout')
+    } else if (what === 'connect') {
+      const up = this.upstream
+      const b = this.backend
+      if (up === undefined || b === undefined || this.connected) return
+      const err = new SluiceError('SLUICE_ERR_CONNECT_TIMEOUT', `no connection to ${b.id} within ${this.pool.connectTimeoutMs}ms`)
+      // After a TLS wrap the attempt is the TLS socket over the TCP one.
+      this.onConnectFailed(up, b, err)
+    }
   }
 
   private readonly onOpened = (r: Opened | OpeningFailure): void => {
     this.pending = undefined
+    if (this.waiting === 'opening') this.stopWaiting()
     this.headerBytes = r.headerBytes
     if ('reason' in r) {
       this.refuseOpening(r)
@@ -209,6 +276,16 @@ export class TcpSession implements OpenSession {
 
   private refuseOpening(f: OpeningFailure): void {
     this.reason ??= f.reason
+    if (isSourceRefusal(f.reason)) {
+      // Refused by access or limits once the PROXY header named the client: a reset, no byte
+      // sent; counted, one summary line a second, no access-log line of its own.
+      this.owner.metrics.rejectedConnectionsTotal.inc({ listener: this.owner.config.name, reason: f.reason })
+      reportSourceRefusal(this.owner, f.reason, f.client ?? this.clientAddress)
+      this.quiet = true
+      this.client.resetAndDestroy()
+      if (this.clientClosed) this.finish()
+      return
+    }
     if (f.reason === 'client_aborted' || f.reason === 'peer_check') {
       const { log, config } = this.owner
       // A peer check gets its own line when the session ends.
@@ -267,14 +344,62 @@ export class TcpSession implements OpenSession {
   private connectNext(): void {
     if (this.clientGone) return
     const pool = this.pool
-    const b = pool.pick(this.ctx, this.tried)
-    if (b === undefined) {
-      this.refuse(this.attempts === 0 ? 'no_backend' : 'connect_failed')
+    const queueing = this.attempts === 0 && pool.maxQueue > 0
+    // First come, first served: behind the connections already waiting.
+    if (queueing && pool.queue.length > 0) {
+      this.enqueue()
       return
     }
+    const b = this.takeBackend()
+    if (b === undefined) {
+      if (queueing && pool.allFull()) this.enqueue()
+      else this.refuse(this.attempts === 0 ? 'no_backend' : 'connect_failed')
+      return
+    }
+    this.connectTo(b)
+  }
+
+  /**
+   * A backend picked and its slot taken (atomically: max_connections holds across workers),
+   * or undefined. A backend whose last slot another connection took since the pick counts as
+   * full now, and the pick is made again without it.
+   */
+  private takeBackend(): Backend | undefined {
+    const pool = this.pool
+    for (let i = 0; i < 16; i++) {
+      const b = pool.pick(this.ctx, this.tried)
+      if (b === undefined) return undefined
+      if (pool.tryAcquire(b)) return b
+    }
+    return undefined
+  }
+
+  /** Every usable backend is at max_connections: wait in the pool's queue, or be refused when it is full. */
+  private enqueue(): void {
+    const pool = this.pool
+    if (pool.queue.length >= pool.maxQueue) {
+      this.refuse('queue_full')
+      return
+    }
+    pool.queue.push(this)
+    this.waitFor('queue', performance.now() + pool.queueTimeoutMs)
+  }
+
+  /** A slot may have freed (the pool's queue, head first): take it and connect, or stay. */
+  trySlot(): boolean {
+    // Gone meanwhile: out of the queue, nothing taken.
+    if (this.clientGone || this.finished) return true
+    const b = this.takeBackend()
+    if (b === undefined) return false
+    this.stopWaiting()
+    this.connectTo(b)
+    return true
+  }
+
+  private connectTo(b: Backend): void {
+    const pool = this.pool
     ;(this.tried ??= new Set()).add(b)
     this.attempts++
-    pool.acquire(b)
     this.backend = b
     this.connectStartedAt = performance.now()
     const options: NetConnectOpts & { highWaterMark: number } = {
@@ -291,11 +416,7 @@ export class TcpSession implements OpenSession {
     this.upstream = up
     this.upstreamTcp = up
     this.upstreamClosed = false
-    this.connectTimer = setTimeout(() => {
-      const err = new SluiceError('SLUICE_ERR_CONNECT_TIMEOUT', `no connection to ${b.id} within ${pool.connectTimeoutMs}ms`)
-      // After a TLS wrap the attempt is the TLS socket over `up`.
-      this.onConnectFailed(this.upstream ?? up, b, err)
-    }, pool.connectTimeoutMs)
+    this.waitFor('connect', this.connectStartedAt + pool.connectTimeoutMs)
     const plain = isPlainPool(pool.config)
     up.once('connect', () => (plain ? this.onConnected(up, b) : this.onTcpConnected(up, b)))
     up.on('error', (err) => (this.connected && up === this.upstream ? this.onUpstreamError(err) : this.onConnectFailed(up, b, err)))
@@ -338,7 +459,7 @@ export class TcpSession implements OpenSession {
 
   private onConnected(up: Socket, b: Backend): void {
     if (up !== this.upstream) return
-    clearTimeout(this.connectTimer)
+    this.stopWaiting()
     if (this.clientGone || this.client.destroyed) {
       // The client went away while the connect was in flight (its error came first, its
       // 'close' is still to come): never splice a dead socket, whose stream would never end.
@@ -435,7 +556,7 @@ export class TcpSession implements OpenSession {
 
   private onConnectFailed(up: Socket, b: Backend, err: Error): void {
     if (up !== this.upstream || this.connected) return
-    clearTimeout(this.connectTimer)
+    this.stopWaiting()
     this.upstream = undefined
     this.upstreamClosed = true
     up.destroy()
@@ -488,10 +609,20 @@ export class TcpSession implements OpenSession {
     }, left)
   }
 
-  private refuse(reason: 'no_backend' | 'connect_failed' | 'fd_exhausted'): void {
+  private refuse(reason: 'no_backend' | 'connect_failed' | 'queue_full' | 'queue_timeout' | 'fd_exhausted'): void {
     this.reason ??= reason
-    const why = reason === 'no_backend' ? `no usable backend in pool ${this.pool.name}` : reason === 'fd_exhausted' ? `sluice is out of file descriptors (for ${this.pool.connectTimeoutMs}ms, the pool's connect_timeout)` : `all ${this.attempts} connect attempts in pool ${this.pool.name} failed`
-    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : reason === 'fd_exhausted' ? 'SLUICE_ERR_RESOURCE_EXHAUSTED' : 'SLUICE_ERR_CONNECT'
+    const pool = this.pool
+    const why =
+      reason === 'no_backend'
+        ? `no usable backend in pool ${pool.name}`
+        : reason === 'connect_failed'
+          ? `all ${this.attempts} connect attempts in pool ${pool.name} failed`
+          : reason === 'fd_exhausted'
+            ? `sluice is out of file descriptors (for ${pool.connectTimeoutMs}ms, the pool's connect_timeout)`
+          : reason === 'queue_full'
+            ? `every usable backend of pool ${pool.name} is at max_connections and its queue holds max_queue (${pool.maxQueue})`
+            : `no backend slot of pool ${pool.name} freed within queue_timeout (${pool.queueTimeoutMs}ms)`
+    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : reason === 'connect_failed' ? 'SLUICE_ERR_CONNECT' : reason === 'fd_exhausted' ? 'SLUICE_ERR_RESOURCE_EXHAUSTED' : reason === 'queue_full' ? 'SLUICE_ERR_QUEUE_FULL' : 'SLUICE_ERR_QUEUE_TIMEOUT'
     reportRefusal(this.owner, reason, code, `connection refused: ${why}`, { pool: this.pool.name, client: this.clientAddress })
     // A reset tells the client at once that nothing is there, as a refused connect would.
     this.client.resetAndDestroy()
@@ -554,6 +685,10 @@ export class TcpSession implements OpenSession {
       this.reason ??= 'client_aborted'
     }
     if (!this.connected) {
+      if (this.queued) {
+        this.pool.queue.remove(this)
+        this.stopWaiting()
+      }
       this.abortAttempt()
       this.reason ??= 'client_aborted'
       return
@@ -565,7 +700,7 @@ export class TcpSession implements OpenSession {
   private abortAttempt(): void {
     const up = this.upstream
     if (up === undefined || this.connected) return
-    clearTimeout(this.connectTimer)
+    this.stopWaiting()
     this.upstream = undefined
     this.upstreamClosed = true
     up.destroy()
@@ -613,14 +748,15 @@ export class TcpSession implements OpenSession {
   private finish(): void {
     if (this.finished) return
     this.finished = true
-    clearTimeout(this.connectTimer)
+    this.owner.wheel.cancel(this)
+    if (this.queued) this.pool.queue.remove(this)
     const b = this.backend
     if (b !== undefined) this.pool.release(b)
     this.flushCounters()
     const owner = this.owner
     const reason = this.closeReason()
     if (reason === 'peer_check') owner.log.debug({ listener: owner.config.name, peer: this.peer, backend: b?.id }, 'a connection of the PROXY peer itself (its health check) ended')
-    if (owner.accessLog) {
+    if (owner.accessLog && !this.quiet) {
       const connected = this.connected
       writeAccessLine(owner, {
         client: this.clientAddress,

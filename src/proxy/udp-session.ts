@@ -95,6 +95,8 @@ export class UdpSession implements Expiring {
   /** The largest UDP payload towards the current backend: 65,507 bytes over IPv4, 65,527 over IPv6. */
   private maxPayload = UDP4_MAX_PAYLOAD
   private ended = false
+  /** The per-source count this session holds (limits.per_source_connections), released when it ends. */
+  sourceKey: string | undefined = undefined
 
   constructor(
     private readonly owner: UdpSessionOwner,

@@ -4,6 +4,9 @@ import type { DnsDrop } from './dns-relay.js'
 /** Why a datagram from a client without a session was dropped instead of starting one. */
 export type UdpRefusal = 'max_sessions' | 'no_backend' | 'shutdown' | 'fd_exhausted'
 
+/** Why a client's datagram was dropped by access or limits (sluice_udp_dropped_datagrams_total). */
+export type UdpSourceDrop = 'access_denied' | 'source_connections' | 'source_rate' | 'source_datagrams'
+
 /** Why a datagram of an existing session was dropped. */
 export type UdpDrop = 'backend_not_ready' | 'datagram_too_large'
 
@@ -27,6 +30,11 @@ export class UdpStats {
   droppedNotReady = 0
   /** Datagrams that a PROXY v2 header would push past the UDP payload limit. */
   droppedTooLarge = 0
+  /** Datagrams dropped by access or limits, by reason; and sources admitted uncounted (table full). */
+  readonly sourceDrops: Record<UdpSourceDrop, number> = { access_denied: 0, source_connections: 0, source_rate: 0, source_datagrams: 0 }
+  private readonly sourceDropsFlushed: Record<UdpSourceDrop, number> = { access_denied: 0, source_connections: 0, source_rate: 0, source_datagrams: 0 }
+  readonly tableFull = { connections: 0, rates: 0 }
+  private readonly tableFullFlushed = { connections: 0, rates: 0 }
   private flushed = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, sessions: 0, maxSessions: 0, noBackend: 0, shutdown: 0, fdExhausted: 0, notReady: 0, tooLarge: 0 }
 
   /** dns mode: messages dropped, by reason (sluice_dns_dropped_total). */
@@ -63,6 +71,20 @@ export class UdpStats {
     f.fdExhausted = inc(this.refusedFdExhausted, f.fdExhausted, rejected('fd_exhausted'))
     f.notReady = inc(this.droppedNotReady, f.notReady, rejected('backend_not_ready'))
     f.tooLarge = inc(this.droppedTooLarge, f.tooLarge, rejected('datagram_too_large'))
+    for (const reason of Object.keys(this.sourceDrops) as UdpSourceDrop[]) {
+      const n = this.sourceDrops[reason]
+      const was = this.sourceDropsFlushed[reason]
+      if (n === was) continue
+      this.sourceDropsFlushed[reason] = n
+      metrics.udpDroppedDatagramsTotal.inc({ listener, reason }, n - was)
+      // A new session refused is a refused "connection" too, as max_sessions is.
+      if (reason !== 'source_datagrams') metrics.rejectedConnectionsTotal.inc({ listener, reason }, n - was)
+    }
+    for (const table of ['connections', 'rates'] as const) {
+      const n = this.tableFull[table]
+      if (n !== this.tableFullFlushed[table]) metrics.sourceTableFullTotal.inc({ listener, table }, n - this.tableFullFlushed[table])
+      this.tableFullFlushed[table] = n
+    }
     for (const [reason, c] of this.dns) {
       if (c.n !== c.flushed) metrics.dnsDroppedTotal.inc({ listener, reason }, c.n - c.flushed)
       c.flushed = c.n

@@ -87,6 +87,20 @@ export class Backend {
     else this.shared.add(this.slot, delta)
   }
 
+  /**
+   * Adds one to `active` unless it is already at max_connections (0 = no limit): true when
+   * taken. Exact across workers: two racing for a backend's last slot cannot both get it.
+   */
+  tryAddActive(): boolean {
+    const max = this.maxConnections
+    if (this.shared === undefined) {
+      if (max > 0 && this.localActive >= max) return false
+      this.localActive++
+      return true
+    }
+    return this.shared.tryAcquire(this.slot, max)
+  }
+
   /** Consecutive failed connects, by every worker; reset by a successful one. */
   get consecutiveFailures(): number {
     return this.shared === undefined ? this.localFailures : this.shared.load(this.slot + 1)

@@ -4,6 +4,7 @@ import { findBalancer } from '../balancer/registry.js'
 import { SlowStart } from '../balancer/slow-start.js'
 import type { Metrics } from '../metrics/metrics.js'
 import { Backend, type BackendState } from './backend.js'
+import { BackendQueue } from './backend-queue.js'
 
 /**
  * A named group of backends and the algorithm that spreads connections over them.
@@ -24,6 +25,8 @@ export class Pool {
   private readonly slowStart: SlowStart
   /** Backends the pool was created with that have not entered the rotation through setState yet. */
   private readonly original = new WeakSet<Backend>()
+  /** Connections waiting for a slot when every usable backend is at max_connections (max_queue). */
+  readonly queue = new BackendQueue()
   /** Passive health: called after each failed connect to `b` (its consecutiveFailures already counts it). */
   onConnectFailure: ((b: Backend, reason: string) => void) | undefined
 
@@ -87,9 +90,47 @@ export class Pool {
     return b
   }
 
+  /** max_queue: connections that may wait for a slot (0: none wait; a full pool refuses at once). */
+  get maxQueue(): number {
+    return this.cfg.maxQueue ?? 0
+  }
+
+  get queueTimeoutMs(): number {
+    return this.cfg.queueTimeoutMs ?? 0
+  }
+
+  /**
+   * Whether a new connection should wait in the queue: every usable backend, backups
+   * included, is at its max_connections (and there is at least one usable backend).
+   */
+  allFull(): boolean {
+    let usable = false
+    for (const b of this.members) {
+      if (!b.inRotation || b.retired) continue
+      if (!b.full) return false
+      usable = true
+    }
+    return usable
+  }
+
+  /**
+   * Opens a connection to `b` (picked) if it still has a slot: the count and the check are one
+   * atomic step, so max_connections holds exactly across workers. False when another
+   * connection (of any worker) took the last slot since the pick.
+   */
+  tryAcquire(b: Backend): boolean {
+    if (!b.tryAddActive()) return false
+    this.acquired(b)
+    return true
+  }
+
   /** A connection to `b` is being opened. */
   acquire(b: Backend): void {
     b.addActive(1)
+    this.acquired(b)
+  }
+
+  private acquired(b: Backend): void {
     b.seenActive = b.active
     b.total++
     this.balancerOf(b).onConnectionOpen?.(b)
@@ -99,6 +140,8 @@ export class Pool {
   release(b: Backend): void {
     b.addActive(-1)
     b.seenActive = b.active
+    // The freed slot goes to the head of the queue before any new connection.
+    this.queue.kick()
     if (b.retired) return
     this.balancerOf(b).onConnectionClose?.(b)
   }
@@ -118,6 +161,7 @@ export class Pool {
    */
   flushCounters(): void {
     const m = this.metrics
+    if (this.plane !== 'control') m.queueLength.set({ pool: this.name }, this.queue.length)
     for (const b of this.members) {
       const labels = { pool: this.name, backend: b.id }
       if (this.plane !== 'data') m.backendConnectionsActive.set(labels, b.active)
@@ -154,6 +198,7 @@ export class Pool {
       this.balancerOf(b).onBackendUp(b)
     }
     if (this.plane !== 'data') this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
+    if (b.inRotation) this.queue.kick()
     this.onStateChange?.(b, firstCheck)
   }
 
@@ -195,6 +240,8 @@ export class Pool {
     this.primary = this.factory.create([], cfg.algorithmOptions)
     this.backup = this.factory.create([], cfg.algorithmOptions)
     this.rebuild()
+    // New backends or a higher max_connections may have room for what waits.
+    this.queue.kick()
     return removed
   }
 

@@ -137,11 +137,11 @@ pools:
   good.destroy()
   const m = await d.metrics()
   t.match(m, /reason="bad_proxy_header"\} 1/)
-  t.match(m, /listener="in",reason="handshake_timeout"\} 1/)
+  t.match(m, /listener="in",reason="proxy_header_timeout"\} 1/)
   t.match(m, /listener="strict",reason="proxy_untrusted"\} 1/)
   await eventually(() => d.logs.access.length === 4, 'four access lines')
   const codes = new Set(d.logs.lines.map((l) => l.code))
-  for (const c of ['SLUICE_ERR_PROXY_PROTOCOL', 'SLUICE_ERR_HANDSHAKE_TIMEOUT', 'SLUICE_ERR_PROXY_UNTRUSTED']) t.ok(codes.has(c), c)
+  for (const c of ['SLUICE_ERR_PROXY_PROTOCOL', 'SLUICE_ERR_PROXY_HEADER_TIMEOUT', 'SLUICE_ERR_PROXY_UNTRUSTED']) t.ok(codes.has(c), c)
   t.match(m, /sluice_backend_connections_total\{pool="p",backend="[^"]+"\} 1\n/, 'only the good connection reached the backend')
 })
 
