@@ -160,6 +160,7 @@ struct lsn {
   uint32_t pause_ms;   /* the last pause, doubled while accepts keep failing */
   uint32_t untuned;    /* accepted before its options were set: tune these first ones */
   bool held;           /* JS asked it to stop accepting for now (hold): paused until unhold */
+  _Atomic bool stopping; /* unlisten(stop) shut it down: its accept errors are expected */
   lsn_t *next;
 };
 
@@ -885,6 +886,11 @@ static void lsn_event(relay_t *r, lsn_t *l) {
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
       if (errno_again()) return;
+      if (atomic_load(&l->stopping)) { /* shut down by unlisten(stop): goes with its command */
+        struct epoll_event ev = {.events = 0, .data.u64 = (uint64_t)(uintptr_t)l | 2};
+        (void)epoll_ctl(r->ep, EPOLL_CTL_MOD, l->fd, &ev);
+        return;
+      }
       /* EMFILE, ENFILE, ENOBUFS, ENOMEM, or a socket error: pause and retry. */
       lsn_pause(r, l, errno);
       return;
@@ -1796,16 +1802,23 @@ static napi_value relay_listen(napi_env env, napi_callback_info info) {
   return id;
 }
 
-/* unlisten(id) -> fd: stops accepting on that socket and returns a new descriptor of it,
- * still listening, for the caller to close or to listen on with Node: what waits in its
- * backlog is not lost. -1 when the relay is closed (it closed the socket). */
+/* unlisten(id, stop?) -> fd: stops accepting on that socket and returns a new descriptor of
+ * it, still listening, for the caller to listen on with Node: what waits in its backlog is not
+ * lost. With stop, the socket stops listening at once instead (shutdown: new connections are
+ * refused from this moment, as when Node closes a server) and -1 is returned. -1 also when
+ * the relay is closed (it closed the socket). */
 static napi_value relay_unlisten(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   relay_t *r = this_relay(env, info, &argc, argv);
   if (r == NULL) return NULL;
   uint32_t id;
   if (argc < 1 || !arg_u32(env, argv[0], "id", &id)) return NULL;
+  bool stop = false;
+  if (argc >= 2) {
+    napi_valuetype t;
+    if (napi_typeof(env, argv[1], &t) == napi_ok && t == napi_boolean) napi_get_value_bool(env, argv[1], &stop);
+  }
   uint32_t i = 0;
   while (i < r->nlsns && r->lsns[i].id != id) i++;
   if (i == r->nlsns) {
@@ -1820,7 +1833,8 @@ static napi_value relay_unlisten(napi_env env, napi_callback_info info) {
       return NULL;
     }
     /* The relay's descriptor stays open until the thread takes the command. */
-    back = fcntl(r->lsns[i].fd, F_DUPFD_CLOEXEC, 0);
+    if (stop) (void)shutdown(r->lsns[i].fd, SHUT_RDWR); /* accept4 then fails with EINVAL */
+    back = stop ? 0 : fcntl(r->lsns[i].fd, F_DUPFD_CLOEXEC, 0);
     if (back < 0) {
       int err = errno;
       free(cmd);
@@ -1829,9 +1843,11 @@ static napi_value relay_unlisten(napi_env env, napi_callback_info info) {
     }
     cmd->kind = C_UNLISTEN;
     cmd->lsn = r->lsns[i].lsn;
+    cmd->lsn->stopping = stop;
     lock(r);
     cmd_queue(r, cmd);
     queued(r);
+    if (stop) back = -1;
   }
   r->lsns[i] = r->lsns[--r->nlsns];
   r->listening--;

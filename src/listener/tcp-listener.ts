@@ -146,7 +146,8 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
     const native = this.native
     if (native === undefined) return
     this.native = undefined
-    const fd = native.host.unlisten(native.id)
+    // Stopping: the socket stops listening now, as a closed server's would.
+    const fd = native.host.unlisten(native.id, this.closing)
     if (fd < 0 || this.closing) {
       if (fd >= 0) closeFd(fd)
       return

@@ -106,7 +106,7 @@ interface RelayHandle {
   add(clientFd: number, backendFd: number, idleMs: number, group: number, toBackend: Uint8Array | undefined, toClient: Uint8Array | undefined): number
   destroy(id: number, reset?: boolean): void
   listen(fd: number, group: number): number
-  unlisten(id: number): number
+  unlisten(id: number, stop?: boolean): number
   connect(id: number, ip: string, port: number, timeoutMs: number, idleMs: number, toBackend: Uint8Array | undefined): void
   release(id: number): void
   hold(listener: number, on: boolean): void
@@ -231,10 +231,11 @@ export class NativeRelay {
   /**
    * Stops accepting on a socket given with listen() and returns a new descriptor of it, still
    * listening (its backlog kept), for the caller to close or to hand to Node
-   * (`server.listen({ fd })`). -1 when the relay is closed.
+   * (`server.listen({ fd })`). -1 when the relay is closed. With `stop` the socket stops
+   * listening at once (new connections are refused from now on) and -1 is returned.
    */
-  unlisten(id: number): number {
-    return this.handle.unlisten(id)
+  unlisten(id: number, stop = false): number {
+    return this.handle.unlisten(id, stop)
   }
 
   /**

@@ -99,8 +99,8 @@ export class RelayHost {
    * Stops accepting on `id`; returns a descriptor of the still-listening socket (or -1).
    * Connections it accepted just before still come to its acceptor.
    */
-  unlisten(id: number): number {
-    return this.relay.unlisten(id)
+  unlisten(id: number, stop = false): number {
+    return this.relay.unlisten(id, stop)
   }
 
   /** Stops accepting on `id` for now, or accepts again (`on` false). */

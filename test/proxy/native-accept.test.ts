@@ -214,6 +214,22 @@ t.test('unlisten returns the socket still listening, with what waits in its back
   t.equal(ev.accepts.length, 0, 'and never the relay')
 })
 
+t.test('unlisten with stop: the socket refuses new connections at once', { skip }, async (t) => {
+  const { ev, port, lid } = await relayOnPort(t)
+  t.equal(ev.relay.unlisten(lid, true), -1, 'no descriptor back')
+  const code = await new Promise<string | undefined>((resolve) => {
+    const c = connect(port, HOST)
+    c.once('connect', () => {
+      c.destroy()
+      resolve('connected')
+    })
+    c.once('error', (e: Error & { code?: string }) => resolve(e.code))
+  })
+  t.equal(code, 'ECONNREFUSED', 'refused from the moment unlisten returned')
+  await eventually(() => ev.unlistened.includes(lid), 'the unlistened event')
+  t.same(ev.acceptErrors, [], 'and no accept error was reported for it')
+})
+
 t.test('out of descriptors, the relay pauses accepting, says so, and recovers by itself', { skip }, async (t) => {
   // A child with a low descriptor limit: the relay accepts until EMFILE, then pauses; when
   // the child closes what it holds, accepting resumes without help.
