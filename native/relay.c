@@ -1219,14 +1219,18 @@ static void *relay_main(void *arg) {
       break;
     }
     r->now = now_ms();
-    bool commands = false;
+    /* Commands first: a hold or a destroy JS asked for applies before this turn's events. */
+    for (int i = 0; i < n; i++) {
+      if (evs[i].data.u64 != 0) continue;
+      take_commands(r);
+      break;
+    }
     for (int i = 0; i < n; i++) {
       uint64_t tag = evs[i].data.u64;
-      if (tag == 0) commands = true;
-      else if (tag & 2) lsn_event(r, (lsn_t *)(uintptr_t)(tag & ~(uint64_t)3));
+      if (tag == 0) continue;
+      if (tag & 2) lsn_event(r, (lsn_t *)(uintptr_t)(tag & ~(uint64_t)3));
       else conn_event(r, (conn_t *)(uintptr_t)(tag & ~(uint64_t)1), (int)(tag & 1), evs[i].events);
     }
-    if (commands) take_commands(r);
     if (r->paused > 0) lsn_resume(r);
     run_ready(r);
     if (r->wheel_count > 0) wheel_advance(r);

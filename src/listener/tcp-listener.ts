@@ -194,6 +194,8 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
     // Out of descriptors: sluice's own condition, counted and logged once per interval by the
     // data plane's guard (the relay has paused this listener already, and resumes by itself).
     if (this.exhaustion !== undefined && localExhaustion({ code: e.code }) !== undefined) {
+      // Held before the guard lets its reserve go, so the relay cannot take those descriptors.
+      if (!this.exhaustion.paused) this.pauseAccepting()
       this.exhaustion.exhausted(this.config.name, 'accept', e.code)
       return
     }
