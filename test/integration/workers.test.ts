@@ -127,6 +127,9 @@ t.test('workers: 2 — graceful shutdown lets an open connection finish', { skip
   const stopped = run.daemon.stop()
   s.write('still here\n')
   t.equal((await readUntil(s, 'line')).toString(), 'still here\n', 'the open connection is served while stopping')
+  // The echo may come back by the native relay before a worker has taken the stop: wait until
+  // both say they stopped listening.
+  await eventually(async () => (await run.daemon.listenerViews()).every((l) => !l.listening), 'both workers to stop listening')
   const refused = await new Promise<string>((resolve) => {
     const c = dial(run.port('l'))
     c.then((x) => { x.destroy(); resolve('accepted') }, (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'))
