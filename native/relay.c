@@ -1837,7 +1837,11 @@ static napi_value relay_unlisten(napi_env env, napi_callback_info info) {
       return NULL;
     }
     /* The relay's descriptor stays open until the thread takes the command. */
-    if (stop) (void)shutdown(r->lsns[i].fd, SHUT_RDWR); /* accept4 then fails with EINVAL */
+    /* Marked first: the relay thread may see accept4 fail with EINVAL at once after shutdown. */
+    if (stop) {
+      atomic_store(&r->lsns[i].lsn->stopping, true);
+      (void)shutdown(r->lsns[i].fd, SHUT_RDWR);
+    }
     back = stop ? 0 : fcntl(r->lsns[i].fd, F_DUPFD_CLOEXEC, 0);
     if (back < 0) {
       int err = errno;
@@ -1847,7 +1851,6 @@ static napi_value relay_unlisten(napi_env env, napi_callback_info info) {
     }
     cmd->kind = C_UNLISTEN;
     cmd->lsn = r->lsns[i].lsn;
-    cmd->lsn->stopping = stop;
     lock(r);
     cmd_queue(r, cmd);
     queued(r);
