@@ -10,7 +10,7 @@ import type { RelayConnectResult, RelayEnd } from './native-relay.js'
 import type { RelayedConnection, RelayHost } from './relay-host.js'
 import type { Deadline } from './timer-wheel.js'
 import type { QueueWaiter } from '../upstream/backend-queue.js'
-import { reportConnectFailure, reportRefusal, writeAccessLine } from './session-report.js'
+import { reportConnectFailure, reportPoolRefusal, writeAccessLine, type PoolRefusal } from './session-report.js'
 import type { CloseReason, OpenSession, SessionOwner } from './tcp-session.js'
 
 /**
@@ -88,13 +88,7 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
 
   /** A backend picked and its slot taken atomically (max_connections across workers), or undefined. */
   private takeBackend(): Backend | undefined {
-    const pool = this.pool
-    for (let i = 0; i < 16; i++) {
-      const b = pool.pick(this.ctx, this.tried)
-      if (b === undefined) return undefined
-      if (pool.tryAcquire(b)) return b
-    }
-    return undefined
+    return this.pool.take(this.ctx, this.tried)
   }
 
   /** Every usable backend is at max_connections: wait in the pool's queue, or be refused when it is full. */
@@ -200,30 +194,9 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
     }, left)
   }
 
-  private refuse(reason: 'no_backend' | 'connect_failed' | 'fd_exhausted' | 'queue_full' | 'queue_timeout'): void {
+  private refuse(reason: PoolRefusal): void {
     this.reason ??= reason
-    const pool = this.pool
-    const why =
-      reason === 'no_backend'
-        ? `no usable backend in pool ${pool.name}`
-        : reason === 'fd_exhausted'
-          ? `sluice is out of file descriptors (for ${pool.connectTimeoutMs}ms, the pool's connect_timeout)`
-          : reason === 'queue_full'
-            ? `every usable backend of pool ${pool.name} is at max_connections and its queue holds max_queue (${pool.maxQueue})`
-            : reason === 'queue_timeout'
-              ? `no backend slot of pool ${pool.name} freed within queue_timeout (${pool.queueTimeoutMs}ms)`
-              : `all ${this.attempts} connect attempts in pool ${pool.name} failed`
-    const code =
-      reason === 'no_backend'
-        ? 'SLUICE_ERR_NO_BACKEND'
-        : reason === 'fd_exhausted'
-          ? 'SLUICE_ERR_RESOURCE_EXHAUSTED'
-          : reason === 'queue_full'
-            ? 'SLUICE_ERR_QUEUE_FULL'
-            : reason === 'queue_timeout'
-              ? 'SLUICE_ERR_QUEUE_TIMEOUT'
-              : 'SLUICE_ERR_CONNECT'
-    reportRefusal(this.owner, reason, code, `connection refused: ${why}`, { pool: this.pool.name, client: this.clientAddress })
+    reportPoolRefusal(this.owner, reason, this.pool, this.attempts, this.clientAddress)
     // A reset tells the client at once that nothing is there, as a refused connect would.
     this.relay.destroy(this.id, true)
   }

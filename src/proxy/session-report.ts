@@ -1,4 +1,5 @@
 import type { Backend } from '../upstream/backend.js'
+import type { Pool } from '../upstream/pool.js'
 import type { SessionOwner } from './tcp-session.js'
 import { SluiceError, errnoCode } from '../errors.js'
 
@@ -11,6 +12,32 @@ export function reportRefusal(owner: SessionOwner, reason: string, code: string,
   metrics.rejectedConnectionsTotal.inc({ listener: config.name, reason })
   const suppressed = throttle.take(`refuse:${config.name}:${reason}`)
   if (suppressed !== false) log.warn({ code, listener: config.name, ...fields, suppressed }, message)
+}
+
+/** Why a connection was refused once it had a pool: every one ends with a reset. */
+export type PoolRefusal = 'no_backend' | 'connect_failed' | 'queue_full' | 'queue_timeout' | 'fd_exhausted'
+
+/** Counts and logs a pool refusal with its code and the reason in words (both session kinds). */
+export function reportPoolRefusal(owner: SessionOwner, reason: PoolRefusal, pool: Pool, attempts: number, client: string): void {
+  const why =
+    reason === 'no_backend'
+      ? `no usable backend in pool ${pool.name}`
+      : reason === 'connect_failed'
+        ? `all ${attempts} connect attempts in pool ${pool.name} failed`
+        : reason === 'fd_exhausted'
+          ? `sluice is out of file descriptors (for ${pool.connectTimeoutMs}ms, the pool's connect_timeout)`
+          : reason === 'queue_full'
+            ? `every usable backend of pool ${pool.name} is at max_connections and its queue holds max_queue (${pool.maxQueue})`
+            : `no backend slot of pool ${pool.name} freed within queue_timeout (${pool.queueTimeoutMs}ms)`
+  reportRefusal(owner, reason, POOL_REFUSAL_CODES[reason], `connection refused: ${why}`, { pool: pool.name, client })
+}
+
+const POOL_REFUSAL_CODES: Readonly<Record<PoolRefusal, string>> = {
+  no_backend: 'SLUICE_ERR_NO_BACKEND',
+  connect_failed: 'SLUICE_ERR_CONNECT',
+  fd_exhausted: 'SLUICE_ERR_RESOURCE_EXHAUSTED',
+  queue_full: 'SLUICE_ERR_QUEUE_FULL',
+  queue_timeout: 'SLUICE_ERR_QUEUE_TIMEOUT',
 }
 
 /**

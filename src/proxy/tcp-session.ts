@@ -16,7 +16,7 @@ import { isPlainPool, proxyHeaderFor, secureUpstream } from './upstream-secure.j
 import { connectionReset } from './peer-check.js'
 import type { RelayHost } from './relay-host.js'
 import type { RelayEnd } from './native-relay.js'
-import { reportConnectFailure, reportRefusal, writeAccessLine } from './session-report.js'
+import { reportConnectFailure, reportRefusal, writeAccessLine, reportPoolRefusal, type PoolRefusal } from './session-report.js'
 import { localExhaustion } from '../fd-budget.js'
 import type { ExhaustionGuard } from '../listener/accept-guard.js'
 
@@ -365,13 +365,7 @@ export class TcpSession implements OpenSession, Deadline, QueueWaiter, OpeningHo
    * full now, and the pick is made again without it.
    */
   private takeBackend(): Backend | undefined {
-    const pool = this.pool
-    for (let i = 0; i < 16; i++) {
-      const b = pool.pick(this.ctx, this.tried)
-      if (b === undefined) return undefined
-      if (pool.tryAcquire(b)) return b
-    }
-    return undefined
+    return this.pool.take(this.ctx, this.tried)
   }
 
   /** Every usable backend is at max_connections: wait in the pool's queue, or be refused when it is full. */
@@ -609,21 +603,9 @@ export class TcpSession implements OpenSession, Deadline, QueueWaiter, OpeningHo
     }, left)
   }
 
-  private refuse(reason: 'no_backend' | 'connect_failed' | 'queue_full' | 'queue_timeout' | 'fd_exhausted'): void {
+  private refuse(reason: PoolRefusal): void {
     this.reason ??= reason
-    const pool = this.pool
-    const why =
-      reason === 'no_backend'
-        ? `no usable backend in pool ${pool.name}`
-        : reason === 'connect_failed'
-          ? `all ${this.attempts} connect attempts in pool ${pool.name} failed`
-          : reason === 'fd_exhausted'
-            ? `sluice is out of file descriptors (for ${pool.connectTimeoutMs}ms, the pool's connect_timeout)`
-          : reason === 'queue_full'
-            ? `every usable backend of pool ${pool.name} is at max_connections and its queue holds max_queue (${pool.maxQueue})`
-            : `no backend slot of pool ${pool.name} freed within queue_timeout (${pool.queueTimeoutMs}ms)`
-    const code = reason === 'no_backend' ? 'SLUICE_ERR_NO_BACKEND' : reason === 'connect_failed' ? 'SLUICE_ERR_CONNECT' : reason === 'fd_exhausted' ? 'SLUICE_ERR_RESOURCE_EXHAUSTED' : reason === 'queue_full' ? 'SLUICE_ERR_QUEUE_FULL' : 'SLUICE_ERR_QUEUE_TIMEOUT'
-    reportRefusal(this.owner, reason, code, `connection refused: ${why}`, { pool: this.pool.name, client: this.clientAddress })
+    reportPoolRefusal(this.owner, reason, this.pool, this.attempts, this.clientAddress)
     // A reset tells the client at once that nothing is there, as a refused connect would.
     this.client.resetAndDestroy()
     if (this.clientClosed) this.finish()

@@ -136,6 +136,20 @@ export class Pool {
     this.balancerOf(b).onConnectionOpen?.(b)
   }
 
+  /**
+   * Picks a backend not in `tried` and takes its slot atomically (tryAcquire); a backend whose
+   * last slot another connection (of any worker) took since the pick is passed over. Undefined
+   * when none has room.
+   */
+  take(ctx: PickContext, tried?: ReadonlySet<Backend>): Backend | undefined {
+    for (let i = 0; i < 16; i++) {
+      const b = this.pick(ctx, tried)
+      if (b === undefined) return undefined
+      if (this.tryAcquire(b)) return b
+    }
+    return undefined
+  }
+
   /** A connection to `b` (opened with acquire) is over, whether it ever connected or not. */
   release(b: Backend): void {
     b.addActive(-1)

@@ -86,11 +86,12 @@ export class EtcdSource implements DiscoverySource {
 
   /** Reads every key under the prefix; true when it worked (the set was sent). */
   private async fullRead(): Promise<boolean> {
+    const bounded = boundedSignal(this.abort.signal, REQUEST_TIMEOUT_MS)
     try {
       const res = await fetch(this.url('/v3/kv/range'), {
         method: 'POST',
         body: JSON.stringify({ key: b64(this.cfg.prefix), range_end: b64(prefixEnd(this.cfg.prefix)) }),
-        signal: AbortSignal.any([this.abort.signal, AbortSignal.timeout(REQUEST_TIMEOUT_MS)]),
+        signal: bounded.signal,
       })
       if (!res.ok) throw new Error(`HTTP ${res.status} ${(await res.text()).slice(0, 200)}`)
       const body = (await res.json()) as RangeResponse
@@ -115,6 +116,8 @@ export class EtcdSource implements DiscoverySource {
       if (this.closed) return false
       this.events.failed(`${this.cfg.endpoints[this.endpoint]}: cannot read ${this.cfg.prefix}: ${errorMessage(err)}`, 'SLUICE_ERR_DISCOVERY_ETCD')
       return false
+    } finally {
+      bounded.done()
     }
   }
 
@@ -227,4 +230,24 @@ export function prefixEnd(prefix: string): Buffer {
     }
   }
   return Buffer.from([0])
+}
+
+/**
+ * A signal that aborts when `parent` does or after `ms`, whichever comes first; done() lets
+ * go of its timer and of its listener on `parent` once the request has ended.
+ */
+function boundedSignal(parent: AbortSignal, ms: number): { signal: AbortSignal; done(): void } {
+  const c = new AbortController()
+  const onAbort = (): void => c.abort(parent.reason)
+  const timer = setTimeout(() => c.abort(new DOMException(`no answer within ${ms}ms`, 'TimeoutError')), ms)
+  timer.unref()
+  if (parent.aborted) onAbort()
+  else parent.addEventListener('abort', onAbort, { once: true })
+  return {
+    signal: c.signal,
+    done: () => {
+      clearTimeout(timer)
+      parent.removeEventListener('abort', onAbort)
+    },
+  }
 }
