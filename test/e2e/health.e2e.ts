@@ -41,7 +41,8 @@ pools:
   t.match(await run.metrics(), new RegExp(`sluice_health_checks_total\\{pool="p",backend="${address}",result="failure"\\} [1-9]`))
 }
 
-const timing = 'interval: 300ms, timeout: 300ms, rise: 1, fall: 1'
+// A timeout that only bounds a hang: a loaded machine can take longer than 300 ms to answer.
+const timing = 'interval: 1s, timeout: 1s, rise: 1, fall: 1'
 
 t.test('redis: PING with AUTH against redis-server', async (t) => {
   if (skipWithout(t, { 'redis-server': redisServer })) return
