@@ -95,6 +95,12 @@ function readConfig(file: string, io: Io): Config | undefined {
   }
 }
 
+/**
+ * Under `npm start`, a repeat of the first stop signal within this long is npm passing on the
+ * signal the terminal also sent to sluice (Ctrl-C goes to the whole foreground job).
+ */
+const NPM_REPEAT_MS = 500
+
 /** Runs the daemon until a signal stops it. Resolves with the exit code. */
 async function run(file: string, io: Io): Promise<number> {
   const config = readConfig(file, io)
@@ -111,7 +117,8 @@ async function run(file: string, io: Io): Promise<number> {
     io.err(`sluice: ${msg}`)
     return EXIT_FAILURE
   }
-  if (process.env.npm_lifecycle_event === 'start') {
+  const underNpm = process.env.npm_lifecycle_event === 'start'
+  if (underNpm) {
     // `npm start` stays the parent: it passes SIGINT and SIGTERM on, but a SIGHUP stops npm.
     log.info(
       { npm_pid: process.ppid },
@@ -119,15 +126,22 @@ async function run(file: string, io: Io): Promise<number> {
     )
   }
   return new Promise<number>((resolve) => {
-    let stops = 0
+    let first: { signal: NodeJS.Signals; at: number } | undefined
     const onStop = (signal: NodeJS.Signals): void => {
-      stops++
-      if (stops > 1) {
+      if (first !== undefined) {
+        if (underNpm && signal === first.signal && performance.now() - first.at < NPM_REPEAT_MS) {
+          // A Ctrl-C reaches every process of the terminal's job, npm and sluice, and npm
+          // passes its copy on: the same request, not a second one.
+          first.at = -Infinity
+          log.info({ signal }, `${signal} again from npm, which passes on the signal the terminal sent to both: the graceful stop goes on; send it again to exit now`)
+          return
+        }
         log.warn({ signal }, 'second stop signal: exiting now')
         daemon.destroy()
         resolve(EXIT_OK)
         return
       }
+      first = { signal, at: performance.now() }
       log.info({ signal }, 'stop signal received')
       void daemon.stop().then(() => resolve(EXIT_OK))
     }
