@@ -2,7 +2,8 @@ import t from 'tap'
 import { createSocket } from 'node:dgram'
 import { readFileSync } from 'node:fs'
 import { startDaemon } from '../helpers/daemon.js'
-import { deadPort, greeting } from '../helpers/net.js'
+import { deadPort, dial, greeting, readUntil } from '../helpers/net.js'
+import { startSluice, tempFile } from '../helpers/spawn.js'
 import { answer } from '../../src/demo/demo-dns.js'
 
 /** A DNS query for `name` of type `qtype` (16 = TXT, 1 = A). */
@@ -63,3 +64,32 @@ t.test('the default configuration\'s shape: TCP greetings and DNS answers rotate
   }
   t.same(names, ['demo-dns-1', 'demo-dns-2', 'demo-dns-1', 'demo-dns-2'], 'DNS answers alternate between the two demo servers')
 })
+
+t.test('the README\'s access-log sample has the fields of the real line, in order', async (t) => {
+  const sample = readFileSync('README.md', 'utf8').split('\n').find((l) => l.startsWith('{') && l.includes('"access":true'))
+  if (sample === undefined) throw new Error('no access-log sample in README.md')
+  const want = JSON.parse(sample) as Record<string, unknown>
+  const [b1, d1, d2] = [await deadPort(), await deadPort(), await deadPort()]
+  // The tour's first step, on free ports: sluice run on the default configuration, one
+  // backend, `nc 127.0.0.1 4000` typing "hello".
+  const yaml = readFileSync('config/sluice.yaml', 'utf8')
+    .replace('127.0.0.1:4000', '127.0.0.1:0')
+    .replace('127.0.0.1:4053', '127.0.0.1:0')
+    .replace('127.0.0.1:9090', '127.0.0.1:0')
+    .replaceAll('127.0.0.1:4101', `127.0.0.1:${b1}`)
+    .replace(/.*410[23].*\n/g, '')
+    .replaceAll('127.0.0.1:4151', `127.0.0.1:${d1}`)
+    .replaceAll('127.0.0.1:4152', `127.0.0.1:${d2}`)
+  const sluice = startSluice(t, tempFile('demo.yaml', yaml))
+  const s = await dial(await sluice.port('demo'))
+  const hello = (await readUntil(s, 'line')).toString()
+  t.equal(hello, `hello from demo-backend-1 (127.0.0.1:${b1})\n`, 'the greeting the README shows')
+  s.write('hello\n')
+  t.equal((await readUntil(s, 'line')).toString(), 'hello\n', 'then the echo')
+  s.end()
+  const got = await sluice.waitFor((l) => l.access === true, 'the access line')
+  t.same(Object.keys(got), Object.keys(want), `the sample's fields, in the order sluice writes them: ${Object.keys(got).join(', ')}`)
+  for (const k of Object.keys(want)) t.equal(typeof got[k], typeof want[k], `${k}: a ${typeof want[k]}`)
+  t.match(got, { listener: 'demo', pool: 'demo', backend: `127.0.0.1:${b1}`, bytes_in: 6, bytes_out: hello.length + 6, attempts: 1, close_reason: 'client_closed', msg: want.msg })
+})
+
