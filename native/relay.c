@@ -29,6 +29,14 @@
  * Events (accepts, connect results, ends) are reported to JS in batches through a thread-safe
  * function; byte counters per group (for example one per listener) are read by JS when it
  * wants them (takeBytes).
+ *
+ * Or inline (new Relay(..., inline = true)): no thread of its own. The epoll set is polled by
+ * the event loop of the JS thread that made the relay (a uv_poll), and each turn runs in that
+ * loop's callback; its events go to JS at once, and what JS asks for in return (the backend
+ * connect of an accept) is taken by the next turn of the same callback. A new connection then
+ * costs no wake of another thread: accept, pick, connect and relay follow each other on one
+ * core, as in an event-driven proxy written in C. The commands and events keep the same
+ * queues (the lock is then never contended), so both ways share all the code below.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -51,6 +59,7 @@
 #include <unistd.h>
 
 #include <node_api.h>
+#include <uv.h>
 
 /* Bytes read per call (the pipe's capacity in splice mode), and so the most that waits per
  * direction of a connection. Larger chunks mean fewer system calls per byte. */
@@ -182,6 +191,7 @@ struct cmd {
 typedef struct {
   /* Set at creation, then read-only. */
   bool splice_mode;
+  bool inline_mode;        /* no thread: turns run on the JS thread's event loop (uv_poll on ep) */
   uint32_t groups;
   int ep;                  /* the epoll set */
   int wake_fd;             /* eventfd: commands wait in the queue */
@@ -202,7 +212,11 @@ typedef struct {
   bool hook_added;
   bool thread_running; /* started and not yet joined */
   pthread_t thread;
-  int refs; /* the JS object and the thread-safe function each hold one */
+  int refs; /* the JS object and the thread-safe function (inline: the two uv handles) each hold one */
+  uv_poll_t poll;   /* inline: ep is readable */
+  uv_timer_t timer; /* inline: the next tick or listener resume */
+  napi_async_context actx; /* inline: the async context events are delivered in */
+  bool poll_refed;
 
   /* Shared by both threads, under mu. */
   pthread_mutex_t mu;
@@ -212,7 +226,9 @@ typedef struct {
   uint64_t *kills;
   uint32_t nkills, kills_cap;
   bool stop;
-  bool woken;   /* wake_fd was written and the thread has not yet taken the commands */
+  bool woken;   /* wake_fd was written (or, inline, a turn will take them) and they are not yet taken */
+  bool in_turn; /* inline: a turn runs now, and takes what JS queues before it returns */
+  bool inline_pending; /* inline: JS queued commands during the turn */
   event_t *evs; /* queued events; ev_cap >= nev + promised */
   uint32_t nev, ev_cap;
   /* Events that must find room when they happen: one end per live connection, one result
@@ -1204,6 +1220,26 @@ static int next_timeout(const relay_t *r) {
   return ms < 1 ? 1 : (int)ms;
 }
 
+/* One turn over what epoll reported: commands first (a hold or a destroy JS asked for applies
+ * before this turn's events), then the events, the connections waiting for their turn, the
+ * timing wheel, and the freeing of what closed. */
+static void turn(relay_t *r, const struct epoll_event *evs, int n, bool cmds) {
+  for (int i = 0; i < n && !cmds; i++)
+    if (evs[i].data.u64 == 0) cmds = true;
+  if (cmds) take_commands(r);
+  for (int i = 0; i < n; i++) {
+    uint64_t tag = evs[i].data.u64;
+    if (tag == 0) continue;
+    if (tag & 2) lsn_event(r, (lsn_t *)(uintptr_t)(tag & ~(uint64_t)3));
+    else conn_event(r, (conn_t *)(uintptr_t)(tag & ~(uint64_t)1), (int)(tag & 1), evs[i].events);
+  }
+  if (r->paused > 0) lsn_resume(r);
+  run_ready(r);
+  if (r->wheel_count > 0) wheel_advance(r);
+  else r->wheel_tick = r->now / TICK_MS;
+  bury(r);
+}
+
 /* The relay thread. */
 static void *relay_main(void *arg) {
   relay_t *r = arg;
@@ -1219,23 +1255,7 @@ static void *relay_main(void *arg) {
       break;
     }
     r->now = now_ms();
-    /* Commands first: a hold or a destroy JS asked for applies before this turn's events. */
-    for (int i = 0; i < n; i++) {
-      if (evs[i].data.u64 != 0) continue;
-      take_commands(r);
-      break;
-    }
-    for (int i = 0; i < n; i++) {
-      uint64_t tag = evs[i].data.u64;
-      if (tag == 0) continue;
-      if (tag & 2) lsn_event(r, (lsn_t *)(uintptr_t)(tag & ~(uint64_t)3));
-      else conn_event(r, (conn_t *)(uintptr_t)(tag & ~(uint64_t)1), (int)(tag & 1), evs[i].events);
-    }
-    if (r->paused > 0) lsn_resume(r);
-    run_ready(r);
-    if (r->wheel_count > 0) wheel_advance(r);
-    else r->wheel_tick = r->now / TICK_MS;
-    bury(r);
+    turn(r, evs, n, false);
     report(r);
   }
   if (error != 0) {
@@ -1282,6 +1302,20 @@ static void throw_last(napi_env env) {
     }                         \
   } while (0)
 
+/* Has what JS just queued taken: by the relay thread (the eventfd wakes it), or inline by
+ * the turn running now (it takes them before it returns) or by the next one (the eventfd
+ * makes ep readable). Nothing when that is already under way. Under mu; unlocks. */
+static void signal_queued(relay_t *r) {
+  bool need_wake = !r->woken;
+  r->woken = true;
+  if (need_wake && r->inline_mode && r->in_turn) {
+    r->inline_pending = true;
+    need_wake = false;
+  }
+  unlock(r);
+  if (need_wake) wake(r);
+}
+
 static void relay_free(relay_t *r) {
   close_fd(r->pipe_r);
   close_fd(r->pipe_w);
@@ -1304,15 +1338,22 @@ static void relay_unref(relay_t *r) {
 
 /* Keeps the event loop alive while the relay holds connections or listening sockets. */
 static void update_ref(napi_env env, relay_t *r) {
-  if (r->tsfn_released) return;
   bool want = r->live > 0 || r->listening > 0;
+  if (r->inline_mode) {
+    if (r->closed || want == r->poll_refed) return;
+    if (want) uv_ref((uv_handle_t *)&r->poll);
+    else uv_unref((uv_handle_t *)&r->poll);
+    r->poll_refed = want;
+    return;
+  }
+  if (r->tsfn_released) return;
   if (want == r->tsfn_refed) return;
   if ((want ? napi_ref_threadsafe_function(env, r->tsfn) : napi_unref_threadsafe_function(env, r->tsfn)) == napi_ok) r->tsfn_refed = want;
 }
 
 /* Hands the queued events to `cb` as one Float64Array of [kind, id, a, b, c] * n and an array
  * of the accepted clients' addresses, one per accept event, in order. */
-static void deliver_ends(napi_env env, relay_t *r, napi_value cb) {
+static void deliver_ends(napi_env env, relay_t *r, napi_value cb, bool from_loop) {
   napi_value ab, arr, addrs, argv[2], undefined;
   void *data = NULL;
   lock(r);
@@ -1344,15 +1385,26 @@ static void deliver_ends(napi_env env, relay_t *r, napi_value cb) {
   if (napi_get_undefined(env, &undefined) != napi_ok) return;
   argv[0] = arr;
   argv[1] = addrs;
-  /* An exception thrown by cb propagates as any callback's would. */
-  napi_call_function(env, undefined, cb, 2, argv, NULL);
+  if (!from_loop) {
+    /* An exception thrown by cb propagates as any callback's would. */
+    napi_call_function(env, undefined, cb, 2, argv, NULL);
+    return;
+  }
+  /* Called from the event loop (inline): as a callback of its own, so microtasks run after
+   * it, and an exception thrown by cb is an uncaught exception, as in any event handler. */
+  napi_value global;
+  if (napi_get_global(env, &global) != napi_ok) return;
+  if (napi_make_callback(env, r->actx, global, cb, 2, argv, NULL) == napi_pending_exception) {
+    napi_value err;
+    if (napi_get_and_clear_last_exception(env, &err) == napi_ok) napi_fatal_exception(env, err);
+  }
 }
 
 /* The thread-safe function's call on the JS thread (env is NULL while it is torn down). */
 static void tsfn_call(napi_env env, napi_value js_cb, void *context, void *data) {
   (void)data;
   if (env == NULL || js_cb == NULL) return;
-  deliver_ends(env, context, js_cb);
+  deliver_ends(env, context, js_cb, false);
 }
 
 static void tsfn_finalize(napi_env env, void *data, void *hint) {
@@ -1364,6 +1416,104 @@ static void tsfn_finalize(napi_env env, void *data, void *hint) {
   relay_unref(r);
 }
 
+static void inline_timer(uv_timer_t *h);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Inline: the turns on the JS thread's own event loop                                      */
+
+/* Runs turns until nothing is left to do now: each turn's events go to JS at once, and what
+ * JS asks for in return (a backend connect for an accept, say) is taken by the next turn in
+ * the same call, without waking any thread. Bounded, so the event loop gets its turn too. */
+static void inline_run(relay_t *r) {
+  if (r->closed) return;
+  struct epoll_event evs[MAX_EVENTS];
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(r->env, &scope) != napi_ok) return;
+  napi_value cb = NULL;
+  if (r->on_end != NULL) napi_get_reference_value(r->env, r->on_end, &cb);
+  for (int round = 0; round < 16 && !r->closed; round++) {
+    int n = epoll_wait(r->ep, evs, MAX_EVENTS, 0);
+    if (n < 0) n = 0; /* EINTR; EBADF and the like cannot happen on the relay's own epoll set */
+    lock(r);
+    bool cmds = r->inline_pending;
+    r->inline_pending = false;
+    r->in_turn = true;
+    unlock(r);
+    r->now = now_ms();
+    turn(r, evs, n, cmds);
+    if (r->nev > 0 && cb != NULL) deliver_ends(r->env, r, cb, true);
+    lock(r);
+    r->in_turn = false;
+    bool more = r->inline_pending;
+    unlock(r);
+    /* A connect just made on loopback is often complete already, and a client's first bytes
+     * there: one more look takes them in this call rather than after another sleep. */
+    if (!more && !cmds && n < MAX_EVENTS && r->ready == NULL) break;
+  }
+  napi_close_handle_scope(r->env, scope);
+  if (r->closed) return;
+  lock(r);
+  bool pending = r->inline_pending; /* out of rounds: the eventfd brings the next turn */
+  r->inline_pending = false;
+  unlock(r);
+  if (pending) wake(r);
+  int ms = next_timeout(r);
+  if (ms < 0) uv_timer_stop(&r->timer);
+  else uv_timer_start(&r->timer, inline_timer, (uint64_t)ms, 0);
+}
+
+static void inline_poll(uv_poll_t *h, int status, int events) {
+  (void)status;
+  (void)events;
+  inline_run(h->data);
+}
+
+static void inline_timer(uv_timer_t *h) { inline_run(h->data); }
+
+static void inline_closed(uv_handle_t *h) { relay_unref(h->data); }
+
+/* Starts the inline relay on env's event loop. 0, or an errno. */
+static int inline_start(relay_t *r, napi_env env) {
+  uv_loop_t *loop = NULL;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == NULL) return EINVAL;
+  napi_value name;
+  if (napi_create_string_utf8(env, "sluice native relay", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_async_init(env, NULL, name, &r->actx) != napi_ok)
+    return ENOMEM;
+  int rc = uv_poll_init(loop, &r->poll, r->ep);
+  if (rc != 0) return -rc;
+  r->poll.data = r;
+  r->refs++;
+  rc = uv_timer_init(loop, &r->timer);
+  if (rc != 0) {
+    uv_close((uv_handle_t *)&r->poll, inline_closed);
+    return -rc;
+  }
+  r->timer.data = r;
+  r->refs++;
+  uv_unref((uv_handle_t *)&r->poll);
+  uv_unref((uv_handle_t *)&r->timer);
+  r->now = now_ms();
+  r->wheel_tick = r->now / TICK_MS;
+  rc = uv_poll_start(&r->poll, UV_READABLE, inline_poll);
+  return rc == 0 ? 0 : -rc;
+}
+
+/* Closes every connection now (their ends wait for delivery) and lets go of the handles. */
+static void inline_stop(relay_t *r, napi_env env) {
+  close_all(r);
+  if (r->poll.data != NULL) {
+    uv_poll_stop(&r->poll);
+    uv_close((uv_handle_t *)&r->poll, inline_closed);
+  }
+  if (r->timer.data != NULL) {
+    uv_timer_stop(&r->timer);
+    uv_close((uv_handle_t *)&r->timer, inline_closed);
+  }
+  if (r->actx != NULL && env != NULL) napi_async_destroy(env, r->actx);
+  r->actx = NULL;
+}
+
 static void cleanup_hook(void *arg);
 
 /* Stops the relay: every connection is closed now and the thread joined; with `deliver` the
@@ -1371,6 +1521,7 @@ static void cleanup_hook(void *arg);
 static void relay_shut(relay_t *r, napi_env env, bool deliver) {
   if (r->closed) return;
   r->closed = true;
+  if (r->inline_mode) inline_stop(r, env);
   if (r->thread_running) {
     lock(r);
     r->stop = true;
@@ -1382,7 +1533,7 @@ static void relay_shut(relay_t *r, napi_env env, bool deliver) {
   }
   if (deliver && env != NULL && r->on_end != NULL) {
     napi_value cb;
-    if (napi_get_reference_value(env, r->on_end, &cb) == napi_ok && cb != NULL) deliver_ends(env, r, cb);
+    if (napi_get_reference_value(env, r->on_end, &cb) == napi_ok && cb != NULL) deliver_ends(env, r, cb, false);
   }
   if (r->tsfn != NULL && !r->tsfn_released) {
     r->tsfn_released = true;
@@ -1486,8 +1637,8 @@ static int dup_nonblocking(int fd) {
  * ends in batches; splice chooses splice(2) through a pipe over recv/send; groups is the
  * number of byte counter groups. */
 static napi_value relay_new(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3], self;
+  size_t argc = 4;
+  napi_value argv[4], self;
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, &self, NULL));
   napi_valuetype t;
   bool splice_mode = false;
@@ -1498,6 +1649,11 @@ static napi_value relay_new(napi_env env, napi_callback_info info) {
   }
   NAPI_CALL(env, napi_get_value_bool(env, argv[1], &splice_mode));
   if (!arg_u32(env, argv[2], "groups", &groups)) return NULL;
+  bool inline_mode = false;
+  if (argc >= 4) {
+    napi_valuetype it;
+    if (napi_typeof(env, argv[3], &it) == napi_ok && it == napi_boolean) NAPI_CALL(env, napi_get_value_bool(env, argv[3], &inline_mode));
+  }
   if (groups < 1 || groups > 65536) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "groups must be from 1 to 65536");
     return NULL;
@@ -1510,6 +1666,7 @@ static napi_value relay_new(napi_env env, napi_callback_info info) {
   }
   r->env = env;
   r->splice_mode = splice_mode;
+  r->inline_mode = inline_mode;
   r->groups = groups;
   r->ep = r->wake_fd = r->pipe_r = r->pipe_w = -1;
   r->refs = 1; /* the JS object's, once wrapped */
@@ -1544,6 +1701,18 @@ static napi_value relay_new(napi_env env, napi_callback_info info) {
   /* From here the JS object owns r (freed once it is collected); a failure shuts it. */
   napi_value name;
   napi_status st = napi_create_reference(env, argv[0], 1, &r->on_end);
+  if (st == napi_ok && inline_mode) {
+    st = napi_add_env_cleanup_hook(env, cleanup_hook, r);
+    if (st == napi_ok) r->hook_added = true;
+    int err = st == napi_ok ? inline_start(r, env) : 0;
+    if (st != napi_ok || err != 0) {
+      if (st != napi_ok) throw_last(env);
+      relay_shut(r, env, false);
+      if (err != 0) throw_errno(env, err, "relay: the event loop");
+      return NULL;
+    }
+    return self;
+  }
   if (st == napi_ok) st = napi_create_string_utf8(env, "sluice native relay", NAPI_AUTO_LENGTH, &name);
   if (st == napi_ok)
     st = napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, r, tsfn_finalize, r, tsfn_call, &r->tsfn);
@@ -1661,10 +1830,7 @@ static napi_value relay_add(napi_env env, napi_callback_info info) {
   if (r->add_tail != NULL) r->add_tail->next = c;
   else r->add_head = c;
   r->add_tail = c;
-  bool need_wake = !r->woken;
-  r->woken = true;
-  unlock(r);
-  if (need_wake) wake(r);
+  signal_queued(r);
   r->live++;
   update_ref(env, r);
   napi_value id;
@@ -1715,10 +1881,7 @@ static napi_value relay_destroy(napi_env env, napi_callback_info info) {
     r->kills_cap = cap;
   }
   r->kills[r->nkills++] = ((uint64_t)d << 1) | (reset ? 1 : 0);
-  bool need_wake = !r->woken;
-  r->woken = true;
-  unlock(r);
-  if (need_wake) wake(r);
+  signal_queued(r);
   return NULL;
 }
 
@@ -1730,12 +1893,7 @@ static void cmd_queue(relay_t *r, cmd_t *cmd) {
 }
 
 /* Wakes the relay thread for what was queued, unless it is already woken. Under mu; unlocks. */
-static void queued(relay_t *r) {
-  bool need_wake = !r->woken;
-  r->woken = true;
-  unlock(r);
-  if (need_wake) wake(r);
-}
+static void queued(relay_t *r) { signal_queued(r); }
 
 /* listen(fd, group) -> id: accepts the connections of the listening socket fd from now on
  * (the relay duplicates it; the caller closes its own). Each is reported as an accept event

@@ -242,7 +242,7 @@ export class DataPlane {
     const outcome = await Promise.race([drained.then(() => 'drained' as const), deadline])
     clearTimeout(timer)
     if (outcome === 'timeout') {
-      this.log.warn({ worker: this.id, open_connections: this.openConnections, shutdown_timeout: formatDuration(timeoutMs) }, 'shutdown_timeout reached: closing the connections still open')
+      this.log.warn({ open_connections: this.openConnections, shutdown_timeout: formatDuration(timeoutMs) }, 'shutdown_timeout reached: closing the connections still open')
       for (const l of all) l.destroy()
       // Destroyed sockets close on the next turns of the loop; wait (briefly) so each one
       // still gets its access-log line.
@@ -269,7 +269,7 @@ export class DataPlane {
    */
   private chooseRelay(config: Config): void {
     if (config.relay === 'js') {
-      if (this.relayKind !== 'js') this.log.info({ worker: this.id, relay: 'js' }, 'established TCP connections are relayed by Node streams (relay: js)')
+      if (this.relayKind !== 'js') this.log.info({ relay: 'js' }, 'established TCP connections are relayed by Node streams (relay: js)')
       this.relayKind = 'js'
       this.relayWanted = false
       return
@@ -280,13 +280,13 @@ export class DataPlane {
       if (opened instanceof RelayHost) this.relay = opened
       else if (config.relay === 'native') throw new SluiceError('SLUICE_ERR_RELAY', `relay: native, but the native relay cannot be used: ${opened.reason}; build it with npm run build:native, or write relay: auto or js`)
       else if (this.relayKind !== 'js') {
-        this.log.warn({ code: 'SLUICE_ERR_RELAY', worker: this.id, relay: 'js', reason: opened.reason }, `the native relay cannot be used (${opened.reason}): Node streams relay the connections`)
+        this.log.warn({ code: 'SLUICE_ERR_RELAY', relay: 'js', reason: opened.reason }, `the native relay cannot be used (${opened.reason}): Node streams relay the connections`)
         this.relayKind = 'js'
         return
       }
     }
     if (this.relay !== undefined && this.relayKind !== 'native') {
-      this.log.info({ worker: this.id, relay: 'native' }, 'established plain TCP connections are relayed by the native relay')
+      this.log.info({ relay: 'native' }, 'established plain TCP connections are relayed by the native relay')
       this.relayKind = 'native'
     }
   }

@@ -69,7 +69,18 @@ export interface RelayAcceptError {
   readonly pauseMs: number
 }
 
+/**
+ * Where the relay runs: `inline` on the event loop of the thread that made it (a uv poll on
+ * its epoll set), so an accept, the JS pick and the backend connect follow each other
+ * without waking another thread; `own` on an epoll thread of its own.
+ */
+export type RelayThread = 'inline' | 'own'
+/** `inline`, unless SLUICE_RELAY_THREAD=own asks for the other (to measure or test both). */
+export const DEFAULT_RELAY_THREAD: RelayThread = process.env.SLUICE_RELAY_THREAD === 'own' ? 'own' : 'inline'
+
 export interface NativeRelayOptions {
+  /** Where the relay runs (default DEFAULT_RELAY_THREAD). */
+  thread?: RelayThread
   /** Called with the connections that ended, in batches (never once per chunk). */
   onEnd(ends: readonly RelayEnd[]): void
   /**
@@ -115,7 +126,7 @@ interface RelayHandle {
   readonly size: number
 }
 interface RelayBinding {
-  readonly Relay: new (onEvents: (events: Float64Array, addresses: string[]) => void, splice: boolean, groups: number) => RelayHandle
+  readonly Relay: new (onEvents: (events: Float64Array, addresses: string[]) => void, splice: boolean, groups: number, inline: boolean) => RelayHandle
   readonly reasons: readonly string[]
   /** A copy of a descriptor (close-on-exec); throws with the errno name as `code`. */
   readonly dupFd?: (fd: number) => number
@@ -147,9 +158,10 @@ function joined(a: Uint8Array | undefined, b: Uint8Array | undefined): Uint8Arra
 }
 
 /**
- * One relay thread and the connections it holds. Call close() when done: it closes what is
- * left and stops the thread (the environment's teardown does the same for a worker that ends).
- * The relay keeps the event loop alive only while it holds connections.
+ * One relay (on the creating thread's event loop, or on a thread of its own: `thread`) and the
+ * connections it holds. Call close() when done: it closes what is left and stops the relay
+ * (the environment's teardown does the same for a worker that ends). The relay keeps the
+ * event loop alive only while it holds connections or listening sockets.
  */
 export class NativeRelay {
   private readonly handle: RelayHandle
@@ -171,6 +183,7 @@ export class NativeRelay {
       },
       (options.mode ?? DEFAULT_RELAY_MODE) === 'splice',
       groups,
+      (options.thread ?? DEFAULT_RELAY_THREAD) === 'inline',
     )
   }
 

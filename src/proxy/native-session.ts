@@ -121,7 +121,6 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
 
   private connectTo(b: Backend): void {
     const pool = this.pool
-    ;(this.tried ??= new Set()).add(b)
     this.attempts++
     this.backend = b
     if (isIP(b.host) !== 0) {
@@ -163,6 +162,8 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
       return
     }
     b.failedOnce()
+    // Kept only once a connect failed: most connections never need one.
+    ;(this.tried ??= new Set()).add(b)
     const timeout = err instanceof SluiceError && err.code === 'SLUICE_ERR_CONNECT_TIMEOUT'
     const code = (err as { code?: unknown }).code
     this.pool.onConnectFailure?.(b, timeout ? 'timeout' : typeof code === 'string' ? code : err.message)
@@ -177,7 +178,6 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
    * within the pool's connect_timeout, else refused as `fd_exhausted` (as TcpSession does).
    */
   private waitForDescriptors(b: Backend, errno: string): void {
-    this.tried?.delete(b)
     this.attempts--
     const guard = this.owner.exhaustion
     guard?.exhausted(this.owner.config.name, 'connect', errno)
