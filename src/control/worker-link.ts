@@ -70,7 +70,7 @@ export class InProcessWorker extends WorkerLink {
 
   constructor(id: number, log: Logger, counters: SharedCounters, onEvent: (link: WorkerLink, m: FromWorker) => void, sources?: SourceTables) {
     super(id, onEvent)
-    this.plane = new DataPlane({ id, log, registry: this.registry, counters, shared: false, report: (m) => this.received(m), ...(sources !== undefined ? { sources } : {}) })
+    this.plane = new DataPlane({ id, log: log.child({ worker: id }), registry: this.registry, counters, shared: false, report: (m) => this.received(m), ...(sources !== undefined ? { sources } : {}) })
   }
 
   send(msg: ToWorker, config?: Config): void {
