@@ -75,9 +75,14 @@ export class Flow {
     const early = this.early
     this.early = undefined
     if (early !== undefined) for (const b of early) dst.write(b)
-    if (wired) return
     // What the socket read before (into its stream buffer) goes first.
-    for (let chunk: unknown = src.read(); chunk instanceof Buffer; chunk = src.read()) dst.write(chunk)
+    if (!wired) for (let chunk: unknown = src.read(); chunk instanceof Buffer; chunk = src.read()) dst.write(chunk)
+    if (src.readableEnded) {
+      // Its FIN came before the relay started (during the backend connect): pass it on now.
+      this.onEnd()
+      return
+    }
+    if (wired) return
     if (readIntoBuffers(src, this.next, this.onRead)) {
       src.resume()
       return

@@ -17,7 +17,7 @@ interface Proxy {
 }
 
 /** A proxy that carries each connection with relay('js') exactly as TcpSession does: backend socket wired to a Flow. */
-async function jsProxy(t: Test, backendPort: number): Promise<Proxy> {
+async function jsProxy(t: Test, backendPort: number, opts: { afterClientEnd?: boolean } = {}): Promise<Proxy> {
   const pairs: Proxy['pairs'] = []
   const server: Server = createServer({ allowHalfOpen: true, highWaterMark: STREAM_BUFFER_BYTES }, (c) => {
     const flow = new Flow()
@@ -27,9 +27,14 @@ async function jsProxy(t: Test, backendPort: number): Promise<Proxy> {
     up.on('error', () => c.destroy())
     c.on('close', () => up.destroy())
     up.on('close', () => c.destroy())
-    up.once('connect', () => {
+    const start = (): void => {
       pairs.push({ client: c, backend: up })
       relay('js', c, up, flow)
+    }
+    // afterClientEnd: the relay starts only once the client's FIN is in (as when it comes during a slow backend connect).
+    up.once('connect', () => {
+      if (opts.afterClientEnd !== true) start()
+      else void eventually(() => finReceived(c), 'the client FIN to be read', 5000).then(start)
     })
   })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
@@ -41,6 +46,12 @@ async function jsProxy(t: Test, backendPort: number): Promise<Proxy> {
     }
   })
   return { port: (server.address() as AddressInfo).port, pairs }
+}
+
+/** Whether Node has read the FIN of `s` (whether or not its 'end' was emitted yet). */
+function finReceived(s: Socket): boolean {
+  const state: unknown = Reflect.get(s, '_readableState')
+  return typeof state === 'object' && state !== null && Reflect.get(state, 'ended') === true
 }
 
 function sha(b: Buffer): string {
@@ -129,6 +140,22 @@ t.test('half-close: the client FIN reaches the backend, which still answers', as
   const q = randomBytes(3 * MiB)
   c.end(q)
   t.equal((await answer).toString(), `got ${q.length} bytes, ${sha(q)}`, 'the backend saw every byte and the end, and its answer came back')
+})
+
+t.test('a client FIN that came before the relay started is passed on, after the bytes before it', async (t) => {
+  for (const early of ['', 'early bytes']) {
+    let atBackend: Promise<Buffer> | undefined
+    const be = await backend(t, (s) => {
+      atBackend = collect(s)
+      atBackend.then(() => s.end('bye'), () => {})
+    }, '127.0.0.1', { allowHalfOpen: true })
+    const proxy = await jsProxy(t, be.port, { afterClientEnd: true })
+    const c = connect({ port: proxy.port, host: '127.0.0.1', allowHalfOpen: true })
+    const answer = collect(c)
+    c.end(early)
+    t.equal((await answer).toString(), 'bye', `${early === '' ? 'no bytes' : 'bytes'}, then FIN: the backend saw the end and answered`)
+    t.equal((await (atBackend ?? Promise.reject(new Error('no backend connection')))).toString(), early, 'and got what the client sent')
+  }
 })
 
 t.test('half-close: the backend FIN reaches the client, which still sends', async (t) => {
