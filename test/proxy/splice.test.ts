@@ -278,6 +278,31 @@ t.test('relay: js in the daemon: idle timeout, a backend reset and a client rese
     const line = await run.logs.waitFor((l) => l.access === true)
     t.equal(line.close_reason, 'backend_error')
   })
+  t.test('a graceful stop serves an open connection until it ends', async (t) => {
+    const be = await backend(t, (s) => s.pipe(s))
+    const run = await startDaemon(t, daemonYaml(be.address))
+    const open = await dial(run.port('l'))
+    open.write('x\n')
+    await readUntil(open, 'line')
+    const stopping = run.daemon.stop()
+    open.write('still\n')
+    t.equal((await readUntil(open, 'line')).toString(), 'still\n', 'served while stopping')
+    open.end()
+    await stopping
+    const line = await run.logs.waitFor((l) => l.access === true)
+    t.equal(line.close_reason, 'client_closed')
+  })
+  t.test('the shutdown deadline closes what is still open', async (t) => {
+    const be = await backend(t, (s) => s.pipe(s))
+    const run = await startDaemon(t, `shutdown_timeout: 200ms\n${daemonYaml(be.address)}`)
+    const open = await dial(run.port('l'))
+    open.write('x\n')
+    await readUntil(open, 'line')
+    await run.daemon.stop()
+    await closed(open)
+    const line = await run.logs.waitFor((l) => l.access === true)
+    t.equal(line.close_reason, 'shutdown')
+  })
   t.test('client reset mid-stream', async (t) => {
     let beClosed: Promise<void> | undefined
     const be = await backend(t, (s) => {
