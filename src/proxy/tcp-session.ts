@@ -474,6 +474,8 @@ export class TcpSession implements OpenSession, Deadline, QueueWaiter, OpeningHo
     b.established++
     const client = this.client
     const kind = relayKind(client === this.raw && up === this.upstreamTcp, this.owner.relay !== undefined)
+    const fromBackend = this.fromBackend
+    this.fromBackend = undefined
     if (kind === 'native' && this.handOver(up)) return
     if (this.headerOut !== undefined) {
       up.write(this.headerOut)
@@ -487,8 +489,7 @@ export class TcpSession implements OpenSession, Deadline, QueueWaiter, OpeningHo
     const opened = this.opened
     // The peeked ClientHello goes first, untouched (after the PROXY header, if any).
     if (opened?.replay !== undefined) up.write(opened.replay)
-    relay(kind, client, up, this.fromBackend)
-    this.fromBackend = undefined
+    relay(kind, client, up, fromBackend)
   }
 
   /**

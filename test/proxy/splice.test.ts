@@ -225,6 +225,55 @@ t.test('a client that never reads: the relay holds at most two read buffers towa
   t.equal(h.digest('hex'), sha(Buffer.alloc(total, 0x61)), 'and they are the bytes sent')
 })
 
+t.test('a backend that never reads: the relay holds at most two read buffers towards it', async (t) => {
+  let beSock: Socket | undefined
+  const be = await backend(t, (s) => {
+    beSock = s
+    s.pause()
+  })
+  const proxy = await jsProxy(t, be.port)
+  const c = await dial(proxy.port)
+  const chunk = Buffer.alloc(MiB, 0x63)
+  const total = 96 * MiB
+  let pushed = 0
+  const pump = (): void => {
+    while (pushed < total) {
+      pushed += chunk.length
+      if (!c.write(chunk)) {
+        c.once('drain', pump)
+        return
+      }
+    }
+    c.end()
+  }
+  pump()
+  let last = -1
+  let stableSince = Date.now()
+  await eventually(() => {
+    const now = pushed - c.writableLength
+    if (now !== last) {
+      last = now
+      stableSince = Date.now()
+    }
+    return now > 0 && Date.now() - stableSince > 300
+  }, 'the client to stall', 30_000)
+  const p = proxy.pairs[0]!
+  t.ok(p.backend.writableLength <= 2 * READ_BYTES, `the relay holds ${p.backend.writableLength} bytes towards the backend (≤ ${2 * READ_BYTES})`)
+  t.ok(p.client.bytesRead - p.backend.bytesWritten <= 2 * READ_BYTES, 'what was read from the client and not yet written out is bounded the same way')
+  let got = 0
+  const h = createHash('sha256')
+  const s = beSock!
+  s.on('data', (d: Buffer) => {
+    got += d.length
+    h.update(d)
+  })
+  const ended = new Promise<void>((r) => s.once('end', () => r()))
+  s.resume()
+  await ended
+  t.equal(got, total, 'every byte arrived once the backend read')
+  t.equal(h.digest('hex'), sha(Buffer.alloc(total, 0x63)), 'and they are the bytes sent')
+})
+
 t.test('a backend that resets mid-stream closes the client, after what it had sent', async (t) => {
   const first = randomBytes(256 * 1024)
   const be = await backend(t, (s) => {
@@ -255,15 +304,22 @@ t.test('relay: js in the daemon: idle timeout, a backend reset and a client rese
     const be = await backend(t, (s) => s.pipe(s))
     const run = await startDaemon(t, daemonYaml(be.address, ', timeouts: { idle: 300ms }'))
     const c = await dial(run.port('l'))
-    c.write('ping\n')
-    t.equal((await readUntil(c, 'line')).toString(), 'ping\n', 'echoed through the JS relay')
-    const started = Date.now()
+    // Traffic keeps it open past the timeout: the relay's reads and writes refresh it.
+    const began = Date.now()
+    let lastEcho = began
+    for (let i = 0; i < 6; i++) {
+      c.write('ping\n')
+      t.equal((await readUntil(c, 'line')).toString(), 'ping\n', `echo ${i + 1} through the JS relay`)
+      lastEcho = Date.now()
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    t.ok(Date.now() - began > 500 && !c.closed, 'still open after twice the idle timeout with traffic')
     await closed(c)
-    t.ok(Date.now() - started >= 250, 'closed once idle for the timeout')
+    t.ok(Date.now() - lastEcho >= 250, `closed once idle for the timeout (${Date.now() - lastEcho} ms after the last echo)`)
     const line = await run.logs.waitFor((l) => l.access === true)
     t.equal(line.close_reason, 'idle_timeout')
-    t.equal(line.bytes_in, 5)
-    t.equal(line.bytes_out, 5)
+    t.equal(line.bytes_in, 30)
+    t.equal(line.bytes_out, 30)
   })
   t.test('backend reset mid-stream', async (t) => {
     const be = await backend(t, (s) => {
