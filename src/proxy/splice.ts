@@ -65,9 +65,10 @@ export class Flow {
   /**
    * Starts moving bytes from `src` to `dst`. `wired`: `src` was created with `this.onread`;
    * otherwise it is made to read into these buffers now (user-buffer.ts), or, where that is
-   * not possible, it reads with 'data' events under its stream buffer's bound.
+   * not possible, it reads with 'data' events under its stream buffer's bound (`readInto`
+   * stands for user-buffer.ts, so the tests can take that path on purpose).
    */
-  start(src: Socket, dst: Socket, wired: boolean): void {
+  start(src: Socket, dst: Socket, wired: boolean, readInto: typeof readIntoBuffers = readIntoBuffers): void {
     this.src = src
     this.dst = dst
     dst.on('drain', this.onDrain)
@@ -83,7 +84,7 @@ export class Flow {
       return
     }
     if (wired) return
-    if (readIntoBuffers(src, this.next, this.onRead)) {
+    if (readInto(src, this.next, this.onRead)) {
       src.resume()
       return
     }

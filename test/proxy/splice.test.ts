@@ -17,7 +17,7 @@ interface Proxy {
 }
 
 /** A proxy that carries each connection with relay('js') exactly as TcpSession does: backend socket wired to a Flow. */
-async function jsProxy(t: Test, backendPort: number, opts: { afterClientEnd?: boolean } = {}): Promise<Proxy> {
+async function jsProxy(t: Test, backendPort: number, opts: { afterClientEnd?: boolean; dataEvents?: boolean } = {}): Promise<Proxy> {
   const pairs: Proxy['pairs'] = []
   const server: Server = createServer({ allowHalfOpen: true, highWaterMark: STREAM_BUFFER_BYTES }, (c) => {
     const flow = new Flow()
@@ -29,7 +29,12 @@ async function jsProxy(t: Test, backendPort: number, opts: { afterClientEnd?: bo
     up.on('close', () => c.destroy())
     const start = (): void => {
       pairs.push({ client: c, backend: up })
-      relay('js', c, up, flow)
+      if (opts.dataEvents !== true) relay('js', c, up, flow)
+      else {
+        // The fallback: the accepted socket read with 'data' events.
+        new Flow().start(c, up, false, () => false)
+        flow.start(up, c, true)
+      }
     }
     // afterClientEnd: the relay starts only once the client's FIN is in (as when it comes during a slow backend connect).
     up.once('connect', () => {
@@ -101,28 +106,83 @@ t.test('relayKind: TLS keeps pipe, plain goes native when there is one, else js'
   t.equal(relayKind(true, false), 'js')
 })
 
-t.test('20 MiB each way at once arrive intact (SHA-256)', async (t) => {
-  const size = 20 * MiB
-  const up = randomBytes(size)
-  const down = randomBytes(size)
-  let atBackend: Promise<Buffer> | undefined
-  const be = await backend(t, (s) => {
-    atBackend = collect(s)
-    s.end(down)
-  }, '127.0.0.1', { allowHalfOpen: true })
-  const proxy = await jsProxy(t, be.port)
-  const c = await dial(proxy.port)
-  const atClient = collect(c)
-  c.end(up)
-  const [gotDown, gotUp] = [await atClient, await (atBackend ?? Promise.reject(new Error('no backend connection')))]
-  t.equal(gotUp.length, size, 'client → backend: every byte')
-  t.equal(sha(gotUp), sha(up), 'client → backend: the same bytes')
-  t.equal(gotDown.length, size, 'backend → client: every byte')
-  t.equal(sha(gotDown), sha(down), 'backend → client: the same bytes')
-  const p = proxy.pairs[0]!
-  t.equal(p.client.bytesRead, size, 'the client socket counts what it read')
-  t.equal(p.client.bytesWritten, size, 'and what it wrote')
-})
+for (const dataEvents of [false, true]) {
+  const mode = dataEvents ? ' (accepted socket read with data events, the fallback)' : ''
+
+  t.test(`20 MiB each way at once arrive intact (SHA-256)${mode}`, async (t) => {
+    const size = 20 * MiB
+    const up = randomBytes(size)
+    const down = randomBytes(size)
+    let atBackend: Promise<Buffer> | undefined
+    const be = await backend(t, (s) => {
+      atBackend = collect(s)
+      s.end(down)
+    }, '127.0.0.1', { allowHalfOpen: true })
+    const proxy = await jsProxy(t, be.port, { dataEvents })
+    const c = await dial(proxy.port)
+    const atClient = collect(c)
+    c.end(up)
+    const [gotDown, gotUp] = [await atClient, await (atBackend ?? Promise.reject(new Error('no backend connection')))]
+    t.equal(gotUp.length, size, 'client → backend: every byte')
+    t.equal(sha(gotUp), sha(up), 'client → backend: the same bytes')
+    t.equal(gotDown.length, size, 'backend → client: every byte')
+    t.equal(sha(gotDown), sha(down), 'backend → client: the same bytes')
+    const p = proxy.pairs[0]!
+    t.equal(p.client.bytesRead, size, 'the client socket counts what it read')
+    t.equal(p.client.bytesWritten, size, 'and what it wrote')
+  })
+
+  t.test(`a backend that never reads: what the relay holds towards it is bounded${mode}`, async (t) => {
+    let beSock: Socket | undefined
+    const be = await backend(t, (s) => {
+      beSock = s
+      s.pause()
+    })
+    const proxy = await jsProxy(t, be.port, { dataEvents })
+    const c = await dial(proxy.port)
+    const chunk = Buffer.alloc(MiB, 0x63)
+    const total = 96 * MiB
+    let pushed = 0
+    const pump = (): void => {
+      while (pushed < total) {
+        pushed += chunk.length
+        if (!c.write(chunk)) {
+          c.once('drain', pump)
+          return
+        }
+      }
+      c.end()
+    }
+    pump()
+    let last = -1
+    let stableSince = Date.now()
+    await eventually(() => {
+      const now = pushed - c.writableLength
+      if (now !== last) {
+        last = now
+        stableSince = Date.now()
+      }
+      return now > 0 && Date.now() - stableSince > 300
+    }, 'the client to stall', 30_000)
+    const p = proxy.pairs[0]!
+    // Two read buffers; with 'data' events, the stream buffer (128 KiB) plus the chunk that passed it.
+    const bound = dataEvents ? STREAM_BUFFER_BYTES + READ_BYTES : 2 * READ_BYTES
+    t.ok(p.backend.writableLength <= bound, `the relay holds ${p.backend.writableLength} bytes towards the backend (≤ ${bound})`)
+    t.ok(p.client.bytesRead - p.backend.bytesWritten <= bound, 'what was read from the client and not yet written out is bounded the same way')
+    let got = 0
+    const h = createHash('sha256')
+    const s = beSock!
+    s.on('data', (d: Buffer) => {
+      got += d.length
+      h.update(d)
+    })
+    const ended = new Promise<void>((r) => s.once('end', () => r()))
+    s.resume()
+    await ended
+    t.equal(got, total, 'every byte arrived once the backend read')
+    t.equal(h.digest('hex'), sha(Buffer.alloc(total, 0x63)), 'and they are the bytes sent')
+  })
+}
 
 t.test('half-close: the client FIN reaches the backend, which still answers', async (t) => {
   const be = await backend(t, (s) => {
@@ -223,55 +283,6 @@ t.test('a client that never reads: the relay holds at most two read buffers towa
   await closed(c)
   t.equal(got, total, 'every byte arrived once the client read')
   t.equal(h.digest('hex'), sha(Buffer.alloc(total, 0x61)), 'and they are the bytes sent')
-})
-
-t.test('a backend that never reads: the relay holds at most two read buffers towards it', async (t) => {
-  let beSock: Socket | undefined
-  const be = await backend(t, (s) => {
-    beSock = s
-    s.pause()
-  })
-  const proxy = await jsProxy(t, be.port)
-  const c = await dial(proxy.port)
-  const chunk = Buffer.alloc(MiB, 0x63)
-  const total = 96 * MiB
-  let pushed = 0
-  const pump = (): void => {
-    while (pushed < total) {
-      pushed += chunk.length
-      if (!c.write(chunk)) {
-        c.once('drain', pump)
-        return
-      }
-    }
-    c.end()
-  }
-  pump()
-  let last = -1
-  let stableSince = Date.now()
-  await eventually(() => {
-    const now = pushed - c.writableLength
-    if (now !== last) {
-      last = now
-      stableSince = Date.now()
-    }
-    return now > 0 && Date.now() - stableSince > 300
-  }, 'the client to stall', 30_000)
-  const p = proxy.pairs[0]!
-  t.ok(p.backend.writableLength <= 2 * READ_BYTES, `the relay holds ${p.backend.writableLength} bytes towards the backend (≤ ${2 * READ_BYTES})`)
-  t.ok(p.client.bytesRead - p.backend.bytesWritten <= 2 * READ_BYTES, 'what was read from the client and not yet written out is bounded the same way')
-  let got = 0
-  const h = createHash('sha256')
-  const s = beSock!
-  s.on('data', (d: Buffer) => {
-    got += d.length
-    h.update(d)
-  })
-  const ended = new Promise<void>((r) => s.once('end', () => r()))
-  s.resume()
-  await ended
-  t.equal(got, total, 'every byte arrived once the backend read')
-  t.equal(h.digest('hex'), sha(Buffer.alloc(total, 0x63)), 'and they are the bytes sent')
 })
 
 t.test('a backend that resets mid-stream closes the client, after what it had sent', async (t) => {
