@@ -159,11 +159,6 @@ export class Flow {
   }
 }
 
-/** What a session keeps for the JS relay from its backend connect on: the backend-to-client direction. */
-export function backendFlow(): Flow {
-  return new Flow()
-}
-
 /**
  * Starts relaying an established connection. `pipe`: Node's streams both ways. `js` (and
  * `native` when the native relay did not take it): a Flow each way; `fromBackend` is the one

@@ -4,7 +4,11 @@ import { Socket } from 'node:net'
  * Reading an accepted socket into buffers of its own, as `net.connect({ onread })` does for a
  * socket sluice creates. Node offers `onread` only at construction, and a server constructs
  * its accepted sockets itself, so this is the one place that reaches into Node's internals
- * for it; everything else uses the public option.
+ * for it; everything else uses the public option. Why not 'data' events on the accepted
+ * side, as the public API would have it: measured in the same runs (docs/performance.md, the
+ * JS relay section), reading it with 'data' events (a Readable push and a fresh buffer per
+ * read) cost about 30% more CPU per redis request and gave 0.7 of the bulk throughput with
+ * four iperf3 streams.
  *
  * How: Node keeps a socket's `onread` in three own symbol properties (`kBuffer`, `kBufferCb`,
  * `kBufferGen`) that its read path (stream_base_commons onStreamRead, net's pause, resume and
