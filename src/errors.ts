@@ -19,7 +19,7 @@ export const ERROR_CODES = {
   SLUICE_ERR_BACKEND_EJECTED: 'Passive health checking ejected a backend after passive.max_failures consecutive connect failures, for passive.ejection_time.',
   SLUICE_ERR_UDP_MAX_SESSIONS: 'A UDP listener dropped a datagram from a new client because it already holds udp.max_sessions sessions.',
   SLUICE_ERR_ADMIN_BUSY: 'The admin API already had its maximum of requests in flight; this one got 503 with Retry-After.',
-  SLUICE_ERR_RELAY: 'The native relay could not be loaded: with relay: native sluice does not start; with relay: auto Node streams relay the connections.',
+  SLUICE_ERR_RELAY: 'The native relay could not be loaded: with relay: native sluice does not start; with relay: auto the JS relay carries the connections.',
   SLUICE_ERR_WORKER: 'A data-plane worker thread died (its error is logged); its open connections were lost and it was started again.',
   SLUICE_ERR_UDP_TOO_LARGE: 'A UDP datagram did not fit in one datagram once the PROXY v2 header was put before it; it was dropped and counted (reason datagram_too_large).',
   SLUICE_ERR_UDP_UNREACHABLE: 'A UDP backend answered with ICMP unreachable (ECONNREFUSED: nothing listens on its port); the client\'s next datagram goes to another backend.',

@@ -15,7 +15,7 @@ export interface StatusDocument {
   listeners: ListenerStatus[]
   pools: PoolStatus[]
   totals: { listeners: number; pools: number; backends: number; backends_up: number; active_connections: number }
-  /** What carries established plain TCP connections: `native` (the native relay) or `js` (Node streams). */
+  /** What carries established plain TCP connections: `native` (the native relay) or `js` (the JS relay, proxy/splice.ts). */
   relay: 'native' | 'js'
   /** The data-plane workers (one when the data plane runs in the main thread). */
   workers: { id: number; relay: 'native' | 'js'; active_connections: number; connections_total: number }[]

@@ -15,7 +15,7 @@ export interface Config {
   source?: { text: string; env: Record<string, string> }
   /** Data-plane worker threads (1: in the main thread). */
   workers: number
-  /** What carries established plain TCP connections: the native relay when it loads (`auto`), always (`native`), or Node streams (`js`). */
+  /** What carries established plain TCP connections: the native relay when it loads (`auto`), always (`native`), or the JS relay (`js`, proxy/splice.ts). */
   relay: 'auto' | 'native' | 'js'
   shutdownTimeoutMs: number
   log: LogConfig

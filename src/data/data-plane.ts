@@ -269,7 +269,7 @@ export class DataPlane {
    */
   private chooseRelay(config: Config): void {
     if (config.relay === 'js') {
-      if (this.relayKind !== 'js') this.log.info({ relay: 'js' }, 'established TCP connections are relayed by Node streams (relay: js)')
+      if (this.relayKind !== 'js') this.log.info({ relay: 'js' }, 'established plain TCP connections are relayed by the JS relay (relay: js)')
       this.relayKind = 'js'
       this.relayWanted = false
       return
@@ -280,7 +280,7 @@ export class DataPlane {
       if (opened instanceof RelayHost) this.relay = opened
       else if (config.relay === 'native') throw new SluiceError('SLUICE_ERR_RELAY', `relay: native, but the native relay cannot be used: ${opened.reason}; build it with npm run build:native, or write relay: auto or js`)
       else if (this.relayKind !== 'js') {
-        this.log.warn({ code: 'SLUICE_ERR_RELAY', relay: 'js', reason: opened.reason }, `the native relay cannot be used (${opened.reason}): Node streams relay the connections`)
+        this.log.warn({ code: 'SLUICE_ERR_RELAY', relay: 'js', reason: opened.reason }, `the native relay cannot be used (${opened.reason}): the JS relay carries the connections`)
         this.relayKind = 'js'
         return
       }

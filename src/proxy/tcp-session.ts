@@ -19,6 +19,7 @@ import type { RelayEnd } from './native-relay.js'
 import { reportConnectFailure, reportRefusal, writeAccessLine, reportPoolRefusal, type PoolRefusal } from './session-report.js'
 import { localExhaustion } from '../fd-budget.js'
 import type { ExhaustionGuard } from '../listener/accept-guard.js'
+import { Flow, relay, relayKind } from './splice.js'
 
 /**
  * What a session's client and raw socket point to once the native relay carries its
@@ -163,6 +164,8 @@ export class TcpSession implements OpenSession, Deadline, QueueWaiter, OpeningHo
   /** The client's byte counts when the native relay took over (its sockets are gone then); -1 before. */
   private baseIn = -1
   private baseOut = -1
+  /** The JS relay's backend-to-client direction, which the backend socket reads into from its connect. */
+  private fromBackend: Flow | undefined
 
   constructor(
     /** The accepted socket; after TLS termination, the TLSSocket over it. */
@@ -406,6 +409,9 @@ export class TcpSession implements OpenSession, Deadline, QueueWaiter, OpeningHo
       highWaterMark: STREAM_BUFFER_BYTES,
       allowHalfOpen: true,
     }
+    // A plain connection may be relayed in JS: the backend socket reads into the relay's buffers.
+    this.fromBackend = pool.config.tls === undefined && this.client === this.raw ? new Flow() : undefined
+    if (this.fromBackend !== undefined) options.onread = this.fromBackend.onread
     const up = connect(options)
     this.upstream = up
     this.upstreamTcp = up
@@ -467,7 +473,10 @@ export class TcpSession implements OpenSession, Deadline, QueueWaiter, OpeningHo
     const config = this.owner.config
     b.established++
     const client = this.client
-    if (this.handOver(up)) return
+    const kind = relayKind(client === this.raw && up === this.upstreamTcp, this.owner.relay !== undefined)
+    const fromBackend = this.fromBackend
+    this.fromBackend = undefined
+    if (kind === 'native' && this.handOver(up)) return
     if (this.headerOut !== undefined) {
       up.write(this.headerOut)
       this.headerOut = undefined
@@ -480,10 +489,7 @@ export class TcpSession implements OpenSession, Deadline, QueueWaiter, OpeningHo
     const opened = this.opened
     // The peeked ClientHello goes first, untouched (after the PROXY header, if any).
     if (opened?.replay !== undefined) up.write(opened.replay)
-    // pipe() carries backpressure both ways (a slow reader pauses the fast writer) and ends
-    // the other side's writable on FIN, which is the half-close a TCP proxy must pass on.
-    client.pipe(up)
-    up.pipe(client)
+    relay(kind, client, up, fromBackend)
   }
 
   /**

@@ -8,7 +8,7 @@ import { loadNativeRelay } from '../../src/proxy/native-relay.js'
 
 /**
  * Backends and clients misbehaving: killed mid-stream, reset, silent, flapping under load, and
- * a client that never reads. Each runs with both relays (the native one and Node streams),
+ * a client that never reads. Each runs with both relays (the native one and the JS relay),
  * whatever SLUICE_TEST_RELAY says, since each carries established connections its own way.
  */
 

@@ -17,7 +17,7 @@ pools:
   p: { backends: ["${addr}"] }
 `
 
-t.test('relay: native carries the connection after the backend connect; relay: js keeps Node streams; the status says which', { skip }, async (t) => {
+t.test('relay: native carries the connection after the backend connect; relay: js carries it in the JS relay; the status says which', { skip }, async (t) => {
   const size = 4 * 1024 * 1024
   const down = randomBytes(size)
   const be = await backend(t, (s) => {
