@@ -657,16 +657,20 @@ static void *engine_main(void *arg) {
       if (errno == EINTR) continue;
       break;
     }
+    /* Commands first: a backend JS took out of the table gets none of the queries read in
+     * the same turn. */
     for (int i = 0; i < n; i++) {
+      if ((uint32_t)(evs[i].data.u64 >> 32) != 2) continue;
+      uint64_t v;
+      ssize_t r = read(e->wake_fd, &v, sizeof v);
+      (void)r;
+      if (take_commands(e)) destroy = true;
+    }
+    for (int i = 0; i < n && !destroy; i++) {
       uint64_t d = evs[i].data.u64;
       uint32_t kind = (uint32_t)(d >> 32);
       if (kind == 1) {
         if (e->listening) on_queries(e);
-      } else if (kind == 2) {
-        uint64_t v;
-        ssize_t r = read(e->wake_fd, &v, sizeof v);
-        (void)r;
-        if (take_commands(e)) destroy = true;
       } else if (kind == 3) {
         uint64_t v;
         ssize_t r = read(e->timer_fd, &v, sizeof v);

@@ -213,6 +213,7 @@ export class DataPlane {
       pool: l.config.pool,
       listening: l.listening,
       active: l.sessions.size,
+      ...(l instanceof UdpListener && l.dnsRelay !== undefined ? { dnsRelay: l.dnsRelay } : {}),
     }))
     const backends = [...this.pools.values()].flatMap((p) => p.backends.map((b) => ({ pool: p.name, backend: b.id, total: b.total })))
     let total = 0
