@@ -496,6 +496,11 @@ static void settle(engine_t *e, int bi, upstream_t *u, uint16_t slot) {
 }
 
 static void send_to_clients(engine_t *e, int n) {
+  /* Counted before they are sent: a client that has its answer finds it counted already. */
+  uint64_t bytes = 0;
+  for (int i = 0; i < n; i++) bytes += e->out_iov[i].iov_len;
+  ADD(e->counters[C_DGRAMS_OUT], n);
+  ADD(e->counters[C_BYTES_OUT], bytes);
   int done = 0;
   while (done < n) {
     int r = sendmmsg(e->listen_fd, e->out + done, (unsigned)(n - done), MSG_DONTWAIT);
@@ -503,12 +508,10 @@ static void send_to_clients(engine_t *e, int n) {
       if (errno == EINTR) continue;
       /* A client that is gone (or a full buffer): this answer is lost, the next goes on. */
       ADD(e->counters[C_SEND_FAILED], 1);
+      SET(e->counters[C_DGRAMS_OUT], e->counters[C_DGRAMS_OUT] - 1);
+      SET(e->counters[C_BYTES_OUT], e->counters[C_BYTES_OUT] - e->out_iov[done].iov_len);
       done++;
       continue;
-    }
-    for (int i = done; i < done + r; i++) {
-      ADD(e->counters[C_DGRAMS_OUT], 1);
-      ADD(e->counters[C_BYTES_OUT], e->out_iov[i].iov_len);
     }
     done += r;
   }

@@ -262,3 +262,23 @@ t.test('native, workers: 2: each worker runs the native relay on its own socket;
   const m = await run.metrics()
   t.equal(metricValue(m, 'sluice_udp_datagrams_total', { listener: 'dns', direction: 'out' }), ok, 'datagrams out: the sum over both workers')
 })
+
+t.test('native: ICMP port unreachable from a backend counts for passive ejection; queries then go to the other', { skip }, async (t) => {
+  const live = await dnsBackend(t)
+  const gone = createSocket('udp4')
+  await new Promise<void>((resolve) => gone.bind(0, '127.0.0.1', resolve))
+  const dead = `127.0.0.1:${gone.address().port}`
+  await new Promise<void>((resolve) => gone.close(() => resolve()))
+  const run = await startDaemon(t, yaml([dead, live.address], ', query_timeout: 200ms', '', ', passive: { max_failures: 1, ejection_time: 1h }'))
+  await run.logs.waitFor((l) => l.dns_relay === 'native')
+  const port = run.port('dns')
+  // Round-robin sends the first query to the dead backend: no answer, an ICMP error back.
+  await client(port, [query(1, 'first.example.test')], 300)
+  const warn = await run.logs.waitFor((l) => l.code === 'SLUICE_ERR_UDP_UNREACHABLE')
+  t.equal(warn.backend, dead, 'the unreachable backend is logged')
+  await eventually(() => run.daemon.pools.get('p')!.find(dead)?.state === 'down', 'the dead backend to be ejected')
+  const before = live.queries.length
+  const got = await client(port, Array.from({ length: 20 }, (_, i) => query(i, `after${i}.example.test`)))
+  t.equal(got.length, 20, 'every later query answered')
+  t.equal(live.queries.length - before, 20, 'all by the live backend')
+})
