@@ -434,8 +434,7 @@ static void on_queries(engine_t *e) {
       }
       backend_t *b = &e->backends[bi];
       if (b->socks == NULL && !open_backend_sockets(e, bi)) {
-        ADD(e->bcounters[bi][B_ERRORS], 1);
-        SET(e->bcounters[bi][B_ERRNO], errno);
+        /* Out of descriptors or memory here, not the backend's fault: no passive-health count. */
         ADD(e->counters[C_SEND_FAILED], 1);
         continue;
       }

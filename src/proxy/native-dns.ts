@@ -28,6 +28,7 @@ const L_BYTES_OUT = 3
 const L_DROPS: readonly DnsDrop[] = ['malformed_query', 'malformed_answer', 'unmatched_answer', 'question_mismatch', 'timeout', 'ids_exhausted']
 const L_DROPS_AT = 4
 const L_NO_BACKEND = 10
+const L_SEND_FAILED = 12
 const L_IN_FLIGHT = 13
 const L_RUNNING = 14
 /** Per backend: sent, settled, answered, errors, last errno, state. */
@@ -264,6 +265,8 @@ export class NativeDns {
     }
     const noBackend = d(L_NO_BACKEND)
     if (noBackend > 0) this.noBackend(noBackend)
+    const unsent = d(L_SEND_FAILED)
+    if (unsent > 0) this.unsent(unsent)
     this.inFlight = now[L_IN_FLIGHT]!
     for (let i = 0; i < n; i++) {
       const b = this.byIndex[i]
@@ -305,6 +308,15 @@ export class NativeDns {
     const suppressed = throttle.take('no_backend')
     if (suppressed !== false) {
       log.warn({ code: 'SLUICE_ERR_NO_BACKEND', listener: config.name, pool: this.pool.name, queries: n, suppressed }, `query dropped: no usable backend in pool ${this.pool.name}`)
+    }
+  }
+
+  /** Datagrams the kernel would not take (a full socket buffer, no descriptor for an upstream socket). */
+  private unsent(n: number): void {
+    const { throttle, log, config } = this.owner
+    const suppressed = throttle.take('dns-send')
+    if (suppressed !== false) {
+      log.warn({ code: 'SLUICE_ERR_DNS_SEND', listener: config.name, datagrams: n, suppressed }, `the native DNS relay could not send ${n} datagram(s): a full socket buffer, or no descriptor for an upstream socket`)
     }
   }
 
