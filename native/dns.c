@@ -881,7 +881,8 @@ static napi_value engine_new(napi_env env, napi_callback_info info) {
   e->ep = epoll_create1(EPOLL_CLOEXEC);
   e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   e->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-  struct epoll_event l = {.events = EPOLLIN, .data.u64 = 1ull << 32};
+  /* Exclusive: with several engines on one socket, a datagram wakes one of them. */
+  struct epoll_event l = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.u64 = 1ull << 32};
   struct epoll_event w = {.events = EPOLLIN, .data.u64 = 2ull << 32};
   struct epoll_event tm = {.events = EPOLLIN, .data.u64 = 3ull << 32};
   if (e->listen_fd < 0 || e->ep < 0 || e->wake_fd < 0 || e->timer_fd < 0 || epoll_ctl(e->ep, EPOLL_CTL_ADD, e->listen_fd, &l) < 0 ||

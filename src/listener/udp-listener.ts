@@ -131,7 +131,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
     else if (!this.nativeDnsAllowed) why = 'relay: js'
     else why = nativeDnsBlocker(this.config, this.pool) ?? loadNativeDns().reason
     const current = this.native
-    if (current !== undefined && (why !== undefined || current.upstreamSockets !== this.config.udp.upstreamSockets)) {
+    if (current !== undefined && (why !== undefined || current.unfit || current.upstreamSockets !== this.config.udp.upstreamSockets)) {
       this.native = undefined
       this.leaveNative(current)
       setNodeReading(socket, true)
@@ -141,7 +141,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
       const binding = loadNativeDns().binding
       try {
         if (binding === undefined || !setNodeReading(socket, false)) throw new Error('the socket cannot be handed over')
-        this.native = new NativeDns(binding, this, this.pool, socket)
+        this.native = new NativeDns(binding, this, this.pool, socket, () => this.syncDnsPath())
       } catch (err) {
         setNodeReading(socket, true)
         why = `the native DNS relay could not start: ${errorMessage(err)}`

@@ -39,6 +39,8 @@ const B_ERRORS = 3
 const B_ERRNO = 4
 const B_STATE = 5
 const STATE_FREE = 0
+/** Relay threads per listener (each worker's): fewer when udp.upstream_sockets is 1. */
+const RELAY_THREADS = 2
 
 interface EngineHandle {
   setBackend(index: number, ip: string, port: number, weight: number, usable: boolean, backup: boolean): void
@@ -151,11 +153,15 @@ interface Mirrored {
 }
 
 export class NativeDns {
-  private readonly engine: EngineHandle
+  /** Relay threads: each reads the same socket (the kernel gives each datagram to one) with its own upstream sockets and slots. */
+  private readonly engines: EngineHandle[] = []
   private readonly cells: number
+  private readonly maxBackends: number
   private readonly bcells: number
   /** Counters as last applied: what takeCounters gave minus these is what is new. */
-  private readonly seen: Float64Array
+  private readonly seen: Float64Array[] = []
+  /** What changed since the last sync, summed over the threads. */
+  private readonly delta: Float64Array
   private readonly mirrored = new Map<Backend, Mirrored>()
   private readonly byIndex: (Backend | undefined)[] = []
   private readonly freeIndexes: number[] = []
@@ -164,6 +170,8 @@ export class NativeDns {
   private closed = false
   private stopWaiters: (() => void)[] = []
   private unwatch: (() => void) | undefined
+  /** The pool changed into one this relay cannot run: the listener replaces it. */
+  unfit = false
   /** Queries relayed since it started. */
   relayed = 0
   /** Queries in flight when last synced. */
@@ -175,14 +183,29 @@ export class NativeDns {
     private readonly owner: NativeDnsOwner,
     private pool: Pool,
     socket: Socket,
+    /** The pool changed into one the native relay cannot run (a backend given by name, say): the listener hands over to the JS relay. */
+    private readonly onUnfit: () => void,
   ) {
     const h = dgramHandle(socket)
     if (h === undefined) throw new TypeError('the listener socket has no descriptor to hand over')
+    this.maxBackends = binding.maxBackends
     this.cells = binding.listenerCells
     this.bcells = binding.backendCells
-    this.seen = new Float64Array(this.cells + binding.maxBackends * this.bcells)
+    const cells = this.cells + binding.maxBackends * this.bcells
+    this.delta = new Float64Array(cells)
     this.upstreamSockets = owner.config.udp.upstreamSockets
-    this.engine = new binding.Engine(h.fd, this.onChange, this.upstreamSockets, owner.config.udp.queryTimeoutMs)
+    // Two threads where there are sockets for both: the upstream sockets are split between them.
+    const threads = Math.min(RELAY_THREADS, this.upstreamSockets)
+    try {
+      for (let i = 0; i < threads; i++) {
+        const sockets = Math.floor(this.upstreamSockets / threads) + (i < this.upstreamSockets % threads ? 1 : 0)
+        this.engines.push(new binding.Engine(h.fd, this.onChange, sockets, owner.config.udp.queryTimeoutMs))
+        this.seen.push(new Float64Array(cells))
+      }
+    } catch (err) {
+      for (const e of this.engines) e.close()
+      throw err
+    }
     this.watch(pool)
     this.mirror()
   }
@@ -207,7 +230,7 @@ export class NativeDns {
     if (this.closed) return
     this.pool = pool
     this.watch(pool)
-    this.engine.setTimeout(this.owner.config.udp.queryTimeoutMs)
+    for (const e of this.engines) e.setTimeout(this.owner.config.udp.queryTimeoutMs)
     this.mirror()
   }
 
@@ -216,6 +239,13 @@ export class NativeDns {
     if (this.closed) return
     const members = this.pool.backends
     const live = new Set<Backend>(members)
+    if (nativeDnsBlocker(this.owner.config, this.pool) !== undefined || !this.hasRoom(members)) {
+      // Not pushed: the listener moves to the JS relay, which runs any pool, or (the table
+      // full of backends still finishing) to a new native relay; outside the pool's own change.
+      if (!this.unfit) queueMicrotask(this.onUnfit)
+      this.unfit = true
+      return
+    }
     for (const b of members) {
       const usable = b.inRotation && !b.retired
       const weight = b.effectiveWeight
@@ -232,27 +262,50 @@ export class NativeDns {
       m.usable = usable
       m.backup = b.backup
       m.retiring = false
-      this.engine.setBackend(m.index, b.host, b.port, weight, usable, b.backup)
+      for (const e of this.engines) e.setBackend(m.index, b.host, b.port, weight, usable, b.backup)
     }
     for (const [b, m] of this.mirrored) {
       if (live.has(b) || m.retiring) continue
       m.retiring = true
-      this.engine.removeBackend(m.index)
+      for (const e of this.engines) e.removeBackend(m.index)
     }
   }
 
-  /** Applies what the engine counted since the last call. */
+  /** Whether every member can have an index in the engine's table (retiring ones hold theirs). */
+  private hasRoom(members: readonly Backend[]): boolean {
+    let fresh = 0
+    for (const b of members) if (!this.mirrored.has(b)) fresh++
+    return fresh <= this.freeIndexes.length + (this.maxBackends - this.nextIndex)
+  }
+
+  /** Applies what the threads counted since the last call. */
   sync(): void {
     if (this.closed && !this.running) return
     const n = this.nextIndex
-    const now = this.engine.takeCounters(n)
-    const seen = this.seen
-    const stats = this.owner.stats
-    const d = (i: number): number => {
-      const v = now[i]! - seen[i]!
-      seen[i] = now[i]!
-      return v
+    const cells = this.cells + n * this.bcells
+    const delta = this.delta
+    delta.fill(0, 0, cells)
+    let inFlight = 0
+    let running = false
+    let freed: boolean[] | undefined
+    for (let k = 0; k < this.engines.length; k++) {
+      const now = this.engines[k]!.takeCounters(n)
+      const seen = this.seen[k]!
+      for (let i = 0; i < cells; i++) {
+        delta[i]! += now[i]! - seen[i]!
+        seen[i] = now[i]!
+      }
+      inFlight += now[L_IN_FLIGHT]!
+      if (now[L_RUNNING]! !== 0) running = true
+      for (let i = 0; i < n; i++) {
+        const at = this.cells + i * this.bcells
+        if (now[at + B_ERRNO]! !== 0) delta[at + B_ERRNO] = now[at + B_ERRNO]!
+        freed ??= new Array<boolean>(n).fill(true)
+        if (now[at + B_STATE]! !== STATE_FREE) freed[i] = false
+      }
     }
+    const d = (i: number): number => delta[i]!
+    const stats = this.owner.stats
     const inDgrams = d(L_DGRAMS_IN)
     stats.datagramsIn += inDgrams
     this.relayed += inDgrams
@@ -267,7 +320,7 @@ export class NativeDns {
     if (noBackend > 0) this.noBackend(noBackend)
     const unsent = d(L_SEND_FAILED)
     if (unsent > 0) this.unsent(unsent)
-    this.inFlight = now[L_IN_FLIGHT]!
+    this.inFlight = inFlight
     for (let i = 0; i < n; i++) {
       const b = this.byIndex[i]
       const at = this.cells + i * this.bcells
@@ -275,7 +328,6 @@ export class NativeDns {
       const settled = d(at + B_SETTLED)
       const answered = d(at + B_ANSWERED)
       const errors = d(at + B_ERRORS)
-      seen[at + B_ERRNO] = now[at + B_ERRNO]!
       if (b === undefined) continue
       if (sent !== 0 || settled !== 0) {
         b.addActive(sent - settled)
@@ -283,19 +335,19 @@ export class NativeDns {
         b.total += sent
       }
       if (answered > 0 && b.consecutiveFailures !== 0) b.consecutiveFailures = 0
-      if (errors > 0) this.backendErrors(b, errors, now[at + B_ERRNO]!)
+      if (errors > 0) this.backendErrors(b, errors, delta[at + B_ERRNO]!)
       const m = this.mirrored.get(b)
-      if (m !== undefined && m.retiring && now[at + B_STATE]! === STATE_FREE) {
+      if (m !== undefined && m.retiring && freed?.[i] === true) {
         this.mirrored.delete(b)
         this.byIndex[i] = undefined
         this.freeIndexes.push(i)
       }
     }
-    if (now[L_RUNNING]! === 0 && this.running) {
+    if (!running && this.running) {
       this.running = false
       this.closed = true
       this.unwatch?.()
-      this.engine.close()
+      for (const e of this.engines) e.close()
       const waiters = this.stopWaiters
       this.stopWaiters = []
       for (const w of waiters) w()
@@ -343,7 +395,7 @@ export class NativeDns {
     if (!this.closed) {
       this.closed = true
       this.unwatch?.()
-      this.engine.stop()
+      for (const e of this.engines) e.stop()
     }
     return done
   }
@@ -353,8 +405,8 @@ export class NativeDns {
     if (!this.running) return
     this.closed = true
     this.unwatch?.()
-    this.engine.close()
-    // The thread has ended and settled what was in flight: its last counters are final.
+    for (const e of this.engines) e.close()
+    // The threads have ended and settled what was in flight: its last counters are final.
     this.sync()
   }
 }
