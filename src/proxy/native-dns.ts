@@ -39,8 +39,12 @@ const B_ERRORS = 3
 const B_ERRNO = 4
 const B_STATE = 5
 const STATE_FREE = 0
-/** Relay threads per listener (each worker's): fewer when udp.upstream_sockets is 1. */
-const RELAY_THREADS = 2
+/**
+ * Relay threads per listener (each worker's), the upstream sockets split between them. One:
+ * two threads reading the same socket measured no faster on 2 cores and cost more CPU per
+ * query (docs/performance.md); the code takes more for a machine where they pay.
+ */
+const RELAY_THREADS = 1
 
 interface EngineHandle {
   setBackend(index: number, ip: string, port: number, weight: number, usable: boolean, backup: boolean): void
@@ -194,7 +198,7 @@ export class NativeDns {
     const cells = this.cells + binding.maxBackends * this.bcells
     this.delta = new Float64Array(cells)
     this.upstreamSockets = owner.config.udp.upstreamSockets
-    // Two threads where there are sockets for both: the upstream sockets are split between them.
+    // RELAY_THREADS threads where there are sockets for each: the upstream sockets are split between them.
     const threads = Math.min(RELAY_THREADS, this.upstreamSockets)
     try {
       for (let i = 0; i < threads; i++) {
