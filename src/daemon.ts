@@ -508,14 +508,15 @@ export class Daemon implements ControlApi {
 
   async listenerViews(): Promise<ListenerView[]> {
     const shares = await this.workerSnapshots()
-    const by = new Map<string, { name: string; protocol: 'tcp' | 'udp'; listen: string; pool: string; listening: boolean; activeConnections: number }>()
+    const by = new Map<string, { name: string; protocol: 'tcp' | 'udp'; listen: string; pool: string; listening: boolean; activeConnections: number; dnsRelay?: 'native' | 'js' }>()
     for (const s of shares) {
       for (const l of s.listeners) {
         const v = by.get(l.name)
-        if (v === undefined) by.set(l.name, { name: l.name, protocol: l.protocol, listen: l.listen, pool: l.pool, listening: l.listening, activeConnections: l.active })
+        if (v === undefined) by.set(l.name, { name: l.name, protocol: l.protocol, listen: l.listen, pool: l.pool, listening: l.listening, activeConnections: l.active, ...(l.dnsRelay !== undefined ? { dnsRelay: l.dnsRelay } : {}) })
         else {
           v.activeConnections += l.active
           v.listening = v.listening && l.listening
+          if (l.dnsRelay === 'js' || (v.dnsRelay !== undefined && l.dnsRelay === undefined)) v.dnsRelay = 'js'
         }
       }
     }

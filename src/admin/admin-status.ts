@@ -29,6 +29,8 @@ export interface ListenerStatus {
   listening: boolean
   /** Open client connections (TCP) or sessions (UDP). */
   active_connections: number
+  /** udp.mode dns only: which relay runs it (`native` in every worker, else `js`). */
+  dns_relay?: 'native' | 'js'
 }
 
 export interface PoolStatus {
@@ -82,6 +84,7 @@ export async function buildStatus(daemon: ControlApi, version: string, admin: St
     pool: l.pool,
     listening: l.listening,
     active_connections: l.activeConnections,
+    ...(l.dnsRelay !== undefined ? { dns_relay: l.dnsRelay } : {}),
   }))
   const pools = [...daemon.pools.values()].map((p) => poolStatus(p, listeners, totals, queues.get(p.name) ?? 0))
   const backends = pools.flatMap((p) => p.backends)

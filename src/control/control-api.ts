@@ -20,6 +20,8 @@ export interface ListenerView {
   readonly listening: boolean
   /** Open client connections (TCP) or sessions (UDP), over every worker. */
   readonly activeConnections: number
+  /** udp.mode dns: `native` when the native DNS relay runs it in every worker, else `js`. */
+  readonly dnsRelay?: 'native' | 'js'
 }
 
 /** One data-plane worker as the status page shows it. */

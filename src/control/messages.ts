@@ -66,6 +66,8 @@ export interface ListenerShare {
   pool: string
   listening: boolean
   active: number
+  /** udp.mode dns: which relay runs it in this worker. */
+  dnsRelay?: 'native' | 'js'
 }
 
 /** One backend's per-worker counters. */

@@ -114,6 +114,7 @@ export class DataPlane {
         const pool = this.pools.get(lc.pool) ?? (p.newPools.get(lc.pool) as Pool)
         const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog, this.sources, this.wheel)
         if (l instanceof TcpListener || l instanceof UdpListener) l.exhaustion = this.exhaustion
+        if (l instanceof UdpListener) l.nativeDnsAllowed = this.relayWanted
         if (l instanceof TcpListener) {
           l.relay = this.activeRelay
           l.poolLookup = (name) => this.pools.get(name) ?? p.newPools.get(name)
@@ -159,6 +160,7 @@ export class DataPlane {
     this.listeners.clear()
     for (const lc of next.listeners) {
       const kept = p.plan.keep.get(lc)
+      if (kept instanceof UdpListener) kept.nativeDnsAllowed = this.relayWanted
       if (kept !== undefined) kept.update(lc, this.pools.get(lc.pool) as Pool, next.log.accessLog)
       const l = kept ?? (p.started.get(lc) as Listener)
       if (l instanceof TcpListener) {
@@ -211,6 +213,7 @@ export class DataPlane {
       pool: l.config.pool,
       listening: l.listening,
       active: l.sessions.size,
+      ...(l instanceof UdpListener && l.dnsRelay !== undefined ? { dnsRelay: l.dnsRelay } : {}),
     }))
     const backends = [...this.pools.values()].flatMap((p) => p.backends.map((b) => ({ pool: p.name, backend: b.id, total: b.total })))
     let total = 0

@@ -16,6 +16,7 @@ import { UdpSession, literalLookup, type UdpSessionOwner } from '../proxy/udp-se
 import { UdpStats } from '../proxy/udp-stats.js'
 import { ExpiryWheel } from '../proxy/udp-expiry.js'
 import { DnsRelay, type DnsRelayOwner } from '../proxy/dns-relay.js'
+import { loadNativeDns, nativeDnsBlocker, NativeDns, setNodeReading } from '../proxy/native-dns.js'
 import type { ExhaustionGuard } from './accept-guard.js'
 import { SourceGate, type SourceHolder, type SourceRefusal } from './source-gate.js'
 import { SourceTables } from '../control/source-tables.js'
@@ -39,8 +40,18 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
   readonly throttle = new LogThrottle()
   /** Sessions started since this listener started (dns mode: queries relayed). */
   get accepted(): number {
-    return this.opened + (this.dns?.relayed ?? 0)
+    return this.opened + (this.dns?.relayed ?? 0) + this.nativeRelayed
   }
+  /** Queries relayed by native DNS relays this listener ran before its current one. */
+  private nativeRelayed = 0
+  /** udp.mode dns on the native DNS relay (native/dns.c); undefined while the JS relay reads the socket. */
+  private native: NativeDns | undefined
+  /** Native DNS relays handed off (a reload), finishing the queries they have in flight. */
+  private readonly nativeLeaving = new Set<NativeDns>()
+  /** False under `relay: js`: the JS relay runs dns mode (set by the data plane). */
+  nativeDnsAllowed = true
+  /** Which relay runs dns mode, as last logged. */
+  private dnsPath: string | undefined
   private opened = 0
   private socket: Socket | undefined
   private socketOpen = false
@@ -102,11 +113,67 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
     })
     this.socket = socket
     this.socketOpen = true
+    this.syncDnsPath()
+  }
+
+  /**
+   * Puts dns mode on the native DNS relay when it can run this listener (it loads, relay is
+   * not js, nothing the native relay lacks is configured), else on the JS relay: the native
+   * one reads a duplicate of the socket while Node stops reading it, and gives it back (Node
+   * reads again) when a reload makes it unfit. The socket stays bound throughout.
+   */
+  syncDnsPath(): void {
+    const socket = this.socket
+    if (socket === undefined || !this.socketOpen) return
+    let why: string | undefined
+    if (this.config.udp.mode !== 'dns') why = 'session mode'
+    else if (this.closing) why = 'closing'
+    else if (!this.nativeDnsAllowed) why = 'relay: js'
+    else why = nativeDnsBlocker(this.config, this.pool) ?? loadNativeDns().reason
+    const current = this.native
+    if (current !== undefined && (why !== undefined || current.unfit || current.upstreamSockets !== this.config.udp.upstreamSockets)) {
+      this.native = undefined
+      this.leaveNative(current)
+      setNodeReading(socket, true)
+    }
+    if (why === undefined && this.native !== undefined) this.native.update(this.pool)
+    if (why === undefined && this.native === undefined) {
+      const binding = loadNativeDns().binding
+      try {
+        if (binding === undefined || !setNodeReading(socket, false)) throw new Error('the socket cannot be handed over')
+        this.native = new NativeDns(binding, this, this.pool, socket, () => this.syncDnsPath())
+      } catch (err) {
+        setNodeReading(socket, true)
+        why = `the native DNS relay could not start: ${errorMessage(err)}`
+      }
+    }
+    if (this.config.udp.mode !== 'dns' || this.closing) return
+    const path = why === undefined ? 'native' : `js (${why})`
+    if (path === this.dnsPath) return
+    this.dnsPath = path
+    if (why === undefined) this.log.info({ listener: this.name, dns_relay: 'native' }, `listener ${this.name}: dns queries are relayed by the native DNS relay`)
+    else this.log.info({ listener: this.name, dns_relay: 'js', reason: why }, `listener ${this.name}: dns queries are relayed by the JS DNS relay (${why})`)
+  }
+
+  /** Which relay runs dns mode now: native, js, or undefined in session mode. */
+  get dnsRelay(): 'native' | 'js' | undefined {
+    if (this.config.udp.mode !== 'dns') return undefined
+    return this.native !== undefined ? 'native' : 'js'
+  }
+
+  private leaveNative(n: NativeDns): void {
+    this.nativeLeaving.add(n)
+    void n.close().then(() => {
+      this.nativeRelayed += n.relayed
+      this.nativeLeaving.delete(n)
+    })
   }
 
   /** Queries in flight in dns mode (0 in session mode). */
   get queriesInFlight(): number {
-    return this.dns?.inFlight ?? 0
+    let n = (this.dns?.inFlight ?? 0) + (this.native?.inFlight ?? 0)
+    for (const x of this.nativeLeaving) n += x.inFlight
+    return n
   }
 
   address(): ListenerAddress {
@@ -141,14 +208,24 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
       void this.dns.close()
       this.dns = undefined
     }
+    this.syncDnsPath()
   }
 
   flushCounters(): void {
+    this.native?.sync()
+    for (const n of this.nativeLeaving) n.sync()
     this.stats.flush(this.metrics, this.name)
   }
 
   close(): Promise<void> {
     this.closing = true
+    const native = this.native
+    if (native !== undefined) {
+      // In flight on the native relay: answered or timed out, then the JS relay's turn.
+      this.native = undefined
+      this.leaveNative(native)
+    }
+    if (this.nativeLeaving.size > 0) return Promise.all([...this.nativeLeaving].map((n) => n.close())).then(() => this.close())
     const dns = this.dns
     if (dns !== undefined) {
       return dns.close().then(() => {
@@ -165,6 +242,10 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
 
   destroy(): void {
     this.closing = true
+    this.native?.destroy()
+    this.native = undefined
+    for (const n of this.nativeLeaving) n.destroy()
+    this.nativeLeaving.clear()
     this.dns?.destroy()
     for (const s of [...this.sessions.values()]) s.end('shutdown')
     this.closeSocket()

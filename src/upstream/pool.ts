@@ -214,10 +214,29 @@ export class Pool {
     if (this.plane !== 'data') this.metrics.backendUp.set({ pool: this.name, backend: b.id }, b.inRotation ? 1 : 0)
     if (b.inRotation) this.queue.kick()
     this.onStateChange?.(b, firstCheck)
+    this.changed()
   }
 
   /** Called after every change of a backend's state (the control plane tells the workers). */
   onStateChange: ((b: Backend, firstCheck: boolean) => void) | undefined
+
+  private readonly watchers = new Set<() => void>()
+
+  /**
+   * Calls `fn` after every change of membership or of a backend's state (what a copy of the
+   * pool kept elsewhere, the native DNS relay's, follows). Returns the call that stops it.
+   */
+  watch(fn: () => void): () => void {
+    const w = (): void => fn()
+    this.watchers.add(w)
+    return () => {
+      this.watchers.delete(w)
+    }
+  }
+
+  private changed(): void {
+    for (const w of this.watchers) w()
+  }
 
   /**
    * Takes a new configuration of this pool in place: backends whose address stays keep their
@@ -256,6 +275,7 @@ export class Pool {
     this.rebuild()
     // New backends or a higher max_connections may have room for what waits.
     this.queue.kick()
+    this.changed()
     return removed
   }
 
