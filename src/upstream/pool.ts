@@ -206,6 +206,9 @@ export class Pool {
     b.state = state
     if (was && !b.inRotation) this.balancerOf(b).onBackendDown(b)
     if (!was && b.inRotation) {
+      // Entering the rotation starts a new run of consecutive failures (after an ejection, say).
+      // The data path owns that count: the control plane's pool only reads it.
+      if (this.plane !== 'control' && b.consecutiveFailures !== 0) b.consecutiveFailures = 0
       const starting = this.original.delete(b) && firstCheck
       // decidedAt (epoch ms): the control plane's moment, so every worker ramps from it.
       if (!starting) this.slowStart.join(b, decidedAt === undefined ? 0 : Date.now() - decidedAt)
