@@ -145,36 +145,48 @@ t.test('workers: 2 — a drain is obeyed by every worker; a dead backend is down
 t.test('workers: 2 — passive ejection counts the connect failures of both workers together', { skip }, async (t) => {
   const a = await namedBackend(t, 'a')
   const dead = `127.0.0.1:${await deadPort()}`
-  const run = await startDaemon(t, twoWorkers([a.address, dead], ', passive: { max_failures: 8, ejection_time: 1m }'))
+  const run = await startDaemon(t, twoWorkers([a.address, dead], ', passive: { max_failures: 8, ejection_time: 3s }'))
   const port = run.port('l')
-  // One client at a time; a connect to the dead backend fails and is retried on a. After each,
-  // a stats round trip: the worker's connect-failed message came before its answer, so the
-  // control plane has counted every failure so far when the loop checks for the ejection.
-  let ejected = false
-  let clients = 0
-  const greeted: string[] = []
-  while (!ejected && clients < 200) {
-    greeted.push(await greeting(port))
-    clients++
-    await run.daemon.workerViews()
-    ejected = run.logs.lines.some((l) => l.code === 'SLUICE_ERR_BACKEND_EJECTED')
+  const ejections = (): Record<string, unknown>[] => run.logs.lines.filter((l) => l.code === 'SLUICE_ERR_BACKEND_EJECTED')
+  /**
+   * One client at a time until the n-th ejection; a connect to the dead backend fails and is
+   * retried on a. After each client a stats round trip: the worker's connect-failed message
+   * came before its answer, so the control plane has counted every failure so far when the
+   * loop looks for the ejection. Returns the clients' access lines.
+   */
+  const untilEjection = async (n: number): Promise<Record<string, unknown>[]> => {
+    const from = run.logs.access.length
+    const greeted: string[] = []
+    while (ejections().length < n && greeted.length < 200) {
+      greeted.push(await greeting(port))
+      await run.daemon.workerViews()
+    }
+    t.equal(ejections().length, n, `ejection ${n} after ${greeted.length} clients`)
+    t.same([...new Set(greeted)], ['a'], 'every client was served (by a, after a retry where the dead one was tried)')
+    return (await run.logs.waitForAccess(from + greeted.length)).slice(from)
   }
-  t.ok(ejected, `ejected after ${clients} clients`)
-  t.same([...new Set(greeted)], ['a'], 'every client was served (by a, after a retry where the dead one was tried)')
-  const line = run.logs.lines.find((l) => l.code === 'SLUICE_ERR_BACKEND_EJECTED')!
-  t.equal(line.worker, undefined, 'by the control plane, the one owner of health')
-  const access = await run.logs.waitForAccess(clients)
-  const failed = access.filter((l) => l.attempts === 2)
-  const byWorker = [1, 2].map((w) => failed.filter((l) => l.worker === w).length)
   // Counted per worker, one worker alone would have to fail 8 times: 8 in all only if all 8
   // came to the same worker (a chance of 1 in 128).
-  t.equal(failed.length, 8, `ejected at the 8th failed connect in all (worker 1: ${byWorker[0]}, worker 2: ${byWorker[1]})`)
+  const failures = (lines: Record<string, unknown>[]): string => {
+    const failed = lines.filter((l) => l.attempts === 2)
+    return `${failed.length} (worker 1: ${failed.filter((l) => l.worker === 1).length}, worker 2: ${failed.filter((l) => l.worker === 2).length})`
+  }
+  const first = failures(await untilEjection(1))
+  t.match(first, /^8 /, `ejected at the 8th failed connect in all: ${first}`)
+  const line = ejections()[0]!
+  t.equal(line.worker, undefined, 'by the control plane, the one owner of health')
   t.equal(line.failures, 8, 'the ejection counts 8 consecutive failures')
   t.equal(metricValue(await run.metrics(), 'sluice_backend_ejections_total', { pool: 'p', backend: dead }), 1, 'one ejection')
   const before = run.logs.access.length
   await greetings(port, 20)
-  const after = (await run.logs.waitForAccess(before + 20)).slice(before)
-  t.same([...new Set(after.map((l) => l.attempts))], [1], 'neither worker tries the ejected backend')
+  const during = (await run.logs.waitForAccess(before + 20)).slice(before)
+  t.equal(ejections().length, 1, 'still the one ejection')
+  t.same([...new Set(during.map((l) => l.attempts))], [1], 'neither worker tries the ejected backend')
+  await run.logs.waitFor((l) => l.msg === `backend ${dead}: ejection over, trying it again`, 20_000)
+  // Both workers have it back in the rotation (and its count started anew) before the next client.
+  await run.daemon.workerViews()
+  const second = failures(await untilEjection(2))
+  t.match(second, /^8 /, `after the ejection, ejected again at the 8th failure in all: ${second}`)
 })
 
 t.test('workers: 2 — a reload that adds a backend reaches it from every worker; a broken one changes nothing', { skip }, async (t) => {
