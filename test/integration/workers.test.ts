@@ -306,6 +306,7 @@ t.test('workers: 2 — a worker that dies is logged, counted and started again; 
   run.daemon.crashWorker(2)
   const died = await run.logs.waitFor((l) => l.code === 'SLUICE_ERR_WORKER')
   t.equal(died.worker, 2, 'the dead worker is named')
+  t.match(died.error, /worker 2 exited with code 1/, 'with its error')
   await run.logs.waitFor((l) => l.msg === 'worker 2 started again')
   t.match(await run.metrics(), /sluice_worker_restarts_total 1\b/, 'counted')
   let alive = 0
