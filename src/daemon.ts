@@ -1,10 +1,10 @@
 import { Registry } from 'prom-client'
-import { mergeExposition } from './control/metrics-merge.js'
+import { establishedMetric, mergeExposition } from './control/metrics-merge.js'
 import type { AdminConfig, BackendConfig, Config, DemoBackendConfig } from './config/types.js'
 import type { Backend } from './upstream/backend.js'
 import type { Logger } from './log.js'
 import { warnDescriptorLimit } from './fd-budget.js'
-import { Metrics } from './metrics/metrics.js'
+import { BACKEND_CONNECTIONS_TOTAL, Metrics } from './metrics/metrics.js'
 import { Pool } from './upstream/pool.js'
 import type { Listener } from './listener/listener.js'
 import { createDemoBackend, type DemoServer } from './demo/demo-backend.js'
@@ -530,7 +530,14 @@ export class Daemon implements ControlApi {
   /** Connections handed to each backend since start, summed over the workers (`pool\nbackend` → n). */
   async backendTotals(): Promise<Map<string, number>> {
     const totals = new Map<string, number>()
-    for (const s of await this.workerSnapshots()) for (const b of s.backends) totals.set(backendSlotKey(b.pool, b.backend), (totals.get(backendSlotKey(b.pool, b.backend)) ?? 0) + b.total)
+    for (const s of await this.workerSnapshots()) {
+      for (const share of s.backends) {
+        share.backends.forEach((id, i) => {
+          const key = backendSlotKey(share.pool, id)
+          totals.set(key, (totals.get(key) ?? 0) + (share.totals[i] ?? 0))
+        })
+      }
+    }
     return totals
   }
 
@@ -547,7 +554,10 @@ export class Daemon implements ControlApi {
     this.exposing ??= (async (): Promise<string> => {
       const stats = await this.workerStats()
       const own = await this.registry.getMetricsAsJSON()
-      return mergeExposition([own, ...stats.map((r) => r.metrics)])
+      // Each worker's per-backend connection counts come in its snapshot, not as series.
+      const template = own.find((m) => m.name === BACKEND_CONNECTIONS_TOTAL)
+      const fromWorkers = stats.map((r) => (template === undefined ? r.metrics : [...r.metrics, establishedMetric(template, r.snapshot.backends)]))
+      return mergeExposition([own, ...fromWorkers])
     })().finally(() => (this.exposing = undefined))
     return this.exposing
   }

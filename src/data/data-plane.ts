@@ -15,7 +15,7 @@ import { ExhaustionGuard } from '../listener/accept-guard.js'
 import { UdpListener } from '../listener/udp-listener.js'
 import { SourceTables } from '../control/source-tables.js'
 import { TimerWheel } from '../proxy/timer-wheel.js'
-import { backendSlotKey, listenerSlotKey, type BackendStateEntry, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
+import { backendSlotKey, listenerSlotKey, type BackendShares, type BackendStateEntry, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
 
 export interface DataPlaneOptions {
   /** 1-based; the one data plane of a one-worker daemon is worker 1. */
@@ -212,7 +212,17 @@ export class DataPlane {
       listening: l.listening,
       active: l.sessions.size,
     }))
-    const backends = [...this.pools.values()].flatMap((p) => p.backends.map((b) => ({ pool: p.name, backend: b.id, total: b.total })))
+    const backends: BackendShares[] = []
+    for (const p of this.pools.values()) {
+      const share: BackendShares = { pool: p.name, backends: [], totals: [], established: [] }
+      for (const b of p.backends) {
+        if (b.total === 0 && b.established === 0) continue
+        share.backends.push(b.id)
+        share.totals.push(b.total)
+        share.established.push(b.established)
+      }
+      if (share.backends.length > 0) backends.push(share)
+    }
     let total = 0
     for (const l of all) total += l.accepted
     const queues: Record<string, number> = {}

@@ -70,6 +70,9 @@ t.test('workers: 2 — round-robin spreads 200 connections 45-55%, both workers 
   t.equal(doc.pools[0]!.backends.reduce((n, x) => n + x.total_connections, 0), 200, 'and the backends\' totals over both')
   const text = await (await fetch(`http://127.0.0.1:${admin.port}/metrics`)).text()
   t.equal(metricValue(text, 'sluice_connections_total', { listener: 'l' }), 200, '/metrics sums the workers')
+  const perBackend = [a, b].map((x) => metricValue(text, 'sluice_backend_connections_total', { pool: 'p', backend: x.address }))
+  t.equal(perBackend[0]! + perBackend[1]!, 200, `sluice_backend_connections_total over both workers: ${perBackend.join(' + ')}`)
+  t.equal(perBackend[0], doc.pools[0]!.backends[0]!.total_connections, 'the same count as /api/status for a')
 })
 
 t.test('workers: 2 — least-connections with 8 held connections gives exactly 4/4', { skip }, async (t) => {
