@@ -135,7 +135,8 @@ t.test('workers: 2 — a drain is obeyed by every worker; a dead backend is down
   const took = performance.now() - killedAt
   lag.disable()
   // Each sample is one 10 ms interval as it was timed: what it ran over is the loop's delay.
-  const held = lag.count * Math.max(0, lag.mean / 1e6 - 10)
+  // (No sample at all when it took under 10 ms: the mean is NaN then.)
+  const held = lag.count === 0 ? 0 : lag.count * Math.max(0, lag.mean / 1e6 - 10)
   t.ok(took < 3000 + held, `down for both workers ${took.toFixed(0)} ms after the kill (bound: 3 s + ${held.toFixed(0)} ms this process's loop was held up)`)
   const before = run.logs.access.length
   const afterKill = await greetings(run.port('l'), 60)
