@@ -37,6 +37,13 @@ interface Prepared {
   plan: ListenerPlan
   started: Map<AnyListenerConfig, Listener>
   newPools: Map<string, Pool>
+  relay: RelayChoice
+}
+
+/** What a configuration asks of the relay: whether new connections go to it (and why it could not load). */
+interface RelayChoice {
+  wanted: boolean
+  unavailable?: string
 }
 
 /**
@@ -97,11 +104,11 @@ export class DataPlane {
    */
   async prepare(config: Config, slots: SlotTable, ports: Record<string, number>): Promise<Record<string, number>> {
     this.abort()
-    this.chooseRelay(config)
+    const relay = this.relayFor(config)
     const listeners = config.listeners.map((lc) => (lc.port === 0 && ports[lc.name] !== undefined ? { ...lc, port: ports[lc.name] as number } : lc))
     const wanted: Config = { ...config, listeners }
     const plan = planListeners(this.listeners.values(), listeners)
-    const p: Prepared = { config: wanted, slots, plan, started: new Map(), newPools: new Map() }
+    const p: Prepared = { config: wanted, slots, plan, started: new Map(), newPools: new Map(), relay }
     this.prepared = p
     try {
       for (const pc of wanted.pools.values()) {
@@ -115,7 +122,7 @@ export class DataPlane {
         const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog, this.sources, this.wheel)
         if (l instanceof TcpListener || l instanceof UdpListener) l.exhaustion = this.exhaustion
         if (l instanceof TcpListener) {
-          l.relay = this.activeRelay
+          l.relay = relay.wanted ? this.relay : undefined
           l.poolLookup = (name) => this.pools.get(name) ?? p.newPools.get(name)
           const slot = slots[listenerSlotKey(lc.name)]
           if (slot !== undefined) l.admission = admissionAt(this.counters, slot)
@@ -146,6 +153,7 @@ export class DataPlane {
     this.prepared = undefined
     const next = p.config
     this.log.level = next.log.level
+    this.applyRelay(p.relay)
     for (const pc of next.pools.values()) {
       const existing = this.pools.get(pc.name)
       if (existing !== undefined) {
@@ -272,30 +280,40 @@ export class DataPlane {
   }
 
   /**
-   * Opens the native relay when the configuration wants it (`relay: auto` when it loads,
-   * `native` always; an error when it does not load) and says once which relay carries the
-   * connections. A relay, once open, stays for the life of the data plane; `relay: js` in a
-   * later reload only stops new connections from being handed to it.
+   * Phase one's part of the relay: opens the native relay when the configuration wants it
+   * (`relay: auto` when it loads, `native` always; an error when it does not load). A relay,
+   * once open, stays for the life of the data plane; `relay: js` in a later reload only stops
+   * new connections from being handed to it. Changes nothing else: the choice takes effect
+   * at commit (applyRelay).
    */
-  private chooseRelay(config: Config): void {
-    if (config.relay === 'js') {
-      if (this.relayKind !== 'js') this.log.info({ worker: this.id, relay: 'js' }, 'established TCP connections are relayed by Node streams (relay: js)')
-      this.relayKind = 'js'
-      this.relayWanted = false
-      return
-    }
-    this.relayWanted = true
+  private relayFor(config: Config): RelayChoice {
+    if (config.relay === 'js') return { wanted: false }
     if (this.relay === undefined) {
       const opened = RelayHost.open(config.relay)
       if (opened instanceof RelayHost) this.relay = opened
       else if (config.relay === 'native') throw new SluiceError('SLUICE_ERR_RELAY', `relay: native, but the native relay cannot be used: ${opened.reason}; build it with npm run build:native, or write relay: auto or js`)
-      else if (this.relayKind !== 'js') {
-        this.log.warn({ code: 'SLUICE_ERR_RELAY', worker: this.id, relay: 'js', reason: opened.reason }, `the native relay cannot be used (${opened.reason}): Node streams relay the connections`)
-        this.relayKind = 'js'
-        return
-      }
+      else return { wanted: true, unavailable: opened.reason }
     }
-    if (this.relay !== undefined && this.relayKind !== 'native') {
+    return { wanted: true }
+  }
+
+  /** Commit: new connections go to the relay the configuration chose; says once which relay carries them. */
+  private applyRelay(choice: RelayChoice): void {
+    this.relayWanted = choice.wanted
+    if (!choice.wanted) {
+      if (this.relayKind !== 'js') this.log.info({ worker: this.id, relay: 'js' }, 'established TCP connections are relayed by Node streams (relay: js)')
+      this.relayKind = 'js'
+      return
+    }
+    if (this.relay === undefined) {
+      if (this.relayKind !== 'js') {
+        const reason = choice.unavailable ?? 'not loaded'
+        this.log.warn({ code: 'SLUICE_ERR_RELAY', worker: this.id, relay: 'js', reason }, `the native relay cannot be used (${reason}): Node streams relay the connections`)
+      }
+      this.relayKind = 'js'
+      return
+    }
+    if (this.relayKind !== 'native') {
       this.log.info({ worker: this.id, relay: 'native' }, 'established plain TCP connections are relayed by the native relay')
       this.relayKind = 'native'
     }
