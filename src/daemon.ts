@@ -1,10 +1,10 @@
 import { Registry } from 'prom-client'
-import { mergeExposition } from './control/metrics-merge.js'
+import { establishedMetric, mergeExposition } from './control/metrics-merge.js'
 import type { AdminConfig, BackendConfig, Config, DemoBackendConfig } from './config/types.js'
 import type { Backend } from './upstream/backend.js'
 import type { Logger } from './log.js'
 import { warnDescriptorLimit } from './fd-budget.js'
-import { Metrics } from './metrics/metrics.js'
+import { BACKEND_CONNECTIONS_TOTAL, Metrics } from './metrics/metrics.js'
 import { Pool } from './upstream/pool.js'
 import type { Listener } from './listener/listener.js'
 import { createDemoBackend, type DemoServer } from './demo/demo-backend.js'
@@ -225,7 +225,7 @@ export class Daemon implements ControlApi {
     const next = this.members.effective(file)
     const startedDemo: [string, DemoServer][] = []
     let newAdmin: AdminServer | undefined
-    let prepared: SlotTable | undefined
+    let prepared: { slots: SlotTable; fresh: string[] } | undefined
     try {
       for (const dc of next.demoBackends) {
         if (!this.demo.has(demoKey(dc))) {
@@ -244,7 +244,10 @@ export class Daemon implements ControlApi {
       }
     } catch (err) {
       newAdmin?.destroy()
-      if (prepared !== undefined) for (const w of this.workers) w.send({ type: 'abort', seq: ++this.seq })
+      if (prepared !== undefined) {
+        for (const w of this.workers) w.send({ type: 'abort', seq: ++this.seq })
+        this.releaseSlots(prepared.fresh)
+      }
       for (const [, db] of startedDemo) db.close()
       throw err
     }
@@ -303,15 +306,16 @@ export class Daemon implements ControlApi {
 
   /**
    * Phase one in `workers`: the first binds (so listeners on port 0 get their port), then the
-   * others bind the same ports. Returns the slot table sent. Throws (after aborting the
-   * workers that prepared) when any fails.
+   * others bind the same ports. Returns the slot table sent and the keys it newly allocated.
+   * Throws (after aborting the workers that prepared, and releasing those keys) when any fails.
    */
-  private async prepare(file: Config, workers: readonly WorkerLink[]): Promise<SlotTable> {
+  private async prepare(file: Config, workers: readonly WorkerLink[]): Promise<{ slots: SlotTable; fresh: string[] }> {
     // Each pool's members as merged here (discovery, run-time changes); a worker parses only the file.
     const config = this.members.effective(file)
     const members: Record<string, BackendConfig[]> = {}
     for (const pc of config.pools.values()) members[pc.name] = pc.backends
-    const slots = this.slotTable(config)
+    const fresh: string[] = []
+    const slots = this.slotTable(config, fresh)
     const source = { text: config.source?.text ?? '', file: config.file, env: config.source?.env ?? {} }
     const done: WorkerLink[] = []
     const one = async (w: WorkerLink, ports: Record<string, number>): Promise<Record<string, number>> => {
@@ -322,15 +326,21 @@ export class Daemon implements ControlApi {
     }
     try {
       const [first, ...rest] = workers
-      if (first === undefined) return slots
+      if (first === undefined) return { slots, fresh }
       const ports = { ...this.ports, ...(await one(first, this.ports)) }
       await Promise.all(rest.map((w) => one(w, ports)))
       this.ports = ports
     } catch (err) {
       for (const w of done) w.send({ type: 'abort', seq: ++this.seq })
+      this.releaseSlots(fresh)
       throw err
     }
-    return slots
+    return { slots, fresh }
+  }
+
+  /** Slots handed out for a configuration that was not applied (no pool or listener holds them). */
+  private releaseSlots(keys: readonly string[]): void {
+    for (const k of keys) this.slots.release(k)
   }
 
   /** Phase two in `workers`, with the decided state of every backend. */
@@ -350,17 +360,24 @@ export class Daemon implements ControlApi {
     return out
   }
 
-  /** The shared-counter slots of `config`'s backends and listeners (allocated as needed). */
-  private slotTable(config: Config): SlotTable {
+  /**
+   * The shared-counter slots of `config`'s backends and listeners (allocated as needed); the
+   * keys allocated here go in `fresh`, to be released if the configuration is not applied.
+   */
+  private slotTable(config: Config, fresh: string[]): SlotTable {
     const slots: SlotTable = {}
-    for (const pc of config.pools.values()) {
-      for (const b of pc.backends) {
-        const key = backendSlotKey(pc.name, b.address)
-        slots[key] = this.slots.slotOf(key)
-      }
+    const slotOf = (key: string): number => {
+      if (!this.slots.has(key)) fresh.push(key)
+      return this.slots.slotOf(key)
     }
-    for (const lc of config.listeners) slots[listenerSlotKey(lc.name)] = this.slots.slotOf(listenerSlotKey(lc.name))
+    for (const pc of config.pools.values()) for (const b of pc.backends) slots[backendSlotKey(pc.name, b.address)] = slotOf(backendSlotKey(pc.name, b.address))
+    for (const lc of config.listeners) slots[listenerSlotKey(lc.name)] = slotOf(listenerSlotKey(lc.name))
     return slots
+  }
+
+  /** Keys holding a slot of the shared counters (backends and listeners). */
+  get sharedSlotsInUse(): number {
+    return this.slots.used
   }
 
   private makePool(name: string, config: Config): Pool {
@@ -531,7 +548,14 @@ export class Daemon implements ControlApi {
   /** Connections handed to each backend since start, summed over the workers (`pool\nbackend` → n). */
   async backendTotals(): Promise<Map<string, number>> {
     const totals = new Map<string, number>()
-    for (const s of await this.workerSnapshots()) for (const b of s.backends) totals.set(backendSlotKey(b.pool, b.backend), (totals.get(backendSlotKey(b.pool, b.backend)) ?? 0) + b.total)
+    for (const s of await this.workerSnapshots()) {
+      for (const share of s.backends) {
+        share.backends.forEach((id, i) => {
+          const key = backendSlotKey(share.pool, id)
+          totals.set(key, (totals.get(key) ?? 0) + (share.totals[i] ?? 0))
+        })
+      }
+    }
     return totals
   }
 
@@ -548,7 +572,10 @@ export class Daemon implements ControlApi {
     this.exposing ??= (async (): Promise<string> => {
       const stats = await this.workerStats()
       const own = await this.registry.getMetricsAsJSON()
-      return mergeExposition([own, ...stats.map((r) => r.metrics)])
+      // Each worker's per-backend connection counts come in its snapshot, not as series.
+      const template = own.find((m) => m.name === BACKEND_CONNECTIONS_TOTAL)
+      const fromWorkers = stats.map((r) => (template === undefined ? r.metrics : [...r.metrics, establishedMetric(template, r.snapshot.backends)]))
+      return mergeExposition([own, ...fromWorkers])
     })().finally(() => (this.exposing = undefined))
     return this.exposing
   }

@@ -70,18 +70,25 @@ export interface ListenerShare {
   dnsRelay?: 'native' | 'js'
 }
 
-/** One backend's per-worker counters. */
-export interface BackendShare {
+/**
+ * One pool's per-worker backend counters: connections handed to `backends[i]` since start
+ * (`totals[i]`), and established to it (`established[i]`: its sluice_backend_connections_total,
+ * which the control plane exposes from these). Only backends with connections are listed
+ * (absent: 0), in flat arrays, so a pool of thousands of backends costs the worker's event
+ * loop little to build and clone: no per-backend metric series lives in a worker's registry.
+ */
+export interface BackendShares {
   pool: string
-  backend: string
-  total: number
+  backends: string[]
+  totals: number[]
+  established: number[]
 }
 
 export interface WorkerSnapshot {
   /** What carries this worker's established plain TCP connections. */
   relay: 'native' | 'js'
   listeners: ListenerShare[]
-  backends: BackendShare[]
+  backends: BackendShares[]
   activeConnections: number
   connectionsTotal: number
   /** Connections waiting in each pool's queue in this worker (pool name → length). */

@@ -1,6 +1,23 @@
 import type { MetricObjectWithValues, MetricValue } from 'prom-client'
+import type { BackendShares } from './messages.js'
 
 type Metric = MetricObjectWithValues<MetricValue<string>>
+
+/**
+ * A worker's sluice_backend_connections_total, from the per-backend counts in its stats
+ * snapshot, as the series its own registry would have held (`template`: the metric as the
+ * control plane's registry describes it, with no values of its own).
+ */
+export function establishedMetric(template: Metric, shares: readonly BackendShares[]): Metric {
+  const values: MetricValue<string>[] = []
+  for (const share of shares) {
+    share.backends.forEach((backend, i) => {
+      const n = share.established[i] ?? 0
+      if (n > 0) values.push({ labels: { pool: share.pool, backend }, value: n })
+    })
+  }
+  return { ...template, values }
+}
 
 /** How long the merge may hold the event loop before it yields (ms). */
 const SLICE_MS = 1

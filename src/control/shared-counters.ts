@@ -90,6 +90,11 @@ export class SlotAllocator {
     return slot
   }
 
+  /** Whether `key` holds a slot now. */
+  has(key: string): boolean {
+    return this.byKey.has(key)
+  }
+
   /** The key is gone (a backend removed, a listener closed): its slot may be reused once idle. */
   release(key: string): void {
     const slot = this.byKey.get(key)

@@ -15,7 +15,7 @@ import { ExhaustionGuard } from '../listener/accept-guard.js'
 import { UdpListener } from '../listener/udp-listener.js'
 import { SourceTables } from '../control/source-tables.js'
 import { TimerWheel } from '../proxy/timer-wheel.js'
-import { backendSlotKey, listenerSlotKey, type BackendStateEntry, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
+import { backendSlotKey, listenerSlotKey, type BackendShares, type BackendStateEntry, type FromWorker, type SlotTable, type WorkerSnapshot } from '../control/messages.js'
 
 export interface DataPlaneOptions {
   /** 1-based; the one data plane of a one-worker daemon is worker 1. */
@@ -37,6 +37,13 @@ interface Prepared {
   plan: ListenerPlan
   started: Map<AnyListenerConfig, Listener>
   newPools: Map<string, Pool>
+  relay: RelayChoice
+}
+
+/** What a configuration asks of the relay: whether new connections go to it (and why it could not load). */
+interface RelayChoice {
+  wanted: boolean
+  unavailable?: string
 }
 
 /**
@@ -97,11 +104,11 @@ export class DataPlane {
    */
   async prepare(config: Config, slots: SlotTable, ports: Record<string, number>): Promise<Record<string, number>> {
     this.abort()
-    this.chooseRelay(config)
+    const relay = this.relayFor(config)
     const listeners = config.listeners.map((lc) => (lc.port === 0 && ports[lc.name] !== undefined ? { ...lc, port: ports[lc.name] as number } : lc))
     const wanted: Config = { ...config, listeners }
     const plan = planListeners(this.listeners.values(), listeners)
-    const p: Prepared = { config: wanted, slots, plan, started: new Map(), newPools: new Map() }
+    const p: Prepared = { config: wanted, slots, plan, started: new Map(), newPools: new Map(), relay }
     this.prepared = p
     try {
       for (const pc of wanted.pools.values()) {
@@ -116,7 +123,7 @@ export class DataPlane {
         if (l instanceof TcpListener || l instanceof UdpListener) l.exhaustion = this.exhaustion
         if (l instanceof UdpListener) l.nativeDnsAllowed = this.relayWanted
         if (l instanceof TcpListener) {
-          l.relay = this.activeRelay
+          l.relay = relay.wanted ? this.relay : undefined
           l.poolLookup = (name) => this.pools.get(name) ?? p.newPools.get(name)
           const slot = slots[listenerSlotKey(lc.name)]
           if (slot !== undefined) l.admission = admissionAt(this.counters, slot)
@@ -147,6 +154,7 @@ export class DataPlane {
     this.prepared = undefined
     const next = p.config
     this.log.level = next.log.level
+    this.applyRelay(p.relay)
     for (const pc of next.pools.values()) {
       const existing = this.pools.get(pc.name)
       if (existing !== undefined) {
@@ -215,7 +223,17 @@ export class DataPlane {
       active: l.sessions.size,
       ...(l instanceof UdpListener && l.dnsRelay !== undefined ? { dnsRelay: l.dnsRelay } : {}),
     }))
-    const backends = [...this.pools.values()].flatMap((p) => p.backends.map((b) => ({ pool: p.name, backend: b.id, total: b.total })))
+    const backends: BackendShares[] = []
+    for (const p of this.pools.values()) {
+      const share: BackendShares = { pool: p.name, backends: [], totals: [], established: [] }
+      for (const b of p.backends) {
+        if (b.total === 0 && b.established === 0) continue
+        share.backends.push(b.id)
+        share.totals.push(b.total)
+        share.established.push(b.established)
+      }
+      if (share.backends.length > 0) backends.push(share)
+    }
     let total = 0
     for (const l of all) total += l.accepted
     const queues: Record<string, number> = {}
@@ -265,30 +283,40 @@ export class DataPlane {
   }
 
   /**
-   * Opens the native relay when the configuration wants it (`relay: auto` when it loads,
-   * `native` always; an error when it does not load) and says once which relay carries the
-   * connections. A relay, once open, stays for the life of the data plane; `relay: js` in a
-   * later reload only stops new connections from being handed to it.
+   * Phase one's part of the relay: opens the native relay when the configuration wants it
+   * (`relay: auto` when it loads, `native` always; an error when it does not load). A relay,
+   * once open, stays for the life of the data plane; `relay: js` in a later reload only stops
+   * new connections from being handed to it. Changes nothing else: the choice takes effect
+   * at commit (applyRelay).
    */
-  private chooseRelay(config: Config): void {
-    if (config.relay === 'js') {
-      if (this.relayKind !== 'js') this.log.info({ relay: 'js' }, 'established plain TCP connections are relayed by the JS relay (relay: js)')
-      this.relayKind = 'js'
-      this.relayWanted = false
-      return
-    }
-    this.relayWanted = true
+  private relayFor(config: Config): RelayChoice {
+    if (config.relay === 'js') return { wanted: false }
     if (this.relay === undefined) {
       const opened = RelayHost.open(config.relay)
       if (opened instanceof RelayHost) this.relay = opened
       else if (config.relay === 'native') throw new SluiceError('SLUICE_ERR_RELAY', `relay: native, but the native relay cannot be used: ${opened.reason}; build it with npm run build:native, or write relay: auto or js`)
-      else if (this.relayKind !== 'js') {
-        this.log.warn({ code: 'SLUICE_ERR_RELAY', relay: 'js', reason: opened.reason }, `the native relay cannot be used (${opened.reason}): the JS relay carries the connections`)
-        this.relayKind = 'js'
-        return
-      }
+      else return { wanted: true, unavailable: opened.reason }
     }
-    if (this.relay !== undefined && this.relayKind !== 'native') {
+    return { wanted: true }
+  }
+
+  /** Commit: new connections go to the relay the configuration chose; says once which relay carries them. */
+  private applyRelay(choice: RelayChoice): void {
+    this.relayWanted = choice.wanted
+    if (!choice.wanted) {
+      if (this.relayKind !== 'js') this.log.info({ relay: 'js' }, 'established plain TCP connections are relayed by the JS relay (relay: js)')
+      this.relayKind = 'js'
+      return
+    }
+    if (this.relay === undefined) {
+      if (this.relayKind !== 'js') {
+        const reason = choice.unavailable ?? 'not loaded'
+        this.log.warn({ code: 'SLUICE_ERR_RELAY', relay: 'js', reason }, `the native relay cannot be used (${reason}): the JS relay carries the connections`)
+      }
+      this.relayKind = 'js'
+      return
+    }
+    if (this.relayKind !== 'native') {
       this.log.info({ relay: 'native' }, 'established plain TCP connections are relayed by the native relay')
       this.relayKind = 'native'
     }

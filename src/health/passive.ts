@@ -8,8 +8,10 @@ import { formatDuration } from '../config/duration.js'
 /**
  * Passive ejection: `max_failures` consecutive failed connects by real client connections
  * (counted in `Backend.consecutiveFailures`, reset by any successful connect) take a backend
- * out for `ejection_time`; then it is tried again with its count reset. Only a backend that
- * is up is ejected; `onChange` recomputes its state (see PoolHealth).
+ * out for `ejection_time`; then it is tried again, its count started anew by the data plane
+ * as it re-enters the rotation (Pool.setState: the count is the data path's to write, this
+ * only reads it). Only a backend that is up is ejected; `onChange` recomputes its state (see
+ * PoolHealth).
  */
 export class PassiveEjector {
   private readonly timers = new Map<Backend, NodeJS.Timeout>()
@@ -57,7 +59,6 @@ export class PassiveEjector {
     clearTimeout(this.timers.get(b))
     this.timers.delete(b)
     b.ejected = false
-    b.consecutiveFailures = 0
     if (log && !b.retired) this.log.info({ pool: this.pool.name, backend: b.id }, `backend ${b.id}: ejection over, trying it again`)
     if (!b.retired) this.onChange(b)
   }

@@ -1,5 +1,8 @@
 import { Counter, Gauge, collectDefaultMetrics, type Registry } from 'prom-client'
 
+/** Summed by the control plane from the workers' stats snapshots (daemon.ts metricsText). */
+export const BACKEND_CONNECTIONS_TOTAL = 'sluice_backend_connections_total'
+
 /**
  * Every metric sluice exports, registered on an injected Registry (so two daemons can share a
  * process in tests). Labels are bounded: listener, pool and backend names come from the
@@ -66,7 +69,7 @@ export class Metrics {
       registers,
     })
     this.backendConnectionsTotal = new Counter({
-      name: 'sluice_backend_connections_total',
+      name: BACKEND_CONNECTIONS_TOTAL,
       help: 'Connections established to a backend.',
       labelNames: ['pool', 'backend'],
       registers,

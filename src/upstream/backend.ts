@@ -101,7 +101,10 @@ export class Backend {
     return this.shared.tryAcquire(this.slot, max)
   }
 
-  /** Consecutive failed connects, by every worker; reset by a successful one. */
+  /**
+   * Consecutive failed connects, by every worker; reset by a successful one, and by a worker's
+   * pool when the backend enters the rotation. Written by the data path only.
+   */
   get consecutiveFailures(): number {
     return this.shared === undefined ? this.localFailures : this.shared.load(this.slot + 1)
   }

@@ -44,7 +44,8 @@ export class Pool {
     /**
      * Which metrics this pool keeps: `control` (the decided state: sluice_backend_up, and
      * sluice_backend_connections_active from the shared counters), `data` (what one worker
-     * counts: sluice_backend_connections_total), or `both` in one object.
+     * counts: sluice_queue_length; its per-backend counts go out in its stats snapshot), or
+     * `both` in one object (sluice_backend_connections_total too).
      */
     private readonly plane: 'control' | 'data' | 'both' = 'both',
   ) {
@@ -171,14 +172,17 @@ export class Pool {
 
   /**
    * Brings the per-backend connection metrics up to date from the plain counters the data
-   * path keeps (called when /metrics is read, so a connection costs no label lookups).
+   * path keeps (called when /metrics is read, so a connection costs no label lookups). A
+   * worker's pool (`data`) keeps no per-backend series: its counts go in its stats snapshot
+   * and the control plane exposes their sums (control/metrics-merge.ts).
    */
   flushCounters(): void {
     const m = this.metrics
     if (this.plane !== 'control') m.queueLength.set({ pool: this.name }, this.queue.length)
+    if (this.plane === 'data') return
     for (const b of this.members) {
       const labels = { pool: this.name, backend: b.id }
-      if (this.plane !== 'data') m.backendConnectionsActive.set(labels, b.active)
+      m.backendConnectionsActive.set(labels, b.active)
       if (this.plane === 'control') continue
       if (b.established > b.countedEstablished) {
         m.backendConnectionsTotal.inc(labels, b.established - b.countedEstablished)
@@ -206,6 +210,9 @@ export class Pool {
     b.state = state
     if (was && !b.inRotation) this.balancerOf(b).onBackendDown(b)
     if (!was && b.inRotation) {
+      // Entering the rotation starts a new run of consecutive failures (after an ejection, say).
+      // The data path owns that count: the control plane's pool only reads it.
+      if (this.plane !== 'control' && b.consecutiveFailures !== 0) b.consecutiveFailures = 0
       const starting = this.original.delete(b) && firstCheck
       // decidedAt (epoch ms): the control plane's moment, so every worker ramps from it.
       if (!starting) this.slowStart.join(b, decidedAt === undefined ? 0 : Date.now() - decidedAt)

@@ -3,6 +3,7 @@ import { writeFileSync } from 'node:fs'
 import { createServer, type AddressInfo } from 'node:net'
 import { deadPort, greeting, namedBackend } from '../helpers/net.js'
 import { runCli, startSluice, tempFile, type SluiceProcess } from '../helpers/spawn.js'
+import { reusePortAvailable } from '../../src/config/validate.js'
 import { adminYaml } from './helpers.js'
 
 async function adminUrl(p: SluiceProcess, msg = 'sluice started'): Promise<string> {
@@ -32,6 +33,30 @@ t.test('status: an aligned table, and --json', async (t) => {
   t.equal(j.code, 0)
   const body = JSON.parse(j.stdout) as { pools: { backends: { address: string }[] }[] }
   t.same(body.pools[0]?.backends.map((b) => b.address), [a.address, '127.0.0.1:9'])
+})
+
+t.test('status with workers: 2: a table of the workers, whose totals add up', { skip: reusePortAvailable() ? false : `workers above 1 need Node.js 22.12+ (reusePort); this is ${process.version}` }, async (t) => {
+  const a = await namedBackend(t, 'a')
+  const sluice = startSluice(t, tempFile('w.yaml', adminYaml([a.address], undefined, 'workers: 2')))
+  const url = await adminUrl(sluice)
+  const port = await sluice.port('l')
+  const greeted = await Promise.all(Array.from({ length: 40 }, () => greeting(port)))
+  t.same([...new Set(greeted)], ['a'])
+  const r = await runCli(['status', '--admin', url], 20_000, noToken)
+  t.equal(r.code, 0, r.stderr)
+  const lines = r.stdout.trimEnd().split('\n')
+  const head = lines.indexOf('WORKER  ACTIVE  TOTAL')
+  t.ok(head > 0, 'a table of the workers under the backends')
+  const rows = lines.slice(head + 1).map((l) => /^(\d+) +(\d+) +(\d+)$/.exec(l))
+  t.equal(rows.length, 2, 'one row per worker')
+  t.same(rows.map((m) => Number(m?.[1])), [1, 2], 'workers 1 and 2')
+  t.equal(rows.reduce((n, m) => n + Number(m?.[3]), 0), 40, 'their connection totals add up to the 40 made')
+  t.ok(rows.every((m) => Number(m?.[3]) > 0), `the kernel spread them (${rows.map((m) => m?.[3]).join(' + ')})`)
+  const j = await runCli(['status', '--json', '--admin', url], 20_000, noToken)
+  const body = JSON.parse(j.stdout) as { workers: { id: number; active_connections: number; connections_total: number }[] }
+  t.same(body.workers.map((w) => w.id), [1, 2], '--json lists them too')
+  sluice.signal('SIGTERM')
+  t.equal((await sluice.exited).code, 0)
 })
 
 t.test('backend drain/enable/disable and reload through the CLI, with a token', async (t) => {

@@ -224,3 +224,36 @@ for (const [algorithm, picks, random] of [
     t.equal(b.ramp, 1, 'done ramping')
   })
 }
+
+t.test('pool: two workers that hear of a return at different moments ramp alike, from the control plane\'s timestamp', async (t) => {
+  // Each worker thread has a monotonic clock of its own (a different origin); the message
+  // carries the decision's wall-clock time (epoch ms), which both compare with Date.now().
+  const clockA = { now: 500 }
+  const clockB = { now: 90_000 }
+  const pa = pool('round-robin', '10s', ['10.0.0.1:80', '10.0.0.2:80'], () => clockA.now)
+  const pb = pool('round-robin', '10s', ['10.0.0.1:80', '10.0.0.2:80'], () => clockB.now)
+  const late = pool('round-robin', '10s', ['10.0.0.1:80', '10.0.0.2:80'], () => clockB.now)
+  const [, a] = pa.backends as [Backend, Backend]
+  const [, b] = pb.backends as [Backend, Backend]
+  const [, c] = late.backends as [Backend, Backend]
+  for (const [p, x] of [[pa, a], [pb, b], [late, c]] as const) p.setState(x, 'down')
+  const decidedAt = 1_000_000
+  const realNow = Date.now
+  try {
+    Date.now = () => decidedAt // worker A hears at once
+    pa.setState(a, 'up', false, decidedAt)
+    Date.now = () => decidedAt + 3000 // worker B 3 s later (its clock moved as much)
+    clockB.now += 3000
+    pb.setState(b, 'up', false, decidedAt)
+    late.setState(c, 'up') // without the timestamp: from when it heard
+  } finally {
+    Date.now = realNow
+  }
+  // 5 s after the decision, in either clock.
+  clockA.now = 500 + 5000
+  clockB.now = 90_000 + 5000
+  for (const p of [pa, pb, late]) p.pick(ctx)
+  t.equal(a.ramp, rampAt(5000, 10_000), 'worker A: 5 s into the ramp')
+  t.equal(b.ramp, a.ramp, 'worker B, which heard 3 s late, has the same ramp')
+  t.equal(c.ramp, rampAt(2000, 10_000), 'a ramp timed from the hearing would be 3 s behind')
+})

@@ -6,6 +6,7 @@ import { parseConfig } from '../../src/config/load.js'
 import { dial, namedBackend, readUntil } from '../helpers/net.js'
 import { startSluice, tempFile } from '../helpers/spawn.js'
 import { skipWithout } from '../helpers/tools.js'
+import { reusePortAvailable } from '../../src/config/validate.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const TOKEN = 'dashboard-e2e-token'
@@ -82,6 +83,7 @@ ${health ? '    health_check: { type: tcp, interval: 100ms, timeout: 100ms, rise
   t.equal(await page.locator('tr[data-listener="web"] td').nth(2).textContent(), `127.0.0.1:${port}`, 'the listener and its bound address')
   t.equal(await page.locator('#sum-up').textContent(), '2 / 2')
   t.equal(await page.locator('#sum-active').textContent(), '2', 'two active connections')
+  t.match(await page.locator('#meta').textContent(), / · 1 worker: #1 2 open \/ \d+$/, 'the header names the one worker and its open connections')
   t.equal(await page.evaluate("sessionStorage.getItem('sluice-admin-token')"), TOKEN, 'the token is kept in sessionStorage')
 
   // Traffic while the page watches: the throughput figure and chart move.
@@ -128,6 +130,58 @@ ${health ? '    health_check: { type: tcp, interval: 100ms, timeout: 100ms, rise
   await page.screenshot({ path: SCREENSHOT, fullPage: true })
   t.comment(`screenshot: ${SCREENSHOT}`)
   t.same(errors, [], 'no script errors on the page')
+  sluice.signal('SIGTERM')
+  open.forEach((s) => s.destroy())
+  t.equal((await sluice.exited).code, 0)
+})
+
+t.test('the dashboard with workers: 2 lists each worker in its header', { skip: reusePortAvailable() ? false : `workers above 1 need Node.js 22.12+ (reusePort); this is ${process.version}` }, async (t) => {
+  if (skipWithout(t, { chromium: existsSync(CHROMIUM) ? CHROMIUM : undefined })) return
+  const { chromium } = await import('playwright-core')
+  const a = await namedBackend(t, 'a')
+  const file = tempFile('dash2.yaml', `
+workers: 2
+admin: { listen: "127.0.0.1:0" }
+log: { level: info, access_log: false }
+listeners: [{ name: web, listen: "127.0.0.1:0", pool: web }]
+pools:
+  web: { backends: [${a.address}] }
+`)
+  const sluice = startSluice(t, file)
+  const port = await sluice.port('web')
+  const started = await sluice.waitFor((l) => l.msg === 'sluice started', 'start')
+  const admin = `http://${String(started.admin)}`
+  // Held connections until both workers have some (the kernel spreads them; 40 at most).
+  const open: Awaited<ReturnType<typeof dial>>[] = []
+  t.teardown(() => open.forEach((s) => s.destroy()))
+  type Workers = { workers: { id: number; active_connections: number }[] }
+  const perWorker = async (): Promise<number[]> => ((await (await fetch(`${admin}/api/status`)).json()) as Workers).workers.map((w) => w.active_connections)
+  while (open.length < 40 && !(await perWorker()).every((n) => n > 0)) {
+    const s = await dial(port)
+    await readUntil(s, 'line')
+    open.push(s)
+  }
+  const shares = await perWorker()
+  t.ok(shares.length === 2 && shares.every((n) => n > 0), `both workers hold connections (${shares.join(' + ')})`)
+
+  const profile = mkdtempSync(join(tmpdir(), 'sluice-chromium-'))
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  })
+  t.teardown(async () => {
+    await context.close()
+    rmSync(profile, { recursive: true, force: true })
+  })
+  const page = context.pages()[0] ?? (await context.newPage())
+  await page.goto(admin + '/')
+  await page.locator('#meta').filter({ hasText: / · 2 workers: #1 / }).waitFor({ timeout: 10_000 })
+  const meta = (await page.locator('#meta').textContent()) ?? ''
+  const listed = [...meta.matchAll(/#(\d+) (\d+) open \/ (\d+)/g)].map((m) => ({ id: Number(m[1]), open: Number(m[2]), total: Number(m[3]) }))
+  t.same(listed.map((w) => w.id), [1, 2], `the header lists workers 1 and 2: ${meta}`)
+  t.same(listed.map((w) => w.open), shares, 'with the open connections of each')
+  t.equal(listed.reduce((n, w) => n + w.total, 0), open.length, 'and connection totals that add up to those made')
   sluice.signal('SIGTERM')
   open.forEach((s) => s.destroy())
   t.equal((await sluice.exited).code, 0)

@@ -4,6 +4,7 @@ import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { closed, dial, eventually, greeting, namedBackend, readUntil } from '../helpers/net.js'
 import { runCli, startSluice, tempFile } from '../helpers/spawn.js'
 import { connectOutcome, freePort, quietLoopback } from './free-address.js'
+import { reusePortAvailable } from '../../src/config/validate.js'
 
 const config = (backend: string, extra = '', listen = '127.0.0.1:0'): string => `
 ${extra}
@@ -99,6 +100,36 @@ t.test('a second SIGTERM exits now', async (t) => {
   const exit = await sluice.exited
   t.equal(exit.code, 0, `exited without waiting for the hour; stderr: ${exit.stderr}`)
   open.destroy()
+})
+
+t.test('workers: 2 and SIGTERM: no worker accepts, the open connections keep working; a second SIGTERM exits now', { skip: reusePortAvailable() ? false : `workers above 1 need Node.js 22.12+ (reusePort); this is ${process.version}` }, async (t) => {
+  const be = await namedBackend(t, 'be')
+  const sluice = startSluice(t, tempFile('w.yaml', config(be.address, 'workers: 2\nshutdown_timeout: 1h')))
+  const port = await sluice.port('l')
+  const open: Socket[] = []
+  t.teardown(() => open.forEach((s) => s.destroy()))
+  for (let i = 0; i < 8; i++) {
+    const s = await dial(port)
+    await readUntil(s, 'line')
+    open.push(s)
+  }
+  sluice.signal('SIGTERM')
+  const stopping = await sluice.waitFor((l) => typeof l.msg === 'string' && l.msg.startsWith('sluice stopping'), 'stopping')
+  t.equal(stopping.open_connections, 8, 'the stop counts the open connections of both workers')
+  await eventually(async () => (await refused(port)) === 'ECONNREFUSED', 'new connections to be refused')
+  // With SO_REUSEPORT, a worker still listening would take some of these.
+  const outcomes = await Promise.all(Array.from({ length: 20 }, () => refused(port)))
+  t.same([...new Set(outcomes)], ['ECONNREFUSED'], 'no worker accepts a new connection')
+  const echoes = await Promise.all(open.map(async (s, i) => {
+    s.write(`still ${i}\n`)
+    return (await readUntil(s, 'line')).toString()
+  }))
+  t.same(echoes, open.map((_, i) => `still ${i}\n`), 'every open connection keeps working while they drain')
+  const signalled = Date.now()
+  sluice.signal('SIGTERM')
+  const exit = await sluice.exited
+  t.equal(exit.code, 0, `exited without waiting for the hour; stderr: ${exit.stderr}`)
+  t.ok(Date.now() - signalled < 10_000, `at once (${Date.now() - signalled} ms)`)
 })
 
 t.test('SIGHUP reloads: a good file takes effect, a bad one changes nothing', async (t) => {

@@ -119,6 +119,8 @@ pools:
   await greetings(run.port('l'), 4)
   t.ok((await errors()) > 2, 'tried again after the ejection time')
   await eventually(() => run.logs.lines.filter((l) => l.code === 'SLUICE_ERR_BACKEND_EJECTED').length === 2, 'ejected again')
+  // Two of the four picks went to it: ejected at the second, its count having started anew.
+  t.equal(await errors(), 4, 'ejected again after 2 more failures, not at the first')
   t.match(await run.metrics(), new RegExp(`sluice_backend_ejections_total\\{pool="p",backend="${d.replace(/\./g, '\\.')}"\\} 2`))
 })
 

@@ -178,3 +178,27 @@ pools: { p: { backends: ["${a.address}"] } }
   t.equal(run.daemon.listeners.get('named')?.sessions.size, 1, 'with its open connection')
   t.equal(await echo(open.socket, 'ok'), 'ok')
 })
+
+t.test('a reload that fails gives back the shared-counter slots it handed out for its new backends and listeners', async (t) => {
+  const a = await namedBackend(t, 'a')
+  const taken = await namedBackend(t, 'taken')
+  const port = await freePort(host)
+  const file = (backends: string[], extra = ''): string => `
+listeners:
+  - { name: l, listen: "${host}:${port}", pool: p }
+${extra}
+pools:
+  p: { backends: [${backends.map((b) => `"${b}"`).join(', ')}] }
+`
+  const run = await startDaemon(t, file([a.address]))
+  const before = run.daemon.sharedSlotsInUse
+  // Each broken file adds a backend and a listener, and binds a port another socket holds.
+  for (let i = 1; i <= 5; i++) {
+    const broken = file([a.address, `127.0.0.1:${40_000 + i}`], `  - { name: m${i}, listen: "127.0.0.1:${taken.port}", pool: p }`)
+    await t.rejects(run.daemon.reload(parseConfig(broken, 'test.yaml', {})), { code: 'SLUICE_ERR_LISTEN' })
+  }
+  t.equal(run.daemon.sharedSlotsInUse, before, `still ${before} keys after 5 failed reloads`)
+  t.equal(await greeting(port, host), 'a', 'the running configuration serves')
+  await run.daemon.reload(parseConfig(file([a.address, taken.address]), 'test.yaml', {}))
+  t.equal(run.daemon.sharedSlotsInUse, before + 1, 'one more once a reload adding a backend succeeds')
+})

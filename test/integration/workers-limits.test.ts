@@ -62,3 +62,27 @@ pools: { p: { backends: [${b.address}] } }
   for (const s of again.held) s.destroy()
   await Promise.all(again.held.map(closed))
 })
+
+t.test('workers: 2 — a listener\'s max_connections is for the whole daemon', { skip }, async (t) => {
+  const b = await backend(t, (s) => {
+    s.write('hi\n')
+    s.pipe(s)
+  })
+  const run = await startDaemon(t, `
+workers: 2
+listeners: [{ name: l, listen: 127.0.0.1:0, pool: p, max_connections: 10 }]
+pools: { p: { backends: [${b.address}] } }
+`)
+  const first = await burst(run.port('l'), '127.0.0.1', 40)
+  t.equal(first.held.length, 10, 'exactly max_connections (10) held open over both workers')
+  t.equal(first.reset, 30, 'the other 30 refused')
+  const views = await run.daemon.workerViews()
+  t.ok(views.every((w) => w.connectionsTotal > 0), `both workers took connections (${views.map((w) => `${w.connectionsTotal}, ${w.activeConnections} held`).join('; ')}): counted per worker, each could have held 10`)
+  t.equal(metricValue(await run.metrics(), 'sluice_rejected_connections_total', { listener: 'l', reason: 'max_connections' }), 30, 'counted as max_connections refusals')
+  for (const s of first.held) s.destroy()
+  await eventually(async () => metricValue(await run.metrics(), 'sluice_connections_active', { listener: 'l' }) === 0, 'every connection closed')
+  const again = await burst(run.port('l'), '127.0.0.1', 15)
+  t.equal(again.held.length, 10, 'the closed connections gave their places back in both workers')
+  for (const s of again.held) s.destroy()
+  await Promise.all(again.held.map(closed))
+})
