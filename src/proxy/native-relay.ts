@@ -75,8 +75,8 @@ export interface RelayAcceptError {
  * without waking another thread; `own` on an epoll thread of its own.
  */
 export type RelayThread = 'inline' | 'own'
-/** `inline`, unless SLUICE_RELAY_THREAD=own asks for the other (to measure or test both). */
-export const DEFAULT_RELAY_THREAD: RelayThread = process.env.SLUICE_RELAY_THREAD === 'own' ? 'own' : 'inline'
+/** `own`, unless SLUICE_RELAY_THREAD=inline asks for the other (measured, not yet the default: an inline relay can crash the process at exit). */
+export const DEFAULT_RELAY_THREAD: RelayThread = process.env.SLUICE_RELAY_THREAD === 'inline' ? 'inline' : 'own'
 
 export interface NativeRelayOptions {
   /** Where the relay runs (default DEFAULT_RELAY_THREAD). */
