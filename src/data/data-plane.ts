@@ -121,7 +121,7 @@ export class DataPlane {
         const pool = this.pools.get(lc.pool) ?? (p.newPools.get(lc.pool) as Pool)
         const l = createListener(lc, pool, this.log, this.metrics, wanted.log.accessLog, this.sources, this.wheel)
         if (l instanceof TcpListener || l instanceof UdpListener) l.exhaustion = this.exhaustion
-        if (l instanceof UdpListener) l.nativeDnsAllowed = this.relayWanted
+        if (l instanceof UdpListener) l.nativeDnsAllowed = relay.wanted
         if (l instanceof TcpListener) {
           l.relay = relay.wanted ? this.relay : undefined
           l.poolLookup = (name) => this.pools.get(name) ?? p.newPools.get(name)
