@@ -199,7 +199,7 @@ export interface PoolConfig {
   discovery?: DiscoveryConfig
 }
 
-/** A pool's `discovery`: any of these sources, each watched or polled; their sets merge with `backends`. */
+/** A pool's `discovery`, made of these sources (each watched or polled); their sets merge with `backends`. */
 export interface DiscoveryConfig {
   dns?: DnsDiscoveryConfig
   file?: FileDiscoveryConfig
