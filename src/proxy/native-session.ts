@@ -34,6 +34,8 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
   private connectedAt = 0
   private attempts = 0
   private tried: Set<Backend> | undefined
+  /** A named backend's further addresses, tried in turn before the backend counts as failed. */
+  private moreAddresses: string[] | undefined
   private reason: CloseReason | undefined
   private firstFin: 'client' | 'backend' | undefined
   private finished = false
@@ -127,11 +129,16 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
       this.relay.connect(this.id, this, b.host, b.port, pool.connectTimeoutMs, this.owner.config.timeouts.idleMs)
       return
     }
-    // A backend named by a host name: resolved for each connection, as Node's connect does.
-    lookup(b.host, (err, address) => {
+    // A backend named by a host name: resolved for each connection, and, as Node's connect does
+    // (family auto-selection), each address it has is tried in turn: `localhost` is often ::1
+    // first and 127.0.0.1 second, with the service listening on one of them only.
+    lookup(b.host, { all: true }, (err, addresses) => {
       if (this.finished || this.backend !== b) return
-      if (err !== null) this.failed(b, err)
-      else this.relay.connect(this.id, this, address, b.port, pool.connectTimeoutMs, this.owner.config.timeouts.idleMs)
+      if (err !== null) return this.failed(b, err)
+      const [first, ...rest] = addresses.map((a) => a.address)
+      if (first === undefined) return this.failed(b, Object.assign(new Error(`no address for ${b.host}`), { code: 'ENOTFOUND' }))
+      this.moreAddresses = rest.length > 0 ? rest : undefined
+      this.relay.connect(this.id, this, first, b.port, pool.connectTimeoutMs, this.owner.config.timeouts.idleMs)
     })
   }
 
@@ -139,6 +146,7 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
     const b = this.backend
     if (b === undefined || this.finished) return
     if (result.ok) {
+      this.moreAddresses = undefined
       this.connected = true
       this.connectedAt = Date.now()
       this.pool.observeConnect(b, result.micros / 1000)
@@ -150,6 +158,12 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
       result.code === 'ETIMEDOUT'
         ? new SluiceError('SLUICE_ERR_CONNECT_TIMEOUT', `no connection to ${b.id} within ${this.pool.connectTimeoutMs}ms`)
         : Object.assign(new Error(`connect ${result.code} ${b.id}`), { code: result.code, errno: -result.errno })
+    const next = this.moreAddresses?.shift()
+    if (next !== undefined && localExhaustion(err) === undefined) {
+      this.relay.connect(this.id, this, next, b.port, this.pool.connectTimeoutMs, this.owner.config.timeouts.idleMs)
+      return
+    }
+    this.moreAddresses = undefined
     this.failed(b, err)
   }
 
