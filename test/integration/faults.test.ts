@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process'
 import { createServer, type Server, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import { startDaemon } from '../helpers/daemon.js'
-import { backend, closed, dial, eventually, namedBackend, readUntil } from '../helpers/net.js'
+import { backend, closed, deadPort, dial, eventually, namedBackend, readUntil } from '../helpers/net.js'
 import { metricValue } from '../helpers/udp.js'
 import { loadNativeRelay } from '../../src/proxy/native-relay.js'
 
@@ -187,7 +187,9 @@ for (const { relay, skip } of RELAYS) {
   t.test(`relay ${relay}: a backend flapping every 300 ms under load loses no client that could be served`, { skip }, async (t) => {
     const steady = await namedBackend(t, 'steady')
     // The flapping one stops listening and starts again every 300 ms; connections it holds stay.
-    let port = 0
+    // Its port is below the ephemeral range, so no outgoing connection of this or another test
+    // can take it while it is down.
+    const port = await deadPort()
     let server: Server | undefined
     const held = new Set<Socket>()
     const up = (): Promise<void> =>
@@ -200,7 +202,6 @@ for (const { relay, skip } of RELAYS) {
           c.pipe(c)
         })
         s.listen(port, '127.0.0.1', () => {
-          port = (s.address() as { port: number }).port
           server = s
           resolve()
         })

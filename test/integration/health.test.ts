@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { connect, createServer, type Server, type Socket } from 'node:net'
 import { startDaemon } from '../helpers/daemon.js'
 import { closed, deadPort, dial, eventually, greeting, namedBackend, readUntil } from '../helpers/net.js'
 
@@ -7,7 +7,8 @@ import { closed, deadPort, dial, eventually, greeting, namedBackend, readUntil }
 async function restartable(t: Test, name: string): Promise<{ port: number; address: string; stop: () => Promise<void>; start: () => Promise<void> }> {
   let server: Server | undefined
   const sockets = new Set<Socket>()
-  let port = 0
+  // Below the ephemeral range: no outgoing connection can take the port while it is down.
+  const port = await deadPort()
   const start = async (): Promise<void> => {
     const s = createServer((c) => {
       sockets.add(c)
@@ -17,7 +18,6 @@ async function restartable(t: Test, name: string): Promise<{ port: number; addre
       c.pipe(c)
     })
     await new Promise<void>((resolve) => s.listen(port, '127.0.0.1', resolve))
-    port = (s.address() as AddressInfo).port
     server = s
   }
   const stop = async (): Promise<void> => {
