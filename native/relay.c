@@ -210,6 +210,10 @@ typedef struct {
   uint32_t nlsns, lsns_cap;
   bool closed;      /* close() ran, or the environment is going away */
   bool hook_added;
+  /* inline: the environment's teardown waits on this hook until both uv handles have closed
+   * (their close callbacks are code in this addon, which a worker unloads once it is gone) */
+  napi_async_cleanup_hook_handle async_hook;
+  int uv_open; /* inline: uv handles initialised and not yet closed */
   bool thread_running; /* started and not yet joined */
   pthread_t thread;
   int refs; /* the JS object and the thread-safe function (inline: the two uv handles) each hold one */
@@ -1470,7 +1474,15 @@ static void inline_poll(uv_poll_t *h, int status, int events) {
 
 static void inline_timer(uv_timer_t *h) { inline_run(h->data); }
 
-static void inline_closed(uv_handle_t *h) { relay_unref(h->data); }
+static void inline_closed(uv_handle_t *h) {
+  relay_t *r = h->data;
+  if (--r->uv_open == 0 && r->async_hook != NULL) {
+    napi_async_cleanup_hook_handle hook = r->async_hook;
+    r->async_hook = NULL;
+    napi_remove_async_cleanup_hook(hook);
+  }
+  relay_unref(r);
+}
 
 /* Starts the inline relay on env's event loop. 0, or an errno. */
 static int inline_start(relay_t *r, napi_env env) {
@@ -1484,6 +1496,7 @@ static int inline_start(relay_t *r, napi_env env) {
   if (rc != 0) return -rc;
   r->poll.data = r;
   r->refs++;
+  r->uv_open++;
   rc = uv_timer_init(loop, &r->timer);
   if (rc != 0) {
     uv_close((uv_handle_t *)&r->poll, inline_closed);
@@ -1491,6 +1504,7 @@ static int inline_start(relay_t *r, napi_env env) {
   }
   r->timer.data = r;
   r->refs++;
+  r->uv_open++;
   uv_unref((uv_handle_t *)&r->poll);
   uv_unref((uv_handle_t *)&r->timer);
   r->now = now_ms();
@@ -1547,12 +1561,26 @@ static void relay_shut(relay_t *r, napi_env env, bool deliver) {
     r->hook_added = false;
     napi_remove_env_cleanup_hook(r->env, cleanup_hook, r);
   }
+  /* inline: no handle left to wait for (none was made), so teardown need not wait */
+  if (r->async_hook != NULL && r->uv_open == 0) {
+    napi_async_cleanup_hook_handle hook = r->async_hook;
+    r->async_hook = NULL;
+    napi_remove_async_cleanup_hook(hook);
+  }
 }
 
 /* The environment (the main thread or a worker) is going away without close(). */
 static void cleanup_hook(void *arg) {
   relay_t *r = arg;
   r->hook_added = false;
+  relay_shut(r, r->env, false);
+}
+
+/* Inline: the environment is going away without close(). The handles are closed here, and
+ * the hook is removed by the last close callback, so the loop runs them before the addon goes. */
+static void async_cleanup_hook(napi_async_cleanup_hook_handle handle, void *arg) {
+  relay_t *r = arg;
+  if (r->async_hook == NULL) r->async_hook = handle;
   relay_shut(r, r->env, false);
 }
 
@@ -1702,8 +1730,7 @@ static napi_value relay_new(napi_env env, napi_callback_info info) {
   napi_value name;
   napi_status st = napi_create_reference(env, argv[0], 1, &r->on_end);
   if (st == napi_ok && inline_mode) {
-    st = napi_add_env_cleanup_hook(env, cleanup_hook, r);
-    if (st == napi_ok) r->hook_added = true;
+    st = napi_add_async_cleanup_hook(env, async_cleanup_hook, r, &r->async_hook);
     int err = st == napi_ok ? inline_start(r, env) : 0;
     if (st != napi_ok || err != 0) {
       if (st != napi_ok) throw_last(env);

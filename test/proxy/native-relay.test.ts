@@ -1,5 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads'
 import { loadNativeRelay, type NativeRelay, type NativeRelayAddon, type RelayAddOptions, type RelayEnd, type RelayMode } from '../../src/proxy/native-relay.js'
@@ -478,6 +481,41 @@ async function mainTests(): Promise<void> {
     t.equal(relay.size, 0)
     await within(Promise.all(pairs.map((p) => Promise.all([hungUp(p.client), hungUp(p.backend)]))), 10_000, 'every socket hung up on')
   })
+
+  // A worker that goes away with its relay still open: the relay's handles are closed and their
+  // close callbacks run before Node unloads the addon from that worker (inline, they are uv
+  // handles on the worker's own loop; a close callback run after the unload crashed the process).
+  // And one closed just before the worker exits, its handles still closing.
+  for (const thread of ['own', 'inline'] as const) {
+    for (const how of ['left open, the process exits', 'left open, the worker is terminated', 'left open, the worker exits', 'left open, the worker ends', 'closed, and the worker exits at once']) {
+      t.test(`relay on ${thread === 'own' ? 'a thread of its own' : 'the event loop'}: ${how}, and the process exits cleanly`, async (t) => {
+        const file = join(mkdtempSync(join(tmpdir(), 'sluice-relay-')), 'left-open.mjs')
+        t.teardown(() => rmSync(dirname(file), { recursive: true, force: true }))
+        writeFileSync(
+          file,
+          `import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads'
+import { createRequire } from 'node:module'
+const how = ${JSON.stringify(how)}
+if (isMainThread) {
+  const w = new Worker(new URL(import.meta.url))
+  w.on('message', () => { if (how === 'left open, the process exits') process.exit(0); if (how === 'left open, the worker is terminated') w.terminate() })
+} else {
+  globalThis.relay = new (createRequire(import.meta.url)(${JSON.stringify(addon.path)}).Relay)(() => {}, true, 1, ${thread === 'inline'})
+  if (how === 'left open, the worker exits') process.exit(0)
+  if (how === 'closed, and the worker exits at once') { globalThis.relay.close(); process.exit(0) }
+  parentPort.postMessage('up')
+  if (how === 'left open, the worker ends') parentPort.close()
+}
+`,
+        )
+        const child = spawn(process.execPath, [file], { stdio: ['ignore', 'ignore', 'pipe'] })
+        let stderr = ''
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+        const [exit, signal] = await within(new Promise<[number | null, string | null]>((resolve) => child.once('exit', (c, s) => resolve([c, s]))), 20_000, 'the process exits')
+        t.same({ exit, signal }, { exit: 0, signal: null }, stderr)
+      })
+    }
+  }
 
   t.test('a relay without connections does not keep the process alive', async (t) => {
     const code = `const m = require(${JSON.stringify(addon.path)}); globalThis.r = new m.Relay(() => {}, true, 1)`
