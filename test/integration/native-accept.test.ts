@@ -2,7 +2,7 @@ import t from 'tap'
 import { connect, type Socket } from 'node:net'
 import { lookup } from 'node:dns/promises'
 import { startDaemon } from '../helpers/daemon.js'
-import { backend, dial, eventually, readUntil } from '../helpers/net.js'
+import { backend, deadPort, dial, eventually, readUntil } from '../helpers/net.js'
 import { loadNativeRelay } from '../../src/proxy/native-relay.js'
 import { parseConfig } from '../../src/config/load.js'
 import type { TcpListener } from '../../src/listener/tcp-listener.js'
@@ -159,9 +159,8 @@ t.test('a backend named by a host name is resolved, and refusals and retries beh
   const addresses = await lookup('localhost', { all: true })
   const be = await backend(t, echoServer, addresses[addresses.length - 1]!.address)
   t.comment(`localhost is ${addresses.map((a) => a.address).join(', ')} here`)
-  const dead = await backend(t, () => {})
-  const deadPort = dead.port
-  await new Promise<void>((resolve) => dead.server.close(() => resolve()))
+  // Below the ephemeral range: no listener of a test running beside this one can be given it.
+  const dead = await deadPort()
   const run = await startDaemon(
     t,
     `
@@ -169,8 +168,8 @@ relay: native
 log: { level: info, access_log: true }
 listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }, { name: none, listen: 127.0.0.1:0, pool: empty }]
 pools:
-  p: { algorithm: first, retries: 1, backends: ["127.0.0.1:${deadPort}", "localhost:${be.port}"] }
-  empty: { backends: ["127.0.0.1:${deadPort}"], retries: 0 }
+  p: { algorithm: first, retries: 1, backends: ["127.0.0.1:${dead}", "localhost:${be.port}"] }
+  empty: { backends: ["127.0.0.1:${dead}"], retries: 0 }
 `,
   )
   t.equal(await exchange(run.port('l'), 'by name'), 'by name', 'served by the backend named localhost, after the dead one failed')
@@ -193,5 +192,5 @@ pools:
   t.equal(refused.backend, null)
   const metrics = await run.metrics()
   t.match(metrics, /sluice_rejected_connections_total\{listener="none",reason="connect_failed"\} 1/)
-  t.match(metrics, new RegExp(`sluice_connect_errors_total\\{pool="empty",backend="127.0.0.1:${deadPort}",reason="refused"\\} 1`))
+  t.match(metrics, new RegExp(`sluice_connect_errors_total\\{pool="empty",backend="127.0.0.1:${dead}",reason="refused"\\} 1`))
 })

@@ -4,7 +4,7 @@ import { connect, createServer, Socket, type AddressInfo, type Server } from 'no
 import { fileURLToPath } from 'node:url'
 import { loadNativeRelay, type NativeRelay, type RelayAccept, type RelayAcceptError, type RelayConnectResult, type RelayEnd } from '../../src/proxy/native-relay.js'
 import { blackHole } from '../helpers/black-hole.js'
-import { eventually } from '../helpers/net.js'
+import { deadPort, eventually } from '../helpers/net.js'
 
 // The native relay's accept path over real loopback sockets: it accepts on a listening socket
 // it was given, connects each connection where JS says, reports every step, and gives the
@@ -130,15 +130,13 @@ t.test('accept, connect where JS says, relay both ways: the accept names the cli
 
 t.test('a refused connect comes back as connect_failed and the same connection can try another backend', { skip }, async (t) => {
   const { ev, port } = await relayOnPort(t)
-  const dead = await listening()
-  const deadPort = dead.port
-  await new Promise<void>((resolve) => dead.server.close(() => resolve()))
+  const dead = await deadPort()
   const greeter = await listening((s) => s.end('hello'))
   t.teardown(() => greeter.server.close())
   const c = await dialRaw(port)
   const text = textUntilEnd(c)
   const a = await ev.accepted(1)
-  ev.relay.connect(a.id, HOST, deadPort, 2000, 0)
+  ev.relay.connect(a.id, HOST, dead, 2000, 0)
   const first = await ev.result(a.id)
   t.same(first.ok ? 'ok' : first.code, 'ECONNREFUSED', 'refused, with the errno name')
   ev.relay.connect(a.id, HOST, greeter.port, 2000, 0, Buffer.from('ignored by the greeter'))
