@@ -75,8 +75,12 @@ export interface RelayAcceptError {
  * without waking another thread; `own` on an epoll thread of its own.
  */
 export type RelayThread = 'inline' | 'own'
-/** `own`, unless SLUICE_RELAY_THREAD=inline asks for the other (measured, not yet the default: an inline relay can crash the process at exit). */
-export const DEFAULT_RELAY_THREAD: RelayThread = process.env.SLUICE_RELAY_THREAD === 'inline' ? 'inline' : 'own'
+/**
+ * `inline`, unless SLUICE_RELAY_THREAD=own asks for the other: inline, a new connection costs
+ * about half the context switches and less CPU (docs/performance.md), and each worker's relay
+ * still runs on that worker's own thread, away from the control plane.
+ */
+export const DEFAULT_RELAY_THREAD: RelayThread = process.env.SLUICE_RELAY_THREAD === 'own' ? 'own' : 'inline'
 
 export interface NativeRelayOptions {
   /** Where the relay runs (default DEFAULT_RELAY_THREAD). */
