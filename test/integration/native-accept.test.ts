@@ -172,7 +172,12 @@ pools:
   empty: { backends: ["127.0.0.1:${dead}"], retries: 0 }
 `,
   )
-  t.equal(await exchange(run.port('l'), 'by name'), 'by name', 'served by the backend named localhost, after the dead one failed')
+  const echoed = await exchange(run.port('l'), 'by name').catch((err: Error) => {
+    // What the daemon said about it, for a failure seen only beside other tests.
+    t.comment(run.logs.lines.map((l) => JSON.stringify(l)).join('\n'))
+    throw err
+  })
+  t.equal(echoed, 'by name', 'served by the backend named localhost, after the dead one failed')
   const lines = await run.logs.waitForAccess(1)
   t.equal(lines[0]!.backend, `localhost:${be.port}`)
   t.equal(lines[0]!.attempts, 2, 'two attempts: the dead backend, then the next')
