@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include <node_api.h>
+#include "napi-util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -773,14 +774,7 @@ static void engine_shut(engine_t *e) {
     pthread_join(e->thread, NULL);
     e->thread_running = false;
   }
-  if (e->tsfn != NULL && !e->tsfn_released) {
-    e->tsfn_released = true;
-    napi_release_threadsafe_function(e->tsfn, napi_tsfn_abort);
-  }
-  if (e->hook_added) {
-    e->hook_added = false;
-    napi_remove_env_cleanup_hook(e->env, cleanup_hook, e);
-  }
+  stop_tsfn(e->env, e->tsfn, &e->tsfn_released, &e->hook_added, cleanup_hook, e);
 }
 
 static void cleanup_hook(void *arg) {
@@ -899,32 +893,15 @@ static napi_value engine_new(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "dns engine: napi_wrap failed");
     return NULL;
   }
-  napi_value name;
-  napi_status st = napi_create_string_utf8(env, "sluice dns engine", NAPI_AUTO_LENGTH, &name);
-  if (st == napi_ok) st = napi_create_threadsafe_function(env, argv[1], NULL, name, 0, 1, e, tsfn_finalize, e, tsfn_call, &e->tsfn);
-  if (st == napi_ok) {
-    e->refs++;
-    /* The listener's own socket keeps the process alive; the engine does not. */
-    st = napi_unref_threadsafe_function(env, e->tsfn);
-  }
-  if (st == napi_ok) st = napi_add_env_cleanup_hook(env, cleanup_hook, e);
+  /* The listener's own socket keeps the process alive; the engine does not. */
+  napi_status st = start_tsfn(env, argv[1], "sluice dns engine", e, tsfn_finalize, tsfn_call, &e->tsfn, &e->refs, cleanup_hook);
   if (st != napi_ok) {
     engine_shut(e);
     napi_throw_error(env, NULL, "dns engine: set-up failed");
     return NULL;
   }
   e->hook_added = true;
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_attr_t attr;
-  int rc = pthread_attr_init(&attr);
-  if (rc == 0) rc = pthread_attr_setstacksize(&attr, THREAD_STACK);
-  if (rc == 0) {
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    rc = pthread_create(&e->thread, &attr, engine_main, e);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
-  }
+  int rc = start_thread(&e->thread, THREAD_STACK, engine_main, e);
   if (rc != 0) {
     engine_shut(e);
     throw_errno(env, rc, "dns engine: pthread_create");
