@@ -950,12 +950,20 @@ static napi_value engine_set_backend(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-static napi_value engine_remove_backend(napi_env env, napi_callback_info info) {
+/* The engine of a method that takes one uint32 argument, named `name`, read into *out; NULL
+ * (an exception pending, or the argument missing) when there is none. */
+static engine_t *this_engine_u32(napi_env env, napi_callback_info info, const char *name, uint32_t *out) {
   size_t argc = 1;
   napi_value argv[1];
   engine_t *e = this_engine(env, info, &argc, argv);
+  if (e == NULL || argc < 1 || !arg_u32(env, argv[0], name, out)) return NULL;
+  return e;
+}
+
+static napi_value engine_remove_backend(napi_env env, napi_callback_info info) {
   uint32_t index;
-  if (e == NULL || argc < 1 || !arg_u32(env, argv[0], "index", &index)) return NULL;
+  engine_t *e = this_engine_u32(env, info, "index", &index);
+  if (e == NULL) return NULL;
   if (index >= MAX_BACKENDS) return NULL;
   cmd_t c = {.kind = CMD_REMOVE, .index = (int)index};
   send_cmd(env, e, &c);
@@ -963,11 +971,9 @@ static napi_value engine_remove_backend(napi_env env, napi_callback_info info) {
 }
 
 static napi_value engine_set_timeout(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  engine_t *e = this_engine(env, info, &argc, argv);
   uint32_t ms;
-  if (e == NULL || argc < 1 || !arg_u32(env, argv[0], "timeoutMs", &ms)) return NULL;
+  engine_t *e = this_engine_u32(env, info, "timeoutMs", &ms);
+  if (e == NULL) return NULL;
   cmd_t c = {.kind = CMD_TIMEOUT, .ms = ms};
   send_cmd(env, e, &c);
   return NULL;
@@ -993,11 +999,9 @@ static napi_value engine_close(napi_env env, napi_callback_info info) {
 
 /* takeCounters(backends): Float64Array [listener counters..., per backend index: B_COUNT cells]. */
 static napi_value engine_take_counters(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  engine_t *e = this_engine(env, info, &argc, argv);
   uint32_t want;
-  if (e == NULL || argc < 1 || !arg_u32(env, argv[0], "backends", &want)) return NULL;
+  engine_t *e = this_engine_u32(env, info, "backends", &want);
+  if (e == NULL) return NULL;
   /* Every index JS has handed out, applied by the thread yet or not (unapplied ones read 0). */
   int nb = want > MAX_BACKENDS ? MAX_BACKENDS : (int)want;
   size_t cells = C_LISTENER_COUNT + (size_t)nb * B_COUNT;
