@@ -115,6 +115,28 @@ export function closed(s: Socket): Promise<void> {
 }
 
 /** Polls `pred` until true, or fails after `timeoutMs`. */
+/** Bytes handed to a socket by flood(), counted as it goes. */
+export interface Written {
+  bytes: number
+}
+
+/** Writes chunk to s again and again until total bytes are written, waiting for 'drain' each
+ * time s's buffer is full, then ends s. written.bytes counts what it has handed to s so far. */
+export function flood(s: Socket, chunk: Buffer, total: number, written: Written = { bytes: 0 }): Written {
+  const pump = (): void => {
+    while (written.bytes < total) {
+      written.bytes += chunk.length
+      if (!s.write(chunk)) {
+        s.once('drain', pump)
+        return
+      }
+    }
+    s.end()
+  }
+  pump()
+  return written
+}
+
 export async function eventually(pred: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (!(await pred())) {

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process'
 import { createServer, type Server, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import { startDaemon } from '../helpers/daemon.js'
-import { backend, closed, deadPort, dial, eventually, namedBackend, readUntil } from '../helpers/net.js'
+import { backend, closed, deadPort, dial, eventually, flood, namedBackend, readUntil } from '../helpers/net.js'
 import { metricValue } from '../helpers/udp.js'
 import { loadNativeRelay } from '../../src/proxy/native-relay.js'
 
@@ -137,21 +137,11 @@ for (const { relay, skip } of RELAYS) {
   t.test(`relay ${relay}: a client that never reads while the backend sends 1 GiB: memory stays bounded`, { skip }, async (t) => {
     const total = 1024 * 1024 * 1024
     const chunk = Buffer.alloc(1024 * 1024, 0x62)
-    let pushed = 0
+    const pushed = { bytes: 0 }
     let beSock: Socket | undefined
     const be = await backend(t, (s) => {
       beSock = s
-      const pump = (): void => {
-        while (pushed < total) {
-          pushed += chunk.length
-          if (!s.write(chunk)) {
-            s.once('drain', pump)
-            return
-          }
-        }
-        s.end()
-      }
-      pump()
+      flood(s, chunk, total, pushed)
     })
     const run = await startDaemon(t, config(relay, [be.address]))
     global.gc?.()
@@ -161,7 +151,7 @@ for (const { relay, skip } of RELAYS) {
     let last = -1
     let stableSince = Date.now()
     await eventually(() => {
-      const now = pushed - (beSock?.writableLength ?? 0)
+      const now = pushed.bytes - (beSock?.writableLength ?? 0)
       if (now !== last) {
         last = now
         stableSince = Date.now()

@@ -4,7 +4,7 @@ import type { Socket } from 'node:net'
 import { startDaemon } from '../helpers/daemon.js'
 import type { TcpListener } from '../../src/listener/tcp-listener.js'
 import { TcpSession } from '../../src/proxy/tcp-session.js'
-import { backend, closed, dial, eventually, readUntil } from '../helpers/net.js'
+import { backend, closed, dial, eventually, flood, readUntil } from '../helpers/net.js'
 
 const ONE_POOL = (addr: string, extra = ''): string => `
 listeners: [{ name: l, listen: 127.0.0.1:0, pool: p ${extra} }]
@@ -74,21 +74,11 @@ t.test('half-close: the client FIN reaches the backend and its reply still comes
 t.test('a slow reader with a fast backend keeps sluice memory bounded (backpressure)', async (t) => {
   const total = 256 * 1024 * 1024
   const chunk = Buffer.alloc(1024 * 1024, 0x61)
-  let accepted = 0 // bytes the backend's kernel took: what sluice has read or the kernel holds
+  const accepted = { bytes: 0 } // bytes the backend's kernel took: what sluice has read or the kernel holds
   let beSock: Socket | undefined
   const be = await backend(t, (s) => {
     beSock = s
-    const pump = (): void => {
-      while (accepted < total) {
-        accepted += chunk.length
-        if (!s.write(chunk)) {
-          s.once('drain', pump)
-          return
-        }
-      }
-      s.end()
-    }
-    pump()
+    flood(s, chunk, total, accepted)
   })
   const run = await startDaemon(t, ONE_POOL(be.address))
   const c = await dial(run.port('l'))
@@ -97,7 +87,7 @@ t.test('a slow reader with a fast backend keeps sluice memory bounded (backpress
   let last = -1
   let stableSince = Date.now()
   await eventually(() => {
-    const now = accepted - (beSock?.writableLength ?? 0)
+    const now = accepted.bytes - (beSock?.writableLength ?? 0)
     if (now !== last) {
       last = now
       stableSince = Date.now()
