@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram'
 import { startDaemon, type Running } from '../helpers/daemon.js'
 import { eventually } from '../helpers/net.js'
-import { metricValue } from '../helpers/udp.js'
+import { askFromNewPort, metricValue } from '../helpers/udp.js'
 import { parseConfig } from '../../src/config/load.js'
 import { reusePortAvailable } from '../../src/config/validate.js'
 import { backendAction } from '../../src/admin/backend-actions.js'
@@ -64,24 +64,8 @@ async function dnsBackend(t: Test): Promise<DnsBackend> {
 }
 
 /** A client on a new source port: sends `qs` and resolves with what came back within `ms`. */
-async function client(port: number, qs: Buffer[], ms = 3000): Promise<Buffer[]> {
-  const s = createSocket('udp4')
-  await new Promise<void>((resolve) => s.bind(0, '127.0.0.1', resolve))
-  s.setRecvBufferSize(1024 * 1024)
-  const got: Buffer[] = []
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer)
-      s.close()
-      resolve(got)
-    }
-    const timer = setTimeout(done, ms)
-    s.on('message', (m: Buffer) => {
-      got.push(m)
-      if (got.length >= qs.length) done()
-    })
-    for (const q of qs) s.send(q, port, '127.0.0.1')
-  })
+function client(port: number, qs: Buffer[], ms = 3000): Promise<Buffer[]> {
+  return askFromNewPort(port, qs, { ms, recvBufferSize: 1024 * 1024 })
 }
 
 const yaml = (backends: string[], udp = '', top = '', pool = '', listener = ''): string => `${top}
