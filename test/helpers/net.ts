@@ -144,3 +144,19 @@ export async function eventually(pred: () => boolean | Promise<boolean>, what: s
     await new Promise((r) => setTimeout(r, 10))
   }
 }
+
+/** Polls `progress` until it is above 0 and has stayed the same for `quietMs` (the writer
+ * behind it has stalled), or fails after `timeoutMs`; resolves with its value then. */
+export async function stalled(progress: () => number, quietMs: number, what: string, timeoutMs = 30_000): Promise<number> {
+  let last = -1
+  let stableSince = Date.now()
+  await eventually(() => {
+    const now = progress()
+    if (now !== last) {
+      last = now
+      stableSince = Date.now()
+    }
+    return now > 0 && Date.now() - stableSince > quietMs
+  }, what, timeoutMs)
+  return last
+}

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process'
 import { createServer, type Server, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import { startDaemon } from '../helpers/daemon.js'
-import { backend, closed, deadPort, dial, eventually, flood, namedBackend, readUntil } from '../helpers/net.js'
+import { backend, closed, deadPort, dial, eventually, flood, namedBackend, readUntil, stalled } from '../helpers/net.js'
 import { metricValue } from '../helpers/udp.js'
 import { loadNativeRelay } from '../../src/proxy/native-relay.js'
 
@@ -148,16 +148,7 @@ for (const { relay, skip } of RELAYS) {
     const rssBefore = process.memoryUsage().rss
     const c = await dial(run.port('l'))
     c.pause()
-    let last = -1
-    let stableSince = Date.now()
-    await eventually(() => {
-      const now = pushed.bytes - (beSock?.writableLength ?? 0)
-      if (now !== last) {
-        last = now
-        stableSince = Date.now()
-      }
-      return now > 0 && Date.now() - stableSince > 500
-    }, 'the backend to stall', 30_000)
+    const last = await stalled(() => pushed.bytes - (beSock?.writableLength ?? 0), 500, 'the backend to stall')
     const rssStalled = process.memoryUsage().rss
     t.ok(last < 64 * 1024 * 1024, `the backend could push ${(last / 1048576).toFixed(1)} MiB of 1 GiB while nobody read`)
     t.ok(rssStalled - rssBefore < 64 * 1024 * 1024, `RSS grew ${((rssStalled - rssBefore) / 1048576).toFixed(1)} MiB while stalled (< 64 MiB)`)

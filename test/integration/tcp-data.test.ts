@@ -4,7 +4,7 @@ import type { Socket } from 'node:net'
 import { startDaemon } from '../helpers/daemon.js'
 import type { TcpListener } from '../../src/listener/tcp-listener.js'
 import { TcpSession } from '../../src/proxy/tcp-session.js'
-import { backend, closed, dial, eventually, flood, readUntil } from '../helpers/net.js'
+import { backend, closed, dial, eventually, flood, readUntil, stalled } from '../helpers/net.js'
 
 const ONE_POOL = (addr: string, extra = ''): string => `
 listeners: [{ name: l, listen: 127.0.0.1:0, pool: p ${extra} }]
@@ -84,16 +84,7 @@ t.test('a slow reader with a fast backend keeps sluice memory bounded (backpress
   const c = await dial(run.port('l'))
   c.pause()
   // Wait until the backend stops making progress: everything in between is full.
-  let last = -1
-  let stableSince = Date.now()
-  await eventually(() => {
-    const now = accepted.bytes - (beSock?.writableLength ?? 0)
-    if (now !== last) {
-      last = now
-      stableSince = Date.now()
-    }
-    return now > 0 && Date.now() - stableSince > 500
-  }, 'the backend to stall', 30_000)
+  const last = await stalled(() => accepted.bytes - (beSock?.writableLength ?? 0), 500, 'the backend to stall')
   const session = [...(run.daemon.listeners.get('l') as TcpListener).sessions][0]
   t.ok(last < 64 * 1024 * 1024, `backend could push only ${(last / 1048576).toFixed(1)} MiB of 256 MiB while nobody read`)
   // Node's queue towards the client exists with the JS relay only (the native relay holds

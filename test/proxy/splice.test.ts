@@ -6,7 +6,7 @@ import { Flow, READ_BYTES, relay, relayKind } from '../../src/proxy/splice.js'
 import { readIntoBuffers } from '../../src/proxy/user-buffer.js'
 import { STREAM_BUFFER_BYTES } from '../../src/proxy/tcp-session.js'
 import { startDaemon } from '../helpers/daemon.js'
-import { backend, closed, dial, eventually, flood, readUntil } from '../helpers/net.js'
+import { backend, closed, dial, eventually, flood, readUntil, stalled } from '../helpers/net.js'
 
 const MiB = 1024 * 1024
 
@@ -143,16 +143,7 @@ for (const dataEvents of [false, true]) {
     const chunk = Buffer.alloc(MiB, 0x63)
     const total = 96 * MiB
     const pushed = flood(c, chunk, total)
-    let last = -1
-    let stableSince = Date.now()
-    await eventually(() => {
-      const now = pushed.bytes - c.writableLength
-      if (now !== last) {
-        last = now
-        stableSince = Date.now()
-      }
-      return now > 0 && Date.now() - stableSince > 300
-    }, 'the client to stall', 30_000)
+    await stalled(() => pushed.bytes - c.writableLength, 300, 'the client to stall')
     const p = proxy.pairs[0]!
     // Two read buffers; with 'data' events, the stream buffer (128 KiB) plus the chunk that passed it.
     const bound = dataEvents ? STREAM_BUFFER_BYTES + READ_BYTES : 2 * READ_BYTES
@@ -237,16 +228,7 @@ t.test('a client that never reads: the relay holds at most two read buffers towa
   const proxy = await jsProxy(t, be.port)
   const c = await dial(proxy.port)
   c.pause()
-  let last = -1
-  let stableSince = Date.now()
-  await eventually(() => {
-    const now = pushed.bytes - (beSock?.writableLength ?? 0)
-    if (now !== last) {
-      last = now
-      stableSince = Date.now()
-    }
-    return now > 0 && Date.now() - stableSince > 300
-  }, 'the backend to stall', 30_000)
+  const last = await stalled(() => pushed.bytes - (beSock?.writableLength ?? 0), 300, 'the backend to stall')
   const p = proxy.pairs[0]!
   const held = p.client.writableLength
   t.ok(held <= 2 * READ_BYTES, `the relay holds ${held} bytes towards the client (≤ ${2 * READ_BYTES})`)
