@@ -405,17 +405,25 @@ static void flush_upstream(engine_t *e, int index, int s) {
   }
 }
 
+/* Sets msgs up for a recvmmsg of BATCH datagrams, each into its own DGRAM_MAX bytes of buf,
+ * with the sender's address in from[i] when from is not NULL. */
+static void recv_batch(struct mmsghdr *msgs, struct iovec *iov, uint8_t *buf, peer_t *from) {
+  for (int i = 0; i < BATCH; i++) {
+    iov[i].iov_base = buf + (size_t)i * DGRAM_MAX;
+    iov[i].iov_len = DGRAM_MAX;
+    memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+    if (from != NULL) {
+      msgs[i].msg_hdr.msg_name = &from[i];
+      msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+    }
+  }
+}
+
 static void on_queries(engine_t *e) {
   for (int round = 0; round < ROUNDS; round++) {
-    for (int i = 0; i < BATCH; i++) {
-      e->qiov[i].iov_base = e->qbuf + (size_t)i * DGRAM_MAX;
-      e->qiov[i].iov_len = DGRAM_MAX;
-      memset(&e->qmsgs[i].msg_hdr, 0, sizeof e->qmsgs[i].msg_hdr);
-      e->qmsgs[i].msg_hdr.msg_iov = &e->qiov[i];
-      e->qmsgs[i].msg_hdr.msg_iovlen = 1;
-      e->qmsgs[i].msg_hdr.msg_name = &e->qfrom[i];
-      e->qmsgs[i].msg_hdr.msg_namelen = sizeof e->qfrom[i];
-    }
+    recv_batch(e->qmsgs, e->qiov, e->qbuf, e->qfrom);
     int n = recvmmsg(e->listen_fd, e->qmsgs, BATCH, MSG_DONTWAIT, NULL);
     if (n <= 0) return;
     uint32_t now = now_ms(e);
@@ -522,13 +530,7 @@ static void on_answers(engine_t *e, int bi, int s) {
   if (b->socks == NULL || s >= b->nsock) return;
   upstream_t *u = &b->socks[s];
   for (int round = 0; round < ROUNDS; round++) {
-    for (int i = 0; i < BATCH; i++) {
-      e->aiov[i].iov_base = e->abuf + (size_t)i * DGRAM_MAX;
-      e->aiov[i].iov_len = DGRAM_MAX;
-      memset(&e->amsgs[i].msg_hdr, 0, sizeof e->amsgs[i].msg_hdr);
-      e->amsgs[i].msg_hdr.msg_iov = &e->aiov[i];
-      e->amsgs[i].msg_hdr.msg_iovlen = 1;
-    }
+    recv_batch(e->amsgs, e->aiov, e->abuf, NULL);
     int n = recvmmsg(u->fd, e->amsgs, BATCH, MSG_DONTWAIT, NULL);
     if (n < 0) {
       if (errno == EINTR) continue;
