@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include <node_api.h>
+#include "napi-util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -404,17 +405,25 @@ static void flush_upstream(engine_t *e, int index, int s) {
   }
 }
 
+/* Sets msgs up for a recvmmsg of BATCH datagrams, each into its own DGRAM_MAX bytes of buf,
+ * with the sender's address in from[i] when from is not NULL. */
+static void recv_batch(struct mmsghdr *msgs, struct iovec *iov, uint8_t *buf, peer_t *from) {
+  for (int i = 0; i < BATCH; i++) {
+    iov[i].iov_base = buf + (size_t)i * DGRAM_MAX;
+    iov[i].iov_len = DGRAM_MAX;
+    memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+    if (from != NULL) {
+      msgs[i].msg_hdr.msg_name = &from[i];
+      msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+    }
+  }
+}
+
 static void on_queries(engine_t *e) {
   for (int round = 0; round < ROUNDS; round++) {
-    for (int i = 0; i < BATCH; i++) {
-      e->qiov[i].iov_base = e->qbuf + (size_t)i * DGRAM_MAX;
-      e->qiov[i].iov_len = DGRAM_MAX;
-      memset(&e->qmsgs[i].msg_hdr, 0, sizeof e->qmsgs[i].msg_hdr);
-      e->qmsgs[i].msg_hdr.msg_iov = &e->qiov[i];
-      e->qmsgs[i].msg_hdr.msg_iovlen = 1;
-      e->qmsgs[i].msg_hdr.msg_name = &e->qfrom[i];
-      e->qmsgs[i].msg_hdr.msg_namelen = sizeof e->qfrom[i];
-    }
+    recv_batch(e->qmsgs, e->qiov, e->qbuf, e->qfrom);
     int n = recvmmsg(e->listen_fd, e->qmsgs, BATCH, MSG_DONTWAIT, NULL);
     if (n <= 0) return;
     uint32_t now = now_ms(e);
@@ -521,13 +530,7 @@ static void on_answers(engine_t *e, int bi, int s) {
   if (b->socks == NULL || s >= b->nsock) return;
   upstream_t *u = &b->socks[s];
   for (int round = 0; round < ROUNDS; round++) {
-    for (int i = 0; i < BATCH; i++) {
-      e->aiov[i].iov_base = e->abuf + (size_t)i * DGRAM_MAX;
-      e->aiov[i].iov_len = DGRAM_MAX;
-      memset(&e->amsgs[i].msg_hdr, 0, sizeof e->amsgs[i].msg_hdr);
-      e->amsgs[i].msg_hdr.msg_iov = &e->aiov[i];
-      e->amsgs[i].msg_hdr.msg_iovlen = 1;
-    }
+    recv_batch(e->amsgs, e->aiov, e->abuf, NULL);
     int n = recvmmsg(u->fd, e->amsgs, BATCH, MSG_DONTWAIT, NULL);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -773,14 +776,7 @@ static void engine_shut(engine_t *e) {
     pthread_join(e->thread, NULL);
     e->thread_running = false;
   }
-  if (e->tsfn != NULL && !e->tsfn_released) {
-    e->tsfn_released = true;
-    napi_release_threadsafe_function(e->tsfn, napi_tsfn_abort);
-  }
-  if (e->hook_added) {
-    e->hook_added = false;
-    napi_remove_env_cleanup_hook(e->env, cleanup_hook, e);
-  }
+  stop_tsfn(e->env, e->tsfn, &e->tsfn_released, &e->hook_added, cleanup_hook, e);
 }
 
 static void cleanup_hook(void *arg) {
@@ -899,32 +895,15 @@ static napi_value engine_new(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "dns engine: napi_wrap failed");
     return NULL;
   }
-  napi_value name;
-  napi_status st = napi_create_string_utf8(env, "sluice dns engine", NAPI_AUTO_LENGTH, &name);
-  if (st == napi_ok) st = napi_create_threadsafe_function(env, argv[1], NULL, name, 0, 1, e, tsfn_finalize, e, tsfn_call, &e->tsfn);
-  if (st == napi_ok) {
-    e->refs++;
-    /* The listener's own socket keeps the process alive; the engine does not. */
-    st = napi_unref_threadsafe_function(env, e->tsfn);
-  }
-  if (st == napi_ok) st = napi_add_env_cleanup_hook(env, cleanup_hook, e);
+  /* The listener's own socket keeps the process alive; the engine does not. */
+  napi_status st = start_tsfn(env, argv[1], "sluice dns engine", e, tsfn_finalize, tsfn_call, &e->tsfn, &e->refs, cleanup_hook);
   if (st != napi_ok) {
     engine_shut(e);
     napi_throw_error(env, NULL, "dns engine: set-up failed");
     return NULL;
   }
   e->hook_added = true;
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_attr_t attr;
-  int rc = pthread_attr_init(&attr);
-  if (rc == 0) rc = pthread_attr_setstacksize(&attr, THREAD_STACK);
-  if (rc == 0) {
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    rc = pthread_create(&e->thread, &attr, engine_main, e);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
-  }
+  int rc = start_thread(&e->thread, THREAD_STACK, engine_main, e);
   if (rc != 0) {
     engine_shut(e);
     throw_errno(env, rc, "dns engine: pthread_create");
@@ -973,12 +952,20 @@ static napi_value engine_set_backend(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-static napi_value engine_remove_backend(napi_env env, napi_callback_info info) {
+/* The engine of a method that takes one uint32 argument, named `name`, read into *out; NULL
+ * (an exception pending, or the argument missing) when there is none. */
+static engine_t *this_engine_u32(napi_env env, napi_callback_info info, const char *name, uint32_t *out) {
   size_t argc = 1;
   napi_value argv[1];
   engine_t *e = this_engine(env, info, &argc, argv);
+  if (e == NULL || argc < 1 || !arg_u32(env, argv[0], name, out)) return NULL;
+  return e;
+}
+
+static napi_value engine_remove_backend(napi_env env, napi_callback_info info) {
   uint32_t index;
-  if (e == NULL || argc < 1 || !arg_u32(env, argv[0], "index", &index)) return NULL;
+  engine_t *e = this_engine_u32(env, info, "index", &index);
+  if (e == NULL) return NULL;
   if (index >= MAX_BACKENDS) return NULL;
   cmd_t c = {.kind = CMD_REMOVE, .index = (int)index};
   send_cmd(env, e, &c);
@@ -986,11 +973,9 @@ static napi_value engine_remove_backend(napi_env env, napi_callback_info info) {
 }
 
 static napi_value engine_set_timeout(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  engine_t *e = this_engine(env, info, &argc, argv);
   uint32_t ms;
-  if (e == NULL || argc < 1 || !arg_u32(env, argv[0], "timeoutMs", &ms)) return NULL;
+  engine_t *e = this_engine_u32(env, info, "timeoutMs", &ms);
+  if (e == NULL) return NULL;
   cmd_t c = {.kind = CMD_TIMEOUT, .ms = ms};
   send_cmd(env, e, &c);
   return NULL;
@@ -1016,11 +1001,9 @@ static napi_value engine_close(napi_env env, napi_callback_info info) {
 
 /* takeCounters(backends): Float64Array [listener counters..., per backend index: B_COUNT cells]. */
 static napi_value engine_take_counters(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  engine_t *e = this_engine(env, info, &argc, argv);
   uint32_t want;
-  if (e == NULL || argc < 1 || !arg_u32(env, argv[0], "backends", &want)) return NULL;
+  engine_t *e = this_engine_u32(env, info, "backends", &want);
+  if (e == NULL) return NULL;
   /* Every index JS has handed out, applied by the thread yet or not (unapplied ones read 0). */
   int nb = want > MAX_BACKENDS ? MAX_BACKENDS : (int)want;
   size_t cells = C_LISTENER_COUNT + (size_t)nb * B_COUNT;

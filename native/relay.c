@@ -59,6 +59,7 @@
 #include <unistd.h>
 
 #include <node_api.h>
+#include "napi-util.h"
 #include <uv.h>
 
 /* Bytes read per call (the pipe's capacity in splice mode), and so the most that waits per
@@ -1549,18 +1550,11 @@ static void relay_shut(relay_t *r, napi_env env, bool deliver) {
     napi_value cb;
     if (napi_get_reference_value(env, r->on_end, &cb) == napi_ok && cb != NULL) deliver_ends(env, r, cb, false);
   }
-  if (r->tsfn != NULL && !r->tsfn_released) {
-    r->tsfn_released = true;
-    napi_release_threadsafe_function(r->tsfn, napi_tsfn_abort);
-  }
   if (r->on_end != NULL && env != NULL) {
     napi_delete_reference(env, r->on_end);
     r->on_end = NULL;
   }
-  if (r->hook_added) {
-    r->hook_added = false;
-    napi_remove_env_cleanup_hook(r->env, cleanup_hook, r);
-  }
+  stop_tsfn(r->env, r->tsfn, &r->tsfn_released, &r->hook_added, cleanup_hook, r);
   /* inline: no handle left to wait for (none was made), so teardown need not wait */
   if (r->async_hook != NULL && r->uv_open == 0) {
     napi_async_cleanup_hook_handle hook = r->async_hook;
@@ -1727,7 +1721,6 @@ static napi_value relay_new(napi_env env, napi_callback_info info) {
     return NULL;
   }
   /* From here the JS object owns r (freed once it is collected); a failure shuts it. */
-  napi_value name;
   napi_status st = napi_create_reference(env, argv[0], 1, &r->on_end);
   if (st == napi_ok && inline_mode) {
     st = napi_add_async_cleanup_hook(env, async_cleanup_hook, r, &r->async_hook);
@@ -1740,15 +1733,8 @@ static napi_value relay_new(napi_env env, napi_callback_info info) {
     }
     return self;
   }
-  if (st == napi_ok) st = napi_create_string_utf8(env, "sluice native relay", NAPI_AUTO_LENGTH, &name);
-  if (st == napi_ok)
-    st = napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, r, tsfn_finalize, r, tsfn_call, &r->tsfn);
-  if (st == napi_ok) {
-    r->refs++;
-    /* No connection yet: nothing to keep the event loop alive for. */
-    st = napi_unref_threadsafe_function(env, r->tsfn);
-  }
-  if (st == napi_ok) st = napi_add_env_cleanup_hook(env, cleanup_hook, r);
+  /* No connection yet: nothing to keep the event loop alive for. */
+  if (st == napi_ok) st = start_tsfn(env, argv[0], "sluice native relay", r, tsfn_finalize, tsfn_call, &r->tsfn, &r->refs, cleanup_hook);
   if (st != napi_ok) {
     throw_last(env);
     relay_shut(r, env, false);
@@ -1757,17 +1743,7 @@ static napi_value relay_new(napi_env env, napi_callback_info info) {
   r->hook_added = true;
 
   /* The thread takes no signals: they stay with Node's threads. */
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_attr_t attr;
-  int rc = pthread_attr_init(&attr);
-  if (rc == 0) rc = pthread_attr_setstacksize(&attr, THREAD_STACK);
-  if (rc == 0) {
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    rc = pthread_create(&r->thread, &attr, relay_main, r);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
-  }
+  int rc = start_thread(&r->thread, THREAD_STACK, relay_main, r);
   if (rc != 0) {
     relay_shut(r, env, false);
     throw_errno(env, rc, "relay: pthread_create");

@@ -115,10 +115,48 @@ export function closed(s: Socket): Promise<void> {
 }
 
 /** Polls `pred` until true, or fails after `timeoutMs`. */
+/** Bytes handed to a socket by flood(), counted as it goes. */
+export interface Written {
+  bytes: number
+}
+
+/** Writes chunk to s again and again until total bytes are written, waiting for 'drain' each
+ * time s's buffer is full, then ends s. written.bytes counts what it has handed to s so far. */
+export function flood(s: Socket, chunk: Buffer, total: number, written: Written = { bytes: 0 }): Written {
+  const pump = (): void => {
+    while (written.bytes < total) {
+      written.bytes += chunk.length
+      if (!s.write(chunk)) {
+        s.once('drain', pump)
+        return
+      }
+    }
+    s.end()
+  }
+  pump()
+  return written
+}
+
 export async function eventually(pred: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (!(await pred())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
     await new Promise((r) => setTimeout(r, 10))
   }
+}
+
+/** Polls `progress` until it is above 0 and has stayed the same for `quietMs` (the writer
+ * behind it has stalled), or fails after `timeoutMs`; resolves with its value then. */
+export async function stalled(progress: () => number, quietMs: number, what: string, timeoutMs = 30_000): Promise<number> {
+  let last = -1
+  let stableSince = Date.now()
+  await eventually(() => {
+    const now = progress()
+    if (now !== last) {
+      last = now
+      stableSince = Date.now()
+    }
+    return now > 0 && Date.now() - stableSince > quietMs
+  }, what, timeoutMs)
+  return last
 }

@@ -44,6 +44,32 @@ export async function deadUdpPort(): Promise<number> {
 }
 
 /** A UDP client socket that queues what it receives, so a test can await the next datagram. */
+/**
+ * Sends `qs` from a new socket (a new source port, as stub resolvers do) to 127.0.0.1:`port` and
+ * resolves with the datagrams that came back within `ms`, or as soon as `wanted` have
+ * (all of `qs` by default). `recvBufferSize` sets the socket's receive buffer.
+ */
+export async function askFromNewPort(port: number, qs: Buffer[], opts: { ms: number; wanted?: number; recvBufferSize?: number }): Promise<Buffer[]> {
+  const wanted = opts.wanted ?? qs.length
+  const s = createSocket('udp4')
+  await new Promise<void>((resolve) => s.bind(0, '127.0.0.1', resolve))
+  if (opts.recvBufferSize !== undefined) s.setRecvBufferSize(opts.recvBufferSize)
+  const got: Buffer[] = []
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer)
+      s.close()
+      resolve(got)
+    }
+    const timer = setTimeout(done, opts.ms)
+    s.on('message', (m: Buffer) => {
+      got.push(m)
+      if (got.length >= wanted) done()
+    })
+    for (const q of qs) s.send(q, port, '127.0.0.1')
+  })
+}
+
 export class UdpClient {
   readonly inbox: { msg: Buffer; from: RemoteInfo }[] = []
   private waiter: (() => void) | undefined

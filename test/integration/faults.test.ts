@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process'
 import { createServer, type Server, type Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import { startDaemon } from '../helpers/daemon.js'
-import { backend, closed, deadPort, dial, eventually, namedBackend, readUntil } from '../helpers/net.js'
+import { backend, closed, deadPort, dial, eventually, flood, namedBackend, readUntil, stalled } from '../helpers/net.js'
 import { metricValue } from '../helpers/udp.js'
 import { loadNativeRelay } from '../../src/proxy/native-relay.js'
 
@@ -137,37 +137,18 @@ for (const { relay, skip } of RELAYS) {
   t.test(`relay ${relay}: a client that never reads while the backend sends 1 GiB: memory stays bounded`, { skip }, async (t) => {
     const total = 1024 * 1024 * 1024
     const chunk = Buffer.alloc(1024 * 1024, 0x62)
-    let pushed = 0
+    const pushed = { bytes: 0 }
     let beSock: Socket | undefined
     const be = await backend(t, (s) => {
       beSock = s
-      const pump = (): void => {
-        while (pushed < total) {
-          pushed += chunk.length
-          if (!s.write(chunk)) {
-            s.once('drain', pump)
-            return
-          }
-        }
-        s.end()
-      }
-      pump()
+      flood(s, chunk, total, pushed)
     })
     const run = await startDaemon(t, config(relay, [be.address]))
     global.gc?.()
     const rssBefore = process.memoryUsage().rss
     const c = await dial(run.port('l'))
     c.pause()
-    let last = -1
-    let stableSince = Date.now()
-    await eventually(() => {
-      const now = pushed - (beSock?.writableLength ?? 0)
-      if (now !== last) {
-        last = now
-        stableSince = Date.now()
-      }
-      return now > 0 && Date.now() - stableSince > 500
-    }, 'the backend to stall', 30_000)
+    const last = await stalled(() => pushed.bytes - (beSock?.writableLength ?? 0), 500, 'the backend to stall')
     const rssStalled = process.memoryUsage().rss
     t.ok(last < 64 * 1024 * 1024, `the backend could push ${(last / 1048576).toFixed(1)} MiB of 1 GiB while nobody read`)
     t.ok(rssStalled - rssBefore < 64 * 1024 * 1024, `RSS grew ${((rssStalled - rssBefore) / 1048576).toFixed(1)} MiB while stalled (< 64 MiB)`)

@@ -4,7 +4,7 @@ import type { Socket } from 'node:net'
 import { startDaemon } from '../helpers/daemon.js'
 import type { TcpListener } from '../../src/listener/tcp-listener.js'
 import { TcpSession } from '../../src/proxy/tcp-session.js'
-import { backend, closed, dial, eventually, readUntil } from '../helpers/net.js'
+import { backend, closed, dial, eventually, flood, readUntil, stalled } from '../helpers/net.js'
 
 const ONE_POOL = (addr: string, extra = ''): string => `
 listeners: [{ name: l, listen: 127.0.0.1:0, pool: p ${extra} }]
@@ -74,36 +74,17 @@ t.test('half-close: the client FIN reaches the backend and its reply still comes
 t.test('a slow reader with a fast backend keeps sluice memory bounded (backpressure)', async (t) => {
   const total = 256 * 1024 * 1024
   const chunk = Buffer.alloc(1024 * 1024, 0x61)
-  let accepted = 0 // bytes the backend's kernel took: what sluice has read or the kernel holds
+  const accepted = { bytes: 0 } // bytes the backend's kernel took: what sluice has read or the kernel holds
   let beSock: Socket | undefined
   const be = await backend(t, (s) => {
     beSock = s
-    const pump = (): void => {
-      while (accepted < total) {
-        accepted += chunk.length
-        if (!s.write(chunk)) {
-          s.once('drain', pump)
-          return
-        }
-      }
-      s.end()
-    }
-    pump()
+    flood(s, chunk, total, accepted)
   })
   const run = await startDaemon(t, ONE_POOL(be.address))
   const c = await dial(run.port('l'))
   c.pause()
   // Wait until the backend stops making progress: everything in between is full.
-  let last = -1
-  let stableSince = Date.now()
-  await eventually(() => {
-    const now = accepted - (beSock?.writableLength ?? 0)
-    if (now !== last) {
-      last = now
-      stableSince = Date.now()
-    }
-    return now > 0 && Date.now() - stableSince > 500
-  }, 'the backend to stall', 30_000)
+  const last = await stalled(() => accepted.bytes - (beSock?.writableLength ?? 0), 500, 'the backend to stall')
   const session = [...(run.daemon.listeners.get('l') as TcpListener).sessions][0]
   t.ok(last < 64 * 1024 * 1024, `backend could push only ${(last / 1048576).toFixed(1)} MiB of 256 MiB while nobody read`)
   // Node's queue towards the client exists with the JS relay only (the native relay holds

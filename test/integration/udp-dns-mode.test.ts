@@ -2,6 +2,7 @@ import t, { type Test } from 'tap'
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram'
 import { startDaemon } from '../helpers/daemon.js'
 import { eventually } from '../helpers/net.js'
+import { askFromNewPort } from '../helpers/udp.js'
 import { parseConfig } from '../../src/config/load.js'
 import { ConfigError } from '../../src/errors.js'
 
@@ -53,23 +54,8 @@ async function dnsBackend(t: Test, behaviour: () => Behaviour = () => 'answer'):
 }
 
 /** Sends `q` from a new socket (a new source port, as stub resolvers do) and resolves with the answers within `ms`. */
-async function ask(port: number, q: Buffer, ms = 2000, wanted = 1): Promise<Buffer[]> {
-  const s = createSocket('udp4')
-  await new Promise<void>((resolve) => s.bind(0, '127.0.0.1', resolve))
-  const got: Buffer[] = []
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer)
-      s.close()
-      resolve(got)
-    }
-    const timer = setTimeout(done, ms)
-    s.on('message', (m: Buffer) => {
-      got.push(m)
-      if (got.length >= wanted) done()
-    })
-    s.send(q, port, '127.0.0.1')
-  })
+function ask(port: number, q: Buffer, ms = 2000, wanted = 1): Promise<Buffer[]> {
+  return askFromNewPort(port, [q], { ms, wanted })
 }
 
 const yaml = (backends: string[], udp = ''): string => `

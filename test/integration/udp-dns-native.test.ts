@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram'
 import { startDaemon, type Running } from '../helpers/daemon.js'
 import { eventually } from '../helpers/net.js'
-import { metricValue } from '../helpers/udp.js'
+import { askFromNewPort, metricValue } from '../helpers/udp.js'
 import { parseConfig } from '../../src/config/load.js'
 import { reusePortAvailable } from '../../src/config/validate.js'
 import { backendAction } from '../../src/admin/backend-actions.js'
@@ -64,24 +64,8 @@ async function dnsBackend(t: Test): Promise<DnsBackend> {
 }
 
 /** A client on a new source port: sends `qs` and resolves with what came back within `ms`. */
-async function client(port: number, qs: Buffer[], ms = 3000): Promise<Buffer[]> {
-  const s = createSocket('udp4')
-  await new Promise<void>((resolve) => s.bind(0, '127.0.0.1', resolve))
-  s.setRecvBufferSize(1024 * 1024)
-  const got: Buffer[] = []
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer)
-      s.close()
-      resolve(got)
-    }
-    const timer = setTimeout(done, ms)
-    s.on('message', (m: Buffer) => {
-      got.push(m)
-      if (got.length >= qs.length) done()
-    })
-    for (const q of qs) s.send(q, port, '127.0.0.1')
-  })
+function client(port: number, qs: Buffer[], ms = 3000): Promise<Buffer[]> {
+  return askFromNewPort(port, qs, { ms, recvBufferSize: 1024 * 1024 })
 }
 
 const yaml = (backends: string[], udp = '', top = '', pool = '', listener = ''): string => `${top}
@@ -91,6 +75,13 @@ listeners: [{ name: dns, protocol: udp, listen: 127.0.0.1:0, pool: p, udp: { mod
 pools:
   p: { backends: [${backends.map((b) => `"${b}"`).join(', ')}]${pool} }
 `
+
+/** A daemon on the config `text`, once its DNS listener says it runs on the native relay, and that listener's port. */
+async function nativeDaemon(t: Test, text: string): Promise<{ run: Running; port: number }> {
+  const run = await startDaemon(t, text)
+  await run.logs.waitFor((l) => l.dns_relay === 'native')
+  return { run, port: run.port('dns') }
+}
 
 async function status(run: Running): Promise<{ listeners: { name: string; dns_relay?: string }[] }> {
   const admin = run.daemon.adminAddress()!
@@ -124,9 +115,7 @@ t.test('the native DNS relay runs dns mode: the log line and /api/status say so;
 t.test('native: 100 clients at once, 20 queries each with the same IDs: every answer goes back to its own client, with its own ID and question', { skip }, async (t) => {
   const a = await dnsBackend(t)
   const b = await dnsBackend(t)
-  const run = await startDaemon(t, yaml([a.address, b.address]))
-  await run.logs.waitFor((l) => l.dns_relay === 'native')
-  const port = run.port('dns')
+  const { run, port } = await nativeDaemon(t, yaml([a.address, b.address]))
   // Every client uses IDs 1..20: only the client's address:port tells the answers apart.
   const results = await Promise.all(Array.from({ length: 100 }, (_, c) => client(port, Array.from({ length: 20 }, (_, i) => query(i + 1, `c${c}-q${i + 1}.example.test`)))))
   let wrong = 0
@@ -146,9 +135,7 @@ t.test('native: 100 clients at once, 20 queries each with the same IDs: every an
 
 t.test('native: an answer after query_timeout is dropped and counted as unmatched; the timeout is counted and frees the slot', { skip }, async (t) => {
   const be = await dnsBackend(t)
-  const run = await startDaemon(t, yaml([be.address], ', query_timeout: 150ms'))
-  await run.logs.waitFor((l) => l.dns_relay === 'native')
-  const port = run.port('dns')
+  const { run, port } = await nativeDaemon(t, yaml([be.address], ', query_timeout: 150ms'))
   be.silent = true
   t.same(await client(port, [query(5, 'late.example.test')], 600), [], 'no answer in time')
   await eventually(async () => metricValue(await run.metrics(), 'sluice_dns_dropped_total', { listener: 'dns', reason: 'timeout' }) === 1, 'the query to time out')
@@ -168,9 +155,7 @@ t.test('native: an answer after query_timeout is dropped and counted as unmatche
 t.test('native: a disabled backend gets no queries; enabled again, it gets its share', { skip }, async (t) => {
   const a = await dnsBackend(t)
   const b = await dnsBackend(t)
-  const run = await startDaemon(t, yaml([a.address, b.address]))
-  await run.logs.waitFor((l) => l.dns_relay === 'native')
-  const port = run.port('dns')
+  const { run, port } = await nativeDaemon(t, yaml([a.address, b.address]))
   const batch = (tag: string, n: number): Promise<Buffer[]> => client(port, Array.from({ length: n }, (_, i) => query(i, `${tag}${i}.example.test`)))
   t.notOk('status' in backendAction(run.daemon, 'p', b.address, 'disable'), 'b disabled')
   // The state reaches the data plane (and the relay's table) asynchronously: wait for a
@@ -195,9 +180,7 @@ t.test('native: a disabled backend gets no queries; enabled again, it gets its s
 t.test('native: a reload that keeps the listener keeps its socket; another algorithm hands it to the JS relay and back', { skip }, async (t) => {
   const a = await dnsBackend(t)
   const b = await dnsBackend(t)
-  const run = await startDaemon(t, yaml([a.address]))
-  await run.logs.waitFor((l) => l.dns_relay === 'native')
-  const port = run.port('dns')
+  const { run, port } = await nativeDaemon(t, yaml([a.address]))
   const [one] = await client(port, [query(1, 'one.example.test')])
   t.equal(one?.readUInt16BE(0), 1, 'answered before the reload')
 
@@ -272,9 +255,7 @@ t.test('native: ICMP port unreachable from a backend counts for passive ejection
   await new Promise<void>((resolve) => gone.bind(0, '127.0.0.1', resolve))
   const dead = `127.0.0.1:${gone.address().port}`
   await new Promise<void>((resolve) => gone.close(() => resolve()))
-  const run = await startDaemon(t, yaml([dead, live.address], ', query_timeout: 200ms', '', ', passive: { max_failures: 1, ejection_time: 1h }'))
-  await run.logs.waitFor((l) => l.dns_relay === 'native')
-  const port = run.port('dns')
+  const { run, port } = await nativeDaemon(t, yaml([dead, live.address], ', query_timeout: 200ms', '', ', passive: { max_failures: 1, ejection_time: 1h }'))
   // Round-robin sends the first query to the dead backend: no answer, an ICMP error back.
   await client(port, [query(1, 'first.example.test')], 300)
   const warn = await run.logs.waitFor((l) => l.code === 'SLUICE_ERR_UDP_UNREACHABLE')
@@ -290,9 +271,7 @@ t.test('native: backends added and removed at run time reach its table; one adde
   const a = await dnsBackend(t)
   const b = await dnsBackend(t)
   const c = await dnsBackend(t)
-  const run = await startDaemon(t, yaml([a.address]))
-  await run.logs.waitFor((l) => l.dns_relay === 'native')
-  const port = run.port('dns')
+  const { run, port } = await nativeDaemon(t, yaml([a.address]))
   const batch = (tag: string, n: number): Promise<Buffer[]> => client(port, Array.from({ length: n }, (_, i) => query(i, `${tag}${i}.example.test`)))
   t.notOk('status' in memberAction(run.daemon, 'p', b.address, 'put', '{}'), 'b added')
   await eventually(async () => {

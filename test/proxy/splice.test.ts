@@ -6,7 +6,7 @@ import { Flow, READ_BYTES, relay, relayKind } from '../../src/proxy/splice.js'
 import { readIntoBuffers } from '../../src/proxy/user-buffer.js'
 import { STREAM_BUFFER_BYTES } from '../../src/proxy/tcp-session.js'
 import { startDaemon } from '../helpers/daemon.js'
-import { backend, closed, dial, eventually, readUntil } from '../helpers/net.js'
+import { backend, closed, dial, eventually, flood, readUntil, stalled } from '../helpers/net.js'
 
 const MiB = 1024 * 1024
 
@@ -142,28 +142,8 @@ for (const dataEvents of [false, true]) {
     const c = await dial(proxy.port)
     const chunk = Buffer.alloc(MiB, 0x63)
     const total = 96 * MiB
-    let pushed = 0
-    const pump = (): void => {
-      while (pushed < total) {
-        pushed += chunk.length
-        if (!c.write(chunk)) {
-          c.once('drain', pump)
-          return
-        }
-      }
-      c.end()
-    }
-    pump()
-    let last = -1
-    let stableSince = Date.now()
-    await eventually(() => {
-      const now = pushed - c.writableLength
-      if (now !== last) {
-        last = now
-        stableSince = Date.now()
-      }
-      return now > 0 && Date.now() - stableSince > 300
-    }, 'the client to stall', 30_000)
+    const pushed = flood(c, chunk, total)
+    await stalled(() => pushed.bytes - c.writableLength, 300, 'the client to stall')
     const p = proxy.pairs[0]!
     // Two read buffers; with 'data' events, the stream buffer (128 KiB) plus the chunk that passed it.
     const bound = dataEvents ? STREAM_BUFFER_BYTES + READ_BYTES : 2 * READ_BYTES
@@ -238,36 +218,17 @@ t.test('half-close: the backend FIN reaches the client, which still sends', asyn
 
 t.test('a client that never reads: the relay holds at most two read buffers towards it', async (t) => {
   const chunk = Buffer.alloc(MiB, 0x61)
-  let pushed = 0
+  const pushed = { bytes: 0 }
   let beSock: Socket | undefined
   const total = 128 * MiB
   const be = await backend(t, (s) => {
     beSock = s
-    const pump = (): void => {
-      while (pushed < total) {
-        pushed += chunk.length
-        if (!s.write(chunk)) {
-          s.once('drain', pump)
-          return
-        }
-      }
-      s.end()
-    }
-    pump()
+    flood(s, chunk, total, pushed)
   })
   const proxy = await jsProxy(t, be.port)
   const c = await dial(proxy.port)
   c.pause()
-  let last = -1
-  let stableSince = Date.now()
-  await eventually(() => {
-    const now = pushed - (beSock?.writableLength ?? 0)
-    if (now !== last) {
-      last = now
-      stableSince = Date.now()
-    }
-    return now > 0 && Date.now() - stableSince > 300
-  }, 'the backend to stall', 30_000)
+  const last = await stalled(() => pushed.bytes - (beSock?.writableLength ?? 0), 300, 'the backend to stall')
   const p = proxy.pairs[0]!
   const held = p.client.writableLength
   t.ok(held <= 2 * READ_BYTES, `the relay holds ${held} bytes towards the client (≤ ${2 * READ_BYTES})`)
