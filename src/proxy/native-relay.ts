@@ -77,8 +77,8 @@ export interface RelayAcceptError {
 export type RelayThread = 'inline' | 'own'
 /**
  * `inline`, unless SLUICE_RELAY_THREAD=own asks for the other: inline, a new connection costs
- * about half the context switches and less CPU (docs/performance.md), and each worker's relay
- * still runs on that worker's own thread, away from the control plane.
+ * about a seventh of the context switches, as few as HAProxy's (docs/performance.md), and each
+ * worker's relay still runs on that worker's own thread, away from the control plane.
  */
 export const DEFAULT_RELAY_THREAD: RelayThread = process.env.SLUICE_RELAY_THREAD === 'own' ? 'own' : 'inline'
 
