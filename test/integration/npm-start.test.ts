@@ -134,11 +134,14 @@ pools:
   // Ctrl-C: SIGINT to every process of the job.
   process.kill(-child.pid!, 'SIGINT')
   const says = (start: string) => (): boolean => find((l) => typeof l.msg === 'string' && l.msg.startsWith(start)) !== undefined
-  await eventually(() => (says('SIGINT again from npm')() && says('sluice stopping')()) || says('second stop signal')(), 'npm\'s copy of the SIGINT, and the stop')
-  t.notOk(find((l) => l.msg === 'second stop signal: exiting now'), 'the copy is not taken for a second Ctrl-C')
+  // npm's copy usually comes as a second signal, logged; when it reaches sluice while the
+  // terminal's is still pending, the kernel merges the two into one. Either way: one stop.
+  await eventually(() => says('sluice stopping')() || says('second stop signal')(), 'the stop')
   t.ok(says('sluice stopping')(), 'a graceful stop')
   open.write('still works\n')
   t.equal((await readUntil(open, 'line')).toString(), 'still works\n', 'the open connection keeps working during the drain')
+  t.comment(says('SIGINT again from npm')() ? "npm's copy came as a second signal" : "npm's copy was merged with the terminal's")
+  t.notOk(find((l) => l.msg === 'second stop signal: exiting now'), 'the copy is not taken for a second Ctrl-C')
   t.ok(alive(pid), 'sluice waits for it')
   open.end()
   await exited
