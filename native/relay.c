@@ -1475,13 +1475,18 @@ static void inline_poll(uv_poll_t *h, int status, int events) {
 
 static void inline_timer(uv_timer_t *h) { inline_run(h->data); }
 
+/* Inline: lets the environment's teardown go on once no uv handle of the relay is open. */
+static void release_async_hook(relay_t *r) {
+  if (r->async_hook == NULL || r->uv_open > 0) return;
+  napi_async_cleanup_hook_handle hook = r->async_hook;
+  r->async_hook = NULL;
+  napi_remove_async_cleanup_hook(hook);
+}
+
 static void inline_closed(uv_handle_t *h) {
   relay_t *r = h->data;
-  if (--r->uv_open == 0 && r->async_hook != NULL) {
-    napi_async_cleanup_hook_handle hook = r->async_hook;
-    r->async_hook = NULL;
-    napi_remove_async_cleanup_hook(hook);
-  }
+  r->uv_open--;
+  release_async_hook(r);
   relay_unref(r);
 }
 
@@ -1555,12 +1560,8 @@ static void relay_shut(relay_t *r, napi_env env, bool deliver) {
     r->on_end = NULL;
   }
   stop_tsfn(r->env, r->tsfn, &r->tsfn_released, &r->hook_added, cleanup_hook, r);
-  /* inline: no handle left to wait for (none was made), so teardown need not wait */
-  if (r->async_hook != NULL && r->uv_open == 0) {
-    napi_async_cleanup_hook_handle hook = r->async_hook;
-    r->async_hook = NULL;
-    napi_remove_async_cleanup_hook(hook);
-  }
+  /* inline: with no handle made, teardown need not wait (else the last close callback lets it go) */
+  release_async_hook(r);
 }
 
 /* The environment (the main thread or a worker) is going away without close(). */

@@ -122,11 +122,10 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
   }
 
   private connectTo(b: Backend): void {
-    const pool = this.pool
     this.attempts++
     this.backend = b
     if (isIP(b.host) !== 0) {
-      this.relay.connect(this.id, this, b.host, b.port, pool.connectTimeoutMs, this.owner.config.timeouts.idleMs)
+      this.connectAddress(b, b.host)
       return
     }
     // A backend named by a host name: resolved for each connection, and, as Node's connect does
@@ -138,8 +137,12 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
       const [first, ...rest] = addresses.map((a) => a.address)
       if (first === undefined) return this.failed(b, Object.assign(new Error(`no address for ${b.host}`), { code: 'ENOTFOUND' }))
       this.moreAddresses = rest.length > 0 ? rest : undefined
-      this.relay.connect(this.id, this, first, b.port, pool.connectTimeoutMs, this.owner.config.timeouts.idleMs)
+      this.connectAddress(b, first)
     })
+  }
+
+  private connectAddress(b: Backend, address: string): void {
+    this.relay.connect(this.id, this, address, b.port, this.pool.connectTimeoutMs, this.owner.config.timeouts.idleMs)
   }
 
   onRelayConnect(result: RelayConnectResult): void {
@@ -160,7 +163,7 @@ export class NativeSession implements OpenSession, RelayedConnection, Deadline, 
         : Object.assign(new Error(`connect ${result.code} ${b.id}`), { code: result.code, errno: -result.errno })
     const next = this.moreAddresses?.shift()
     if (next !== undefined && localExhaustion(err) === undefined) {
-      this.relay.connect(this.id, this, next, b.port, this.pool.connectTimeoutMs, this.owner.config.timeouts.idleMs)
+      this.connectAddress(b, next)
       return
     }
     this.moreAddresses = undefined
