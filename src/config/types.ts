@@ -171,6 +171,8 @@ export interface UdpSettings {
   responses: number
   /** Sessions held at once; a new client beyond it is dropped and counted. */
   maxSessions: number
+  /** Idle connected upstream sockets kept per backend for the next sessions (0 = a new socket per session). */
+  reuseSockets: number
 }
 
 export interface PoolConfig {
@@ -296,6 +298,7 @@ export const DEFAULTS = {
   udpMaxSessionTimeoutMs: 86_400_000,
   udpResponses: 0,
   udpMaxSessions: 100_000,
+  udpReuseSockets: 128,
   udpQueryTimeoutMs: 2_000,
   udpUpstreamSockets: 2,
   sniPeekTimeoutMs: 1_000,

@@ -2,10 +2,10 @@ import type { ConfigReader, MapView } from './reader.js'
 import { DEFAULTS, type UdpSettings } from './types.js'
 import { formatDuration } from './duration.js'
 
-const UDP_KEYS = ['mode', 'session_timeout', 'responses', 'max_sessions', 'query_timeout', 'upstream_sockets']
+const UDP_KEYS = ['mode', 'session_timeout', 'responses', 'max_sessions', 'reuse_sockets', 'query_timeout', 'upstream_sockets']
 const MODES = ['session', 'dns'] as const
 /** Keys that only one mode applies, and why the other does not. */
-const SESSION_ONLY = ['session_timeout', 'responses', 'max_sessions']
+const SESSION_ONLY = ['session_timeout', 'responses', 'max_sessions', 'reuse_sockets']
 const DNS_ONLY = ['query_timeout', 'upstream_sockets']
 
 /** The listener keys a udp listener applies; every other listener key is an error on it. */
@@ -51,6 +51,7 @@ export function readUdpSettings(reader: ConfigReader, m: MapView, context: strin
     sessionTimeoutMs: DEFAULTS.udpSessionTimeoutMs,
     responses: DEFAULTS.udpResponses,
     maxSessions: DEFAULTS.udpMaxSessions,
+    reuseSockets: DEFAULTS.udpReuseSockets,
   }
   if (!m.has('udp')) return defaults
   const u = reader.map(m.get('udp'), UDP_KEYS, `${context} udp`)
@@ -90,8 +91,9 @@ export function readUdpSettings(reader: ConfigReader, m: MapView, context: strin
   }
   const responses = u.has('responses') ? reader.int(u.get('responses'), `${context} udp.responses (replies expected per datagram; 0 = unlimited)`, 0, 65_535) : defaults.responses
   const maxSessions = u.has('max_sessions') ? reader.int(u.get('max_sessions'), `${context} udp.max_sessions`, 1, 10_000_000) : defaults.maxSessions
-  if (mode === undefined || queryTimeoutMs === undefined || upstreamSockets === undefined || sessionTimeoutMs === undefined || responses === undefined || maxSessions === undefined) return undefined
-  return { mode, queryTimeoutMs, upstreamSockets, sessionTimeoutMs, responses, maxSessions }
+  const reuseSockets = u.has('reuse_sockets') ? reader.int(u.get('reuse_sockets'), `${context} udp.reuse_sockets (idle upstream sockets kept per backend for the next sessions; 0 = a new socket per session)`, 0, 65_536) : defaults.reuseSockets
+  if (mode === undefined || queryTimeoutMs === undefined || upstreamSockets === undefined || sessionTimeoutMs === undefined || responses === undefined || maxSessions === undefined || reuseSockets === undefined) return undefined
+  return { mode, queryTimeoutMs, upstreamSockets, sessionTimeoutMs, responses, maxSessions, reuseSockets }
 }
 
 /** `udp:` on a TCP listener is a mistake worth naming: it would otherwise do nothing. */

@@ -12,7 +12,8 @@ import { LogThrottle } from '../log-throttle.js'
 import { errnoCode, errorMessage } from '../errors.js'
 import { bindError } from './bind-error.js'
 import { formatAddress } from '../config/address.js'
-import { UdpSession, literalLookup, type UdpSessionOwner } from '../proxy/udp-session.js'
+import { UdpSession, type UdpSessionOwner } from '../proxy/udp-session.js'
+import { UdpUpstreams, literalLookup, type UpstreamsOwner } from '../proxy/udp-upstream.js'
 import { UdpStats } from '../proxy/udp-stats.js'
 import { ExpiryWheel } from '../proxy/udp-expiry.js'
 import { DnsRelay, type DnsRelayOwner } from '../proxy/dns-relay.js'
@@ -33,7 +34,7 @@ const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
  * ends them all now. Replies leave from this listener's socket, so clients see the address
  * they sent to.
  */
-export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
+export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner, UpstreamsOwner {
   readonly protocol = 'udp'
   readonly sessions = new Map<string, UdpSession>()
   readonly stats = new UdpStats()
@@ -58,6 +59,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
   private closing = false
   private idleWaiters: (() => void)[] = []
   private readonly wheel: ExpiryWheel<UdpSession>
+  readonly upstreams: UdpUpstreams
   /** udp.mode dns: queries relayed by ID over shared upstream sockets instead of sessions. */
   private dns: DnsRelay | undefined
   /** The data plane's answer to running out of descriptors (set by the data plane). */
@@ -79,6 +81,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
   ) {
     this.gate = makeGate(config, sources)
     this.wheel = new ExpiryWheel<UdpSession>(config.udp.sessionTimeoutMs, (s) => s.end('timeout'))
+    this.upstreams = new UdpUpstreams(this, this.stats, config.udp.reuseSockets)
     if (config.udp.mode === 'dns') this.dns = new DnsRelay(this, pool)
   }
 
@@ -88,6 +91,24 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
 
   get listening(): boolean {
     return this.socketOpen
+  }
+
+  /** Finished sessions keep their upstream sockets for the next ones, until the listener stops. */
+  get reusing(): boolean {
+    return !this.closing
+  }
+
+  /**
+   * A backend answered on an idle upstream socket after the session's udp.responses replies
+   * had all come: dropped (counted by the upstream set), and one warning a second per backend.
+   */
+  lateReply(backend: string, bytes: number): void {
+    const suppressed = this.throttle.take(`late-reply:${backend}`)
+    if (suppressed === false) return
+    this.log.warn(
+      { code: 'SLUICE_ERR_UDP_LATE_REPLY', listener: this.name, pool: this.pool.name, backend, bytes, responses: this.config.udp.responses, suppressed },
+      `udp reply of ${bytes} bytes from backend ${backend} dropped: it came after the session's udp.responses (${this.config.udp.responses}) replies were all in; its socket is closed, not reused. If this backend sends more replies per datagram, raise udp.responses (or set it to 0)`,
+    )
   }
 
   async listen(shared = false): Promise<void> {
@@ -200,6 +221,8 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
     this.accessLog = accessLog
     this.gate = makeGate(config, this.sources)
     this.wheel.configure(config.udp.sessionTimeoutMs)
+    this.upstreams.max = config.udp.reuseSockets
+    if (config.udp.reuseSockets === 0) this.upstreams.closeIdle()
     if (config.udp.mode === 'dns') {
       if (this.dns === undefined) this.dns = new DnsRelay(this, pool)
       else this.dns.update(pool)
@@ -219,6 +242,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
 
   close(): Promise<void> {
     this.closing = true
+    this.upstreams.closeIdle()
     const native = this.native
     if (native !== undefined) {
       // In flight on the native relay: answered or timed out, then the JS relay's turn.
@@ -242,6 +266,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
 
   destroy(): void {
     this.closing = true
+    this.upstreams.closeIdle()
     this.native?.destroy()
     this.native = undefined
     for (const n of this.nativeLeaving) n.destroy()
@@ -410,6 +435,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner {
       this.socket?.close()
     }
     this.wheel.stop()
+    this.upstreams.closeIdle()
     this.flushCounters()
     const waiters = this.idleWaiters
     this.idleWaiters = []

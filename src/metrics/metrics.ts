@@ -20,6 +20,9 @@ export class Metrics {
   readonly configReloadsTotal: Counter<'result'>
   readonly udpSessionsActive: Gauge<'listener'>
   readonly udpDatagramsTotal: Counter<'listener' | 'direction'>
+  readonly udpUpstreamSocketsTotal: Counter<'listener' | 'outcome'>
+  readonly udpUpstreamSocketsIdle: Gauge<'listener'>
+  readonly udpLateRepliesTotal: Counter<'listener'>
   readonly dnsDroppedTotal: Counter<'listener' | 'reason'>
   readonly workerRestartsTotal: Counter<string>
   readonly healthChecksTotal: Counter<'pool' | 'backend' | 'result'>
@@ -121,6 +124,24 @@ export class Metrics {
       name: 'sluice_udp_datagrams_total',
       help: 'UDP datagrams relayed; direction "in" is client to backend, "out" is backend to client.',
       labelNames: ['listener', 'direction'],
+      registers,
+    })
+    this.udpUpstreamSocketsTotal = new Counter({
+      name: 'sluice_udp_upstream_sockets_total',
+      help: 'Upstream sockets UDP sessions started on, by outcome: created (a new socket connected to the backend) or reused (an idle connected socket a finished session left, udp.reuse_sockets).',
+      labelNames: ['listener', 'outcome'],
+      registers,
+    })
+    this.udpUpstreamSocketsIdle = new Gauge({
+      name: 'sluice_udp_upstream_sockets_idle',
+      help: 'Idle connected upstream sockets a UDP listener holds for its next sessions (udp.reuse_sockets per backend).',
+      labelNames: ['listener'],
+      registers,
+    })
+    this.udpLateRepliesTotal = new Counter({
+      name: 'sluice_udp_late_replies_total',
+      help: 'UDP replies a backend sent to an idle upstream socket, after the session\'s udp.responses replies were all in: dropped, and the socket closed instead of reused.',
+      labelNames: ['listener'],
       registers,
     })
     this.workerRestartsTotal = new Counter({

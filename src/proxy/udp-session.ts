@@ -1,5 +1,3 @@
-import { createSocket, type Socket } from 'node:dgram'
-import { lookup, type LookupOneOptions } from 'node:dns'
 import { isIP } from 'node:net'
 import type { Backend } from '../upstream/backend.js'
 import type { Pool } from '../upstream/pool.js'
@@ -14,6 +12,9 @@ import { formatAddress } from '../config/address.js'
 import { encodeV2 } from './proxy-header-out.js'
 import { localExhaustion } from '../fd-budget.js'
 import type { ExhaustionGuard } from '../listener/accept-guard.js'
+import type { UdpUpstream, UdpUpstreams, UpstreamUser } from './udp-upstream.js'
+
+export { literalLookup } from './udp-upstream.js'
 
 export type UdpCloseReason =
   | 'timeout' // no datagram either way for udp.session_timeout
@@ -23,7 +24,6 @@ export type UdpCloseReason =
   | 'fd_exhausted' // sluice had no descriptor for the session's upstream socket (EMFILE, ENFILE, ENOBUFS, ENOMEM)
   | 'shutdown' // sluice stopped and shutdown_timeout ran out (or the listener was destroyed)
 
-/** What a session needs from the listener that owns it. */
 /**
  * The PROXY v2 DGRAM header for a datagram from `address`:`port` to a listener bound at
  * `bound` (a wildcard bind names the family's any-address as the destination).
@@ -39,6 +39,7 @@ export const UDP4_MAX_PAYLOAD = 65_507
 /** 65,535 less the UDP header (the IPv6 payload length does not include its own header). */
 export const UDP6_MAX_PAYLOAD = 65_527
 
+/** What a session needs from the listener that owns it. */
 export interface UdpSessionOwner {
   readonly config: UdpListenerConfig
   readonly log: Logger
@@ -48,6 +49,10 @@ export interface UdpSessionOwner {
   readonly stats: UdpStats
   /** Pauses new sessions when descriptors run out (accept-guard.ts). */
   readonly exhaustion?: ExhaustionGuard | undefined
+  /** New upstream sockets, and idle connected ones finished sessions left (udp.reuse_sockets). */
+  readonly upstreams: UdpUpstreams
+  /** False while the listener stops: a finished session's socket is closed, not kept. */
+  readonly reusing: boolean
   /** A backend of the session's pool for its client, skipping `avoid`. */
   pickFor(session: UdpSession, avoid: ReadonlySet<Backend> | undefined): Backend | undefined
   /** The listener's bound address: the destination a PROXY v2 header names. */
@@ -65,11 +70,13 @@ const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHO
 
 /**
  * One client address:port of a UDP listener and the backend it is pinned to, over a connected
- * upstream socket of its own (so the kernel only lets that backend's replies in, and reports
- * ICMP unreachable back to us). The data path per datagram only counts and sends: no
- * closures, no object literals, no timers. Nothing that happens here escapes it.
+ * upstream socket (so the kernel only lets that backend's replies in, and reports ICMP
+ * unreachable back to us) that no other session uses while this one runs. A session whose
+ * replies all came (udp.responses) leaves its socket idle for the next session to the same
+ * backend (udp-upstream.ts). The data path per datagram only counts and sends: no closures,
+ * no object literals, no timers. Nothing that happens here escapes it.
  */
-export class UdpSession implements Expiring {
+export class UdpSession implements Expiring, UpstreamUser {
   lastSeen: number
   expiryPrev: Expiring | undefined = undefined
   expiryNext: Expiring | undefined = undefined
@@ -81,7 +88,7 @@ export class UdpSession implements Expiring {
   bytesIn = 0
   bytesOut = 0
   reason: UdpCloseReason | undefined
-  private upstream: Socket | undefined
+  private upstream: UdpUpstream | undefined
   private connected = false
   private pending: Buffer[] | undefined
   /** Backends that failed for this session; allocated on the first failure only. */
@@ -133,8 +140,8 @@ export class UdpSession implements Expiring {
     const up = this.upstream
     if (up !== undefined && this.connected) {
       this.counted(msg)
-      if (this.header === undefined) up.send(msg)
-      else up.send([this.header, msg])
+      if (this.header === undefined) up.socket.send(msg)
+      else up.socket.send([this.header, msg])
       return
     }
     if (up === undefined && !this.repick()) {
@@ -160,7 +167,7 @@ export class UdpSession implements Expiring {
     // Waiting out the timeout after every backend failed is a backend problem, not idleness.
     this.reason = reason === 'timeout' && this.upstream === undefined && this.failed !== undefined ? 'backend_error' : reason
     this.pending = undefined
-    this.detach()
+    this.detach(reason === 'responses')
     const owner = this.owner
     owner.sessionEnded(this)
     if (owner.accessLog) {
@@ -212,7 +219,7 @@ export class UdpSession implements Expiring {
     this.awaiting += this.owner.config.udp.responses
   }
 
-  private readonly onReply = (msg: Buffer): void => {
+  onUpstreamReply(msg: Buffer): void {
     if (this.ended) return
     this.lastSeen = Date.now()
     const n = msg.length
@@ -227,6 +234,23 @@ export class UdpSession implements Expiring {
     if (owner.config.udp.responses > 0 && --this.awaiting <= 0) this.end('responses')
   }
 
+  onUpstreamConnect(err: Error | undefined): void {
+    const b = this.backend
+    if (b === undefined) return
+    if (err !== undefined) {
+      this.connected = false
+      this.backendFailed(b, err, 'SLUICE_ERR_CONNECT')
+      return
+    }
+    this.connected = true
+    const q = this.pending
+    const up = this.upstream
+    if (q === undefined || up === undefined) return
+    this.pending = undefined
+    const h = this.header
+    for (const msg of q) up.socket.send(h === undefined ? msg : [h, msg])
+  }
+
   private attach(b: Backend): void {
     this.attempts++
     this.pool.acquire(b)
@@ -236,31 +260,11 @@ export class UdpSession implements Expiring {
     // Datagrams still held from a failed connect now wait for this backend's replies.
     this.awaiting = this.pending === undefined ? 0 : this.pending.length * this.owner.config.udp.responses
     this.header = this.pool.config.proxyProtocol === 'v2' ? this.proxyHeader() : undefined
-    const family = isIP(b.host)
-    this.maxPayload = family === 6 ? UDP6_MAX_PAYLOAD : UDP4_MAX_PAYLOAD
-    const up = createSocket({ type: family === 6 ? 'udp6' : 'udp4', lookup: literalLookup })
+    const up = this.owner.upstreams.take(b.id, b.host, b.port, this)
+    this.maxPayload = up.family === 6 ? UDP6_MAX_PAYLOAD : UDP4_MAX_PAYLOAD
     this.upstream = up
-    up.on('message', this.onReply)
-    up.on('error', (err: Error) => {
-      if (up === this.upstream) this.onUpstreamError(b, err)
-    })
-    up.connect(b.port, b.host, (err?: Error) => {
-      if (up === this.upstream) this.onConnect(up, b, err)
-    })
-  }
-
-  private onConnect(up: Socket, b: Backend, err: Error | undefined): void {
-    if (err !== undefined) {
-      this.connected = false
-      this.backendFailed(b, err, 'SLUICE_ERR_CONNECT')
-      return
-    }
-    this.connected = true
-    const q = this.pending
-    if (q === undefined) return
-    this.pending = undefined
-    const h = this.header
-    for (const msg of q) up.send(h === undefined ? msg : [h, msg])
+    // A reused socket is connected already: what is held goes out now.
+    if (up.connected) this.onUpstreamConnect(undefined)
   }
 
   private proxyHeader(): Buffer {
@@ -268,7 +272,9 @@ export class UdpSession implements Expiring {
     return dgramProxyHeader(this.owner.address?.() ?? { host: cfg.host, port: cfg.port }, this.clientAddress, this.clientPort)
   }
 
-  private onUpstreamError(b: Backend, err: Error): void {
+  onUpstreamError(err: Error): void {
+    const b = this.backend
+    if (b === undefined) return
     if (this.outOfDescriptors(err)) return
     if (UNREACHABLE.has(errnoCode(err) ?? '')) {
       this.backendFailed(b, err, 'SLUICE_ERR_UDP_UNREACHABLE')
@@ -283,10 +289,6 @@ export class UdpSession implements Expiring {
   }
 
   /**
-   * `b` failed this session: count it against the backend, and move on. Datagrams still held
-   * (the connect failed) go to the next backend now; otherwise the next datagram re-picks.
-   */
-  /**
    * The upstream socket could not be made for want of descriptors (or socket memory): not
    * the backend's failure. Counted, warned about once per interval, and new clients are
    * dropped until descriptors are free (accept-guard.ts); this session ends.
@@ -297,10 +299,16 @@ export class UdpSession implements Expiring {
     const owner = this.owner
     owner.exhaustion?.exhausted(owner.config.name, 'udp_socket', errno)
     owner.stats.refuse('fd_exhausted')
+    // Idle sockets kept for reuse are descriptors the next sessions need more.
+    owner.upstreams.closeIdle()
     this.end('fd_exhausted')
     return true
   }
 
+  /**
+   * `b` failed this session: count it against the backend, and move on. Datagrams still held
+   * (the connect failed) go to the next backend now; otherwise the next datagram re-picks.
+   */
   private backendFailed(b: Backend, err: Error, code: 'SLUICE_ERR_CONNECT' | 'SLUICE_ERR_UDP_UNREACHABLE'): void {
     if (this.outOfDescriptors(err)) return
     const errno = errnoCode(err)
@@ -332,16 +340,15 @@ export class UdpSession implements Expiring {
     return true
   }
 
-  private detach(): void {
+  /** Lets go of the upstream socket: kept for another session when `reusable`, else closed. */
+  private detach(reusable = false): void {
     const up = this.upstream
     if (up !== undefined) {
       this.upstream = undefined
       this.connected = false
-      try {
-        up.close()
-      } catch {
-        // Already closed by a failed bind: nothing is left to release.
-      }
+      const owner = this.owner
+      if (reusable && owner.reusing) owner.upstreams.give(up, this.lastSeen)
+      else up.close()
     }
     const b = this.backend
     if (b !== undefined) {
@@ -349,14 +356,4 @@ export class UdpSession implements Expiring {
       this.pool.release(b)
     }
   }
-}
-
-/**
- * dgram's lookup, answering at once for IP literals: a send to (or connect to) an address
- * costs no DNS round and no extra tick. Host names still go through dns.lookup.
- */
-export function literalLookup(hostname: string, options: LookupOneOptions, cb: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void {
-  const family = isIP(hostname)
-  if (family !== 0) cb(null, hostname, family)
-  else lookup(hostname, options, cb)
 }

@@ -30,12 +30,19 @@ export class UdpStats {
   droppedNotReady = 0
   /** Datagrams that a PROXY v2 header would push past the UDP payload limit. */
   droppedTooLarge = 0
+  /** Upstream sockets sessions started on: new ones, and idle ones reused (udp.reuse_sockets). */
+  upstreamCreated = 0
+  upstreamReused = 0
+  /** Idle connected upstream sockets held for reuse now. */
+  upstreamIdle = 0
+  /** Replies that reached an idle upstream socket: dropped. */
+  lateReplies = 0
   /** Datagrams dropped by access or limits, by reason; and sources admitted uncounted (table full). */
   readonly sourceDrops: Record<UdpSourceDrop, number> = { access_denied: 0, source_connections: 0, source_rate: 0, source_datagrams: 0 }
   private readonly sourceDropsFlushed: Record<UdpSourceDrop, number> = { access_denied: 0, source_connections: 0, source_rate: 0, source_datagrams: 0 }
   readonly tableFull = { connections: 0, rates: 0 }
   private readonly tableFullFlushed = { connections: 0, rates: 0 }
-  private flushed = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, sessions: 0, maxSessions: 0, noBackend: 0, shutdown: 0, fdExhausted: 0, notReady: 0, tooLarge: 0 }
+  private flushed = { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, sessions: 0, maxSessions: 0, noBackend: 0, shutdown: 0, fdExhausted: 0, notReady: 0, tooLarge: 0, created: 0, reused: 0, idle: 0, late: 0 }
 
   /** dns mode: messages dropped, by reason (sluice_dns_dropped_total). */
   private readonly dns = new Map<DnsDrop, { n: number; flushed: number }>()
@@ -71,6 +78,10 @@ export class UdpStats {
     f.fdExhausted = inc(this.refusedFdExhausted, f.fdExhausted, rejected('fd_exhausted'))
     f.notReady = inc(this.droppedNotReady, f.notReady, rejected('backend_not_ready'))
     f.tooLarge = inc(this.droppedTooLarge, f.tooLarge, rejected('datagram_too_large'))
+    f.created = inc(this.upstreamCreated, f.created, (d) => metrics.udpUpstreamSocketsTotal.inc({ listener, outcome: 'created' }, d))
+    f.reused = inc(this.upstreamReused, f.reused, (d) => metrics.udpUpstreamSocketsTotal.inc({ listener, outcome: 'reused' }, d))
+    f.idle = inc(this.upstreamIdle, f.idle, (d) => metrics.udpUpstreamSocketsIdle.inc({ listener }, d))
+    f.late = inc(this.lateReplies, f.late, (d) => metrics.udpLateRepliesTotal.inc({ listener }, d))
     for (const reason of Object.keys(this.sourceDrops) as UdpSourceDrop[]) {
       const n = this.sourceDrops[reason]
       const was = this.sourceDropsFlushed[reason]

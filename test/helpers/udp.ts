@@ -14,9 +14,11 @@ export interface UdpBackend {
 
 /**
  * A UDP backend on port 0. By default it answers each datagram with `name:` followed by the
- * datagram; `echo` sends the datagram back unchanged; `silent` answers nothing.
+ * datagram; `echo` sends the datagram back unchanged; `silent` answers nothing; `twice`
+ * answers as `named` and then once more with `:again` after it. A datagram starting with
+ * `ignore` gets no answer in any mode.
  */
-export async function udpBackend(t: Test, name: string, opts: { host?: string; mode?: 'named' | 'echo' | 'silent' } = {}): Promise<UdpBackend> {
+export async function udpBackend(t: Test, name: string, opts: { host?: string; mode?: 'named' | 'echo' | 'silent' | 'twice' } = {}): Promise<UdpBackend> {
   const host = opts.host ?? '127.0.0.1'
   const mode = opts.mode ?? 'named'
   const socket = createSocket(host.includes(':') ? 'udp6' : 'udp4')
@@ -25,8 +27,10 @@ export async function udpBackend(t: Test, name: string, opts: { host?: string; m
   socket.on('message', (msg: Buffer, r: RemoteInfo) => {
     received.push(msg)
     sources.push(`${r.address}:${r.port}`)
-    if (mode === 'named') socket.send(Buffer.concat([Buffer.from(`${name}:`), msg]), r.port, r.address)
+    if (msg.subarray(0, 6).toString() === 'ignore') return
+    if (mode === 'named' || mode === 'twice') socket.send(Buffer.concat([Buffer.from(`${name}:`), msg]), r.port, r.address)
     else if (mode === 'echo') socket.send(msg, r.port, r.address)
+    if (mode === 'twice') socket.send(Buffer.concat([Buffer.from(`${name}:`), msg, Buffer.from(':again')]), r.port, r.address)
   })
   await new Promise<void>((resolve) => socket.bind(0, host, resolve))
   const port = socket.address().port
@@ -43,7 +47,6 @@ export async function deadUdpPort(): Promise<number> {
   return port
 }
 
-/** A UDP client socket that queues what it receives, so a test can await the next datagram. */
 /**
  * Sends `qs` from a new socket (a new source port, as stub resolvers do) to 127.0.0.1:`port` and
  * resolves with the datagrams that came back within `ms`, or as soon as `wanted` have
@@ -70,6 +73,7 @@ export async function askFromNewPort(port: number, qs: Buffer[], opts: { ms: num
   })
 }
 
+/** A UDP client socket that queues what it receives, so a test can await the next datagram. */
 export class UdpClient {
   readonly inbox: { msg: Buffer; from: RemoteInfo }[] = []
   private waiter: (() => void) | undefined

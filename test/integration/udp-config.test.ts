@@ -28,7 +28,7 @@ ${POOLS}
     port: 5353,
     listen: '127.0.0.1:5353',
     pool: 'dns',
-    udp: { mode: 'session', queryTimeoutMs: 2000, upstreamSockets: 2, sessionTimeoutMs: 30_000, responses: 0, maxSessions: 100_000 },
+    udp: { mode: 'session', queryTimeoutMs: 2000, upstreamSockets: 2, sessionTimeoutMs: 30_000, responses: 0, maxSessions: 100_000, reuseSockets: 128 },
   })
 })
 
@@ -44,7 +44,7 @@ ${POOLS}
 `, 'u.yaml', {})
   const l = c.listeners[0]!
   t.equal(l.protocol, 'udp')
-  if (l.protocol === 'udp') t.same(l.udp, { mode: 'session', queryTimeoutMs: 2000, upstreamSockets: 2, sessionTimeoutMs: 2000, responses: 1, maxSessions: 500 })
+  if (l.protocol === 'udp') t.same(l.udp, { mode: 'session', queryTimeoutMs: 2000, upstreamSockets: 2, sessionTimeoutMs: 2000, responses: 1, maxSessions: 500, reuseSockets: 128 })
   t.equal(l.host, '::1')
 })
 
@@ -130,5 +130,27 @@ ${POOLS}
 `)
     t.equal(issues.length, 1, `${key}: one problem\n${issues.map((i) => i.message).join('\n')}`)
     t.equal(issues[0]!.path, `listeners[0].${key}`)
+  }
+})
+
+t.test('reuse_sockets: a count of idle upstream sockets per backend, 0 turns reuse off', async (t) => {
+  const read = (value: string): unknown => {
+    const c = parseConfig(`
+listeners: [{ name: dns, protocol: udp, listen: 127.0.0.1:53, pool: dns, udp: { responses: 1, reuse_sockets: ${value} } }]
+${POOLS}
+`, 'u.yaml', {})
+    const l = c.listeners[0]!
+    return l.protocol === 'udp' ? l.udp.reuseSockets : undefined
+  }
+  t.equal(read('0'), 0)
+  t.equal(read('1000'), 1000)
+  for (const [value, pattern] of [['-1', /udp\.reuse_sockets \(idle upstream sockets kept per backend.*\) is -1; it must be from 0 to 65536/], ['yes', /udp\.reuse_sockets.*whole number/], ['70000', /it must be from 0 to 65536/]] as const) {
+    const issues = problems(`
+listeners: [{ name: dns, protocol: udp, listen: 127.0.0.1:53, pool: dns, udp: { reuse_sockets: ${value} } }]
+${POOLS}
+`)
+    t.equal(issues.length, 1, `reuse_sockets: ${value} is refused`)
+    t.match(issues[0]!.message, pattern)
+    t.equal(issues[0]!.line, 2)
   }
 })

@@ -156,5 +156,6 @@ t.test('dns mode configuration is checked at its line', async (t) => {
   t.match(problems('{ query_timeout: 2s }'), /udp\.query_timeout does not apply here: it applies only with udp\.mode: dns/)
   t.match(problems('{ mode: dns, query_timeout: 2m }'), /must be at most 1m/)
   t.match(problems('{ mode: dns, upstream_sockets: 0 }'), /upstream_sockets \(per backend\) is 0; it must be from 1 to 64/)
+  t.match(problems('{ mode: dns, reuse_sockets: 8 }'), /udp\.reuse_sockets does not apply here: with udp\.mode: dns there are no sessions/)
   t.equal(problems('{ mode: dns, query_timeout: 500ms, upstream_sockets: 4 }'), '')
 })
