@@ -23,6 +23,9 @@ import { SourceGate, type SourceHolder, type SourceRefusal } from './source-gate
 import { SourceTables } from '../control/source-tables.js'
 import { reportSourceRefusal } from './source-report.js'
 
+/** Ended sessions kept for reuse by new ones (their objects, not their state). */
+const FREE_SESSIONS = 1024
+
 /** Socket buffers asked of the kernel (it caps them at net.core.rmem_max / wmem_max). */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
@@ -37,6 +40,8 @@ const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner, UpstreamsOwner {
   readonly protocol = 'udp'
   readonly sessions = new Map<string, UdpSession>()
+  /** Ended sessions to reuse (UdpSession.init) rather than allocate: with udp.responses a query can be a session. */
+  private readonly freeSessions: UdpSession[] = []
   readonly stats = new UdpStats()
   readonly throttle = new LogThrottle()
   /** Sessions started since this listener started (dns mode: queries relayed). */
@@ -296,6 +301,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner, Up
     if (this.sessions.get(session.key) === session) this.sessions.delete(session.key)
     this.wheel.remove(session)
     this.stats.sessions--
+    if (this.freeSessions.length < FREE_SESSIONS) this.freeSessions.push(session)
     if (this.closing && this.sessions.size === 0) this.closeSocket()
   }
 
@@ -375,7 +381,9 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner, Up
       }
       return undefined
     }
-    const s = new UdpSession(this, pool, key, address, port, now)
+    const free = this.freeSessions.pop()
+    const s = free ?? new UdpSession(this, pool, key, address, port, now)
+    if (free !== undefined) free.init(pool, key, address, port, now)
     s.sourceKey = held.sourceKey
     held.sourceKey = undefined
     this.opened++

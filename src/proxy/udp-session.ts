@@ -59,6 +59,7 @@ export interface UdpSessionOwner {
   address?(): { host: string; port: number }
   /** Sends a reply to the session's client from the listener's own socket. */
   toClient(msg: Buffer, session: UdpSession): void
+  /** The session has ended: the last thing it does, so the listener may recycle it (init()). */
   sessionEnded(session: UdpSession): void
 }
 
@@ -77,44 +78,76 @@ const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHO
  * no object literals, no timers. Nothing that happens here escapes it.
  */
 export class UdpSession implements Expiring, UpstreamUser {
-  lastSeen: number
-  expiryPrev: Expiring | undefined = undefined
-  expiryNext: Expiring | undefined = undefined
-  expirySlot = -1
-  readonly startedAt: number
-  backend: Backend | undefined
-  datagramsIn = 0
-  datagramsOut = 0
-  bytesIn = 0
-  bytesOut = 0
-  reason: UdpCloseReason | undefined
-  private upstream: UdpUpstream | undefined
-  private connected = false
-  private pending: Buffer[] | undefined
+  // Every field is set by init(), for a new session and for one the listener recycles.
+  lastSeen!: number
+  expiryPrev!: Expiring | undefined
+  expiryNext!: Expiring | undefined
+  expirySlot!: number
+  startedAt!: number
+  pool!: Pool
+  /** The client's address and port as the listener keys its sessions. */
+  key!: string
+  clientAddress!: string
+  clientPort!: number
+  backend!: Backend | undefined
+  datagramsIn!: number
+  datagramsOut!: number
+  bytesIn!: number
+  bytesOut!: number
+  reason!: UdpCloseReason | undefined
+  private upstream!: UdpUpstream | undefined
+  private connected!: boolean
+  private pending!: Buffer[] | undefined
   /** Backends that failed for this session; allocated on the first failure only. */
-  private failed: Set<Backend> | undefined
-  private attempts = 0
+  private failed!: Set<Backend> | undefined
+  private attempts!: number
   /** Replies still expected before the session ends (udp.responses per datagram sent). */
-  private awaiting = 0
-  private lastBackendId: string | null = null
+  private awaiting!: number
+  private lastBackendId!: string | null
   /** PROXY v2 DGRAM header put before every datagram to the backend (pool proxy_protocol: v2). */
-  private header: Buffer | undefined
+  private header!: Buffer | undefined
   /** The largest UDP payload towards the current backend: 65,507 bytes over IPv4, 65,527 over IPv6. */
-  private maxPayload = UDP4_MAX_PAYLOAD
-  private ended = false
+  private maxPayload!: number
+  private ended!: boolean
   /** The per-source count this session holds (limits.per_source_connections), released when it ends. */
-  sourceKey: string | undefined = undefined
+  sourceKey!: string | undefined
 
-  constructor(
-    private readonly owner: UdpSessionOwner,
-    readonly pool: Pool,
-    readonly key: string,
-    readonly clientAddress: string,
-    readonly clientPort: number,
-    now: number,
-  ) {
-    this.startedAt = now
+  constructor(private readonly owner: UdpSessionOwner, pool: Pool, key: string, clientAddress: string, clientPort: number, now: number) {
+    this.init(pool, key, clientAddress, clientPort, now)
+  }
+
+  /**
+   * Makes this a new session of `clientAddress`:`clientPort`. The listener calls it on a
+   * session that has ended (and that nothing refers to any more) instead of allocating one:
+   * with udp.responses every query can be a session, and each would be garbage soon after.
+   */
+  init(pool: Pool, key: string, clientAddress: string, clientPort: number, now: number): void {
     this.lastSeen = now
+    this.expiryPrev = undefined
+    this.expiryNext = undefined
+    this.expirySlot = -1
+    this.startedAt = now
+    this.pool = pool
+    this.key = key
+    this.clientAddress = clientAddress
+    this.clientPort = clientPort
+    this.backend = undefined
+    this.datagramsIn = 0
+    this.datagramsOut = 0
+    this.bytesIn = 0
+    this.bytesOut = 0
+    this.reason = undefined
+    this.upstream = undefined
+    this.connected = false
+    this.pending = undefined
+    this.failed = undefined
+    this.attempts = 0
+    this.awaiting = 0
+    this.lastBackendId = null
+    this.header = undefined
+    this.maxPayload = UDP4_MAX_PAYLOAD
+    this.ended = false
+    this.sourceKey = undefined
   }
 
   get client(): string {
@@ -137,18 +170,19 @@ export class UdpSession implements Expiring, UpstreamUser {
       this.tooLarge(msg.length)
       return
     }
-    const up = this.upstream
-    if (up !== undefined && this.connected) {
-      this.counted(msg)
-      if (this.header === undefined) up.socket.send(msg)
-      else up.socket.send([this.header, msg])
-      return
-    }
-    if (up === undefined && !this.repick()) {
+    if (this.upstream === undefined && !this.repick()) {
       // Unreachable backends and nothing else to try: drop it, end the session; the client's
       // next datagram starts afresh.
       this.owner.stats.refusedNoBackend++
       this.end(this.attempts > this.pool.retries ? 'backend_error' : 'no_backend')
+      return
+    }
+    const up = this.upstream
+    // Connected: a socket of this session's own once its connect is done, or an idle one at once.
+    if (up !== undefined && this.connected) {
+      this.counted(msg)
+      if (this.header === undefined) up.socket.send(msg)
+      else up.socket.send([this.header, msg])
       return
     }
     const q = (this.pending ??= [])
@@ -169,7 +203,6 @@ export class UdpSession implements Expiring, UpstreamUser {
     this.pending = undefined
     this.detach(reason === 'responses')
     const owner = this.owner
-    owner.sessionEnded(this)
     if (owner.accessLog) {
       owner.log.info(
         {
@@ -190,6 +223,8 @@ export class UdpSession implements Expiring, UpstreamUser {
         'udp session ended',
       )
     }
+    // Last: the listener may recycle this object for its next session (init()).
+    owner.sessionEnded(this)
   }
 
   /**

@@ -4,7 +4,7 @@ import { parseConfig } from '../../src/config/load.js'
 import { parseProxyHeader } from '../../src/proxy/proxy-protocol.js'
 import { startDaemon, type Running } from '../helpers/daemon.js'
 import { eventually } from '../helpers/net.js'
-import { UdpClient, metricValue, udpBackend } from '../helpers/udp.js'
+import { UdpClient, deadUdpPort, metricValue, udpBackend } from '../helpers/udp.js'
 
 const yaml = (udp: string, backends: string, pool = ''): string => `
 listeners: [{ name: u, protocol: udp, listen: 127.0.0.1:0, pool: p, udp: { ${udp} } }]
@@ -108,4 +108,19 @@ t.test('at most reuse_sockets idle sockets per backend; PROXY v2 headers name ea
     return h.kind === 'ok' ? (h.header.addresses?.sourcePort ?? -1) : -1
   })
   t.same(ports.sort(), cs.map((c) => c.port).sort(), 'every datagram of round b carries its own client\'s address, reused socket or not')
+})
+
+t.test('a session moved off an unreachable backend onto an idle socket sends at once', async (t) => {
+  const dead = await deadUdpPort()
+  const live = await udpBackend(t, 'live')
+  const run = await startDaemon(t, yaml('responses: 1', `${live.address}, 127.0.0.1:${dead}`, ', algorithm: round-robin'))
+  const port = run.port('u')
+  t.equal(await (await UdpClient.open(t)).ask(port, 'one'), 'live:one', 'the first client goes to the live backend')
+  await eventually(async () => (await sockets(run)).idle === 1, 'its socket to be idle')
+  const c = await UdpClient.open(t)
+  c.send(port, 'lost')
+  await run.logs.waitFor((l) => l.code === 'SLUICE_ERR_UDP_UNREACHABLE')
+  t.equal(await c.ask(port, 'retry'), 'live:retry', 'the next datagram goes out on the idle socket of the live backend')
+  t.equal(new Set(live.sources).size, 1, 'one socket to the live backend throughout')
+  t.match(await sockets(run), { reused: 1 })
 })
