@@ -23,6 +23,7 @@ export const ERROR_CODES = {
   SLUICE_ERR_WORKER: 'A data-plane worker thread died (its error is logged); its open connections were lost and it was started again.',
   SLUICE_ERR_UDP_TOO_LARGE: 'A UDP datagram did not fit in one datagram once the PROXY v2 header was put before it; it was dropped and counted (reason datagram_too_large).',
   SLUICE_ERR_DNS_SEND: 'The native DNS relay could not send some datagrams (a full socket buffer, or no descriptor for an upstream socket); logged at most once a second with the count.',
+  SLUICE_ERR_UDP_LATE_REPLY: 'A UDP backend answered on an idle upstream socket after its session\'s udp.responses replies were all in; the reply was dropped and the socket closed, not reused.',
   SLUICE_ERR_UDP_UNREACHABLE: 'A UDP backend answered with ICMP unreachable (ECONNREFUSED: nothing listens on its port); the client\'s next datagram goes to another backend.',
   SLUICE_ERR_ADMIN_LISTEN: 'The admin API could not bind admin.listen (port in use, permission denied, address not on this host).',
   SLUICE_ERR_ADMIN_AUTH: 'An admin API call had no bearer token or the wrong one (HTTP 401).',
