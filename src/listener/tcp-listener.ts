@@ -6,6 +6,7 @@ import type { Metrics } from '../metrics/metrics.js'
 import type { Pool } from '../upstream/pool.js'
 import { LogThrottle } from '../log-throttle.js'
 import { errnoCode, errorMessage } from '../errors.js'
+import { setInheritedOptions } from './listen-options.js'
 import { bindError } from './bind-error.js'
 import { formatAddress } from '../config/address.js'
 import { KEEPALIVE_INITIAL_DELAY_MS, STREAM_BUFFER_BYTES, TcpSession, type OpenSession, type SessionOwner } from '../proxy/tcp-session.js'
@@ -61,6 +62,8 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
   relay: RelayHost | undefined
   /** The relay accepting on this listener's socket, and its id there; undefined while Node accepts. */
   private native: { host: RelayHost; id: number } | undefined
+  /** The listening socket has TCP_NODELAY and keepalive, which accepted sockets inherit (Linux). */
+  private optionsInherited = false
   /** The address bound, kept for while Node's server is closed (the relay accepts). */
   private bound: ListenerAddress | undefined
   /** The data plane's answer to running out of descriptors (set by the data plane). */
@@ -95,9 +98,7 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
       // Not pauseOnConnect: while the backend connect is in flight the socket keeps reading
       // into its bounded stream buffer (highWaterMark, then TCP backpressure), so a client
       // that resets in the meantime is noticed at once and releases its backend slot.
-      noDelay: true,
-      keepAlive: true,
-      keepAliveInitialDelay: KEEPALIVE_INITIAL_DELAY_MS,
+      // No noDelay / keepAlive here: the listening socket carries them (listen-options.ts).
       highWaterMark: STREAM_BUFFER_BYTES,
     })
     server.on('connection', this.onConnection)
@@ -254,6 +255,7 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
       }
       const onListening = (): void => {
         this.server.off('error', onError)
+        this.optionsInherited = setInheritedOptions(this.server, KEEPALIVE_INITIAL_DELAY_MS)
         resolve()
       }
       this.server.once('error', onError)
@@ -384,6 +386,10 @@ export class TcpListener implements SessionOwner, Listener, RelayAcceptor {
     if (refused !== undefined) {
       this.refuseSource(socket, refused)
       return
+    }
+    if (!this.optionsInherited) {
+      socket.setNoDelay(true)
+      socket.setKeepAlive(true, KEEPALIVE_INITIAL_DELAY_MS)
     }
     const session = new TcpSession(socket, this, this.pool)
     session.sourceKey = this.held.sourceKey
