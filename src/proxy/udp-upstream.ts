@@ -18,6 +18,14 @@ export interface UpstreamsOwner {
 
 /** A socket left idle longer than this is closed: it holds a descriptor and is not needed. */
 export const IDLE_UPSTREAM_MS = 10_000
+/**
+ * A socket is handed on only while younger than this. A backend named by a host name was
+ * looked up when its socket connected: a session per connect followed a change of address at
+ * once, so reused sockets to a name must not outlive one for long. Sockets to an IP address
+ * are renewed now and then all the same.
+ */
+export const MAX_AGE_NAMED_MS = 5_000
+export const MAX_AGE_MS = 60_000
 const SWEEP_MS = 1_000
 
 /**
@@ -31,6 +39,8 @@ export class UdpUpstream {
   closed = false
   /** When it was left idle; its place in the idle stack. */
   idleSince = 0
+  /** Past this (Date.now() time) it is closed rather than handed on. */
+  readonly retireAt: number
   readonly family: 4 | 6
   readonly socket: Socket
 
@@ -43,7 +53,9 @@ export class UdpUpstream {
     user: UpstreamUser,
   ) {
     this.user = user
-    this.family = isIP(host) === 6 ? 6 : 4
+    const ip = isIP(host)
+    this.family = ip === 6 ? 6 : 4
+    this.retireAt = Date.now() + (ip === 0 ? MAX_AGE_NAMED_MS : MAX_AGE_MS)
     const s = createSocket({ type: this.family === 6 ? 'udp6' : 'udp4', lookup: literalLookup })
     this.socket = s
     s.on('message', (msg: Buffer) => {
@@ -84,7 +96,8 @@ export class UdpUpstream {
  * The next session to that backend takes the most recently idled one, so a query costs no
  * socket, connect or close system call. A datagram reaching an idle socket is a reply the
  * backend sent beyond udp.responses: it is dropped and counted, and that socket is closed
- * rather than handed to another client. Idle sockets close after IDLE_UPSTREAM_MS.
+ * rather than handed to another client. Idle sockets close after IDLE_UPSTREAM_MS, and none
+ * is handed on past its age limit (MAX_AGE_MS; MAX_AGE_NAMED_MS to a host name).
  */
 export class UdpUpstreams {
   private readonly idle = new Map<string, UdpUpstream[]>()
@@ -120,7 +133,7 @@ export class UdpUpstreams {
     if (up.closed) return
     up.user = undefined
     let stack = this.idle.get(up.key)
-    if (!up.connected || this.max === 0 || (stack !== undefined && stack.length >= this.max)) {
+    if (!up.connected || this.max === 0 || now >= up.retireAt || (stack !== undefined && stack.length >= this.max)) {
       up.close()
       return
     }

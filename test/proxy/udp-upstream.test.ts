@@ -1,5 +1,5 @@
 import t from 'tap'
-import { IDLE_UPSTREAM_MS, UdpUpstreams, type UdpUpstream, type UpstreamUser } from '../../src/proxy/udp-upstream.js'
+import { IDLE_UPSTREAM_MS, MAX_AGE_MS, MAX_AGE_NAMED_MS, UdpUpstreams, type UdpUpstream, type UpstreamUser } from '../../src/proxy/udp-upstream.js'
 import { UdpStats } from '../../src/proxy/udp-stats.js'
 import { eventually } from '../helpers/net.js'
 import { udpBackend } from '../helpers/udp.js'
@@ -93,4 +93,23 @@ t.test('a datagram on an idle socket is a late reply: reported, counted, the soc
   t.equal(stats.upstreamIdle, 0)
   t.ok(up.closed)
   t.same(u.replies, [], 'the session that left the socket heard nothing of it')
+})
+
+t.test('a socket past its age limit is closed instead of kept: 60 s to an address, 5 s to a host name', async (t) => {
+  const be = await udpBackend(t, 'be')
+  const stats = new UdpStats()
+  const set = new UdpUpstreams({ lateReply: () => undefined }, stats, 4)
+  t.teardown(() => set.closeIdle())
+  const ip = set.take(be.address, '127.0.0.1', be.port, user())
+  const named = set.take(`localhost:${be.port}`, 'localhost', be.port, user())
+  await connected(ip)
+  await connected(named)
+  t.equal(ip.retireAt - Date.now() > MAX_AGE_NAMED_MS, true, 'an address gets the longer limit')
+  t.ok(named.retireAt - Date.now() <= MAX_AGE_NAMED_MS, 'a host name the shorter one')
+  set.give(named, named.retireAt)
+  t.ok(named.closed, 'given back at its limit: closed')
+  set.give(ip, ip.retireAt - 1)
+  t.notOk(ip.closed, 'given back before it: kept')
+  t.equal(stats.upstreamIdle, 1)
+  t.equal(MAX_AGE_MS, 60_000)
 })
