@@ -98,11 +98,6 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner, Up
     return this.socketOpen
   }
 
-  /** Finished sessions keep their upstream sockets for the next ones, until the listener stops. */
-  get reusing(): boolean {
-    return !this.closing
-  }
-
   /**
    * A backend answered on an idle upstream socket after the session's udp.responses replies
    * had all come: dropped (counted by the upstream set), and one warning a second per backend.
@@ -112,7 +107,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner, Up
     if (suppressed === false) return
     this.log.warn(
       { code: 'SLUICE_ERR_UDP_LATE_REPLY', listener: this.name, pool: this.pool.name, backend, bytes, responses: this.config.udp.responses, suppressed },
-      `udp reply of ${bytes} bytes from backend ${backend} dropped: it came after the session's udp.responses (${this.config.udp.responses}) replies were all in; its socket is closed, not reused. If this backend sends more replies per datagram, raise udp.responses (or set it to 0)`,
+      `udp reply of ${bytes} bytes from backend ${backend} dropped: it came after the session's udp.responses (${this.config.udp.responses}) replies were all in; its socket is closed, not reused. If this backend sends more replies per datagram, raise udp.responses (or set it to 0), or set udp.reuse_sockets: 0`,
     )
   }
 
@@ -247,7 +242,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner, Up
 
   close(): Promise<void> {
     this.closing = true
-    this.upstreams.closeIdle()
+    this.upstreams.retire()
     const native = this.native
     if (native !== undefined) {
       // In flight on the native relay: answered or timed out, then the JS relay's turn.
@@ -271,7 +266,7 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner, Up
 
   destroy(): void {
     this.closing = true
-    this.upstreams.closeIdle()
+    this.upstreams.retire()
     this.native?.destroy()
     this.native = undefined
     for (const n of this.nativeLeaving) n.destroy()
@@ -443,7 +438,6 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner, Up
       this.socket?.close()
     }
     this.wheel.stop()
-    this.upstreams.closeIdle()
     this.flushCounters()
     const waiters = this.idleWaiters
     this.idleWaiters = []

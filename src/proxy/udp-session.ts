@@ -14,8 +14,6 @@ import { localExhaustion } from '../fd-budget.js'
 import type { ExhaustionGuard } from '../listener/accept-guard.js'
 import type { UdpUpstream, UdpUpstreams, UpstreamUser } from './udp-upstream.js'
 
-export { literalLookup } from './udp-upstream.js'
-
 export type UdpCloseReason =
   | 'timeout' // no datagram either way for udp.session_timeout
   | 'responses' // every reply expected (udp.responses per client datagram) has arrived
@@ -51,8 +49,6 @@ export interface UdpSessionOwner {
   readonly exhaustion?: ExhaustionGuard | undefined
   /** New upstream sockets, and idle connected ones finished sessions left (udp.reuse_sockets). */
   readonly upstreams: UdpUpstreams
-  /** False while the listener stops: a finished session's socket is closed, not kept. */
-  readonly reusing: boolean
   /** A backend of the session's pool for its client, skipping `avoid`. */
   pickFor(session: UdpSession, avoid: ReadonlySet<Backend> | undefined): Backend | undefined
   /** The listener's bound address: the destination a PROXY v2 header names. */
@@ -95,8 +91,8 @@ export class UdpSession implements Expiring, UpstreamUser {
   bytesIn!: number
   bytesOut!: number
   reason!: UdpCloseReason | undefined
+  /** Its socket; datagrams go out once `upstream.connected`, and are held until then. */
   private upstream!: UdpUpstream | undefined
-  private connected!: boolean
   private pending!: Buffer[] | undefined
   /** Backends that failed for this session; allocated on the first failure only. */
   private failed!: Set<Backend> | undefined
@@ -138,7 +134,6 @@ export class UdpSession implements Expiring, UpstreamUser {
     this.bytesOut = 0
     this.reason = undefined
     this.upstream = undefined
-    this.connected = false
     this.pending = undefined
     this.failed = undefined
     this.attempts = 0
@@ -179,7 +174,7 @@ export class UdpSession implements Expiring, UpstreamUser {
     }
     const up = this.upstream
     // Connected: a socket of this session's own once its connect is done, or an idle one at once.
-    if (up !== undefined && this.connected) {
+    if (up !== undefined && up.connected) {
       this.counted(msg)
       if (this.header === undefined) up.socket.send(msg)
       else up.socket.send([this.header, msg])
@@ -273,11 +268,9 @@ export class UdpSession implements Expiring, UpstreamUser {
     const b = this.backend
     if (b === undefined) return
     if (err !== undefined) {
-      this.connected = false
       this.backendFailed(b, err, 'SLUICE_ERR_CONNECT')
       return
     }
-    this.connected = true
     const q = this.pending
     const up = this.upstream
     if (q === undefined || up === undefined) return
@@ -291,7 +284,6 @@ export class UdpSession implements Expiring, UpstreamUser {
     this.pool.acquire(b)
     this.backend = b
     this.lastBackendId = b.id
-    this.connected = false
     // Datagrams still held from a failed connect now wait for this backend's replies.
     this.awaiting = this.pending === undefined ? 0 : this.pending.length * this.owner.config.udp.responses
     this.header = this.pool.config.proxyProtocol === 'v2' ? this.proxyHeader() : undefined
@@ -380,9 +372,7 @@ export class UdpSession implements Expiring, UpstreamUser {
     const up = this.upstream
     if (up !== undefined) {
       this.upstream = undefined
-      this.connected = false
-      const owner = this.owner
-      if (reusable && owner.reusing) owner.upstreams.give(up, this.lastSeen)
+      if (reusable) this.owner.upstreams.give(up, this.lastSeen)
       else up.close()
     }
     const b = this.backend

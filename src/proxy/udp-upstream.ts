@@ -71,9 +71,8 @@ export class UdpUpstream {
     s.connect(port, host, (err?: Error) => {
       if (this.closed) return
       if (err === undefined) this.connected = true
-      const u = this.user
-      if (u !== undefined) u.onUpstreamConnect(err)
-      else if (err !== undefined) set.discard(this)
+      // Never idle here: a socket given back before its connect finished was closed.
+      this.user?.onUpstreamConnect(err)
     })
   }
 
@@ -178,6 +177,12 @@ export class UdpUpstreams {
       if (stack.length === 0) this.idle.delete(key)
     }
     if (this.idle.size === 0) this.stopSweeper()
+  }
+
+  /** The listener stops: nothing is kept from now on, and what is idle closes. */
+  retire(): void {
+    this.max = 0
+    this.closeIdle()
   }
 
   /** Closes every idle socket (shutdown, or descriptors ran out and these can be given back). */
