@@ -208,12 +208,13 @@ export class UdpListener implements Listener, UdpSessionOwner, DnsRelayOwner, Up
   update(config: AnyListenerConfig, pool: Pool, accessLog: boolean): void {
     if (config.protocol !== 'udp') throw new TypeError(`listener ${config.name}: a udp listener cannot take ${config.protocol} settings`)
     if (config.name !== this.config.name) {
-      // Renamed, same socket: what was counted stays under the old name, the live sessions move.
+      // Renamed, same socket: what was counted stays under the old name; the gauges (live
+      // sessions, idle upstream sockets) move to the new one.
       this.flushCounters()
-      const live = this.stats.sessions
-      if (live !== 0) {
-        this.metrics.udpSessionsActive.dec({ listener: this.config.name }, live)
-        this.metrics.udpSessionsActive.inc({ listener: config.name }, live)
+      for (const [gauge, now] of [[this.metrics.udpSessionsActive, this.stats.sessions], [this.metrics.udpUpstreamSocketsIdle, this.stats.upstreamIdle]] as const) {
+        if (now === 0) continue
+        gauge.dec({ listener: this.config.name }, now)
+        gauge.inc({ listener: config.name }, now)
       }
     }
     this.config = config

@@ -5,6 +5,7 @@ import { parseProxyHeader } from '../../src/proxy/proxy-protocol.js'
 import { startDaemon, type Running } from '../helpers/daemon.js'
 import { eventually } from '../helpers/net.js'
 import { UdpClient, deadUdpPort, metricValue, udpBackend } from '../helpers/udp.js'
+import { freePort } from './free-address.js'
 
 const yaml = (udp: string, backends: string, pool = ''): string => `
 listeners: [{ name: u, protocol: udp, listen: 127.0.0.1:0, pool: p, udp: { ${udp} } }]
@@ -123,4 +124,23 @@ t.test('a session moved off an unreachable backend onto an idle socket sends at 
   t.equal(await c.ask(port, 'retry'), 'live:retry', 'the next datagram goes out on the idle socket of the live backend')
   t.equal(new Set(live.sources).size, 1, 'one socket to the live backend throughout')
   t.match(await sockets(run), { reused: 1 })
+})
+
+t.test('a renamed listener takes its idle upstream sockets to the new name in sluice_udp_upstream_sockets_idle', async (t) => {
+  const a = await udpBackend(t, 'a')
+  // A port of its own: a listener on port 0 keeps its socket by name, and this one is renamed.
+  const port = await freePort('127.0.0.1')
+  const named = (name: string, udp: string): string => yaml(udp, a.address).replace('name: u,', `name: ${name},`).replace('127.0.0.1:0', `127.0.0.1:${port}`)
+  const run = await startDaemon(t, named('u', 'responses: 1'))
+  t.equal(await (await UdpClient.open(t)).ask(port, 'one'), 'a:one')
+  const idle = async (listener: string): Promise<number> => metricValue(await run.metrics(), 'sluice_udp_upstream_sockets_idle', { listener })
+  t.equal(await idle('u'), 1)
+  await run.daemon.reload(parseConfig(named('v', 'responses: 1'), 'test.yaml', {}))
+  t.equal(run.port('v'), port, 'the same socket')
+  t.equal(await idle('v'), 1, 'the idle socket counts under the new name')
+  t.equal(await idle('u'), 0, 'and no more under the old one')
+  t.equal(await (await UdpClient.open(t)).ask(port, 'two'), 'a:two')
+  t.equal(new Set(a.sources).size, 1, 'the renamed listener reused it')
+  await run.daemon.reload(parseConfig(named('v', 'responses: 1, reuse_sockets: 0'), 'test.yaml', {}))
+  t.equal(await idle('v'), 0, 'closed by reuse_sockets: 0, and the gauge is 0, not below')
 })
