@@ -100,8 +100,15 @@ pools:
 
   // dnsmasq stops: the last good set keeps serving.
   dm.kill('SIGTERM')
-  await eventually(async () => metricValue(await s.metrics(), 'sluice_discovery_updates_total', { pool: 'srv', source: 'dns', result: 'failure' }) >= 2, 'failed attempts are counted', 15_000)
-  t.equal(s.logs.lines.filter((l) => l.code === 'SLUICE_ERR_DISCOVERY_DNS' && l.pool === 'srv').length, 1, 'logged once')
+  const failures = async (): Promise<number> => metricValue(await s.metrics(), 'sluice_discovery_updates_total', { pool: 'srv', source: 'dns', result: 'failure' })
+  await eventually(async () => (await failures()) >= 3, 'failed attempts are counted', 20_000)
+  // A failure is logged when it starts and when its cause changes, never once per attempt.
+  // A round in flight while dnsmasq shuts down may fail otherwise than the timeouts after it
+  // (seen once in CI: two lines), so the test holds to that rule, not to one line.
+  const logged = s.logs.lines.filter((l) => l.code === 'SLUICE_ERR_DISCOVERY_DNS' && l.pool === 'srv').map((l) => String(l.detail))
+  const attempts = await failures()
+  t.ok(logged.length >= 1 && logged.length < attempts, `logged ${logged.length} time(s) for ${attempts} failed attempts: ${logged.join(' | ')}`)
+  t.ok(logged.every((d, i) => i === 0 || d !== logged[i - 1]), 'a line only when the cause changes')
   const still = new Set<string>()
   for (let i = 0; i < 8; i++) still.add(await greeting(s.port('srv')))
   t.same(still, new Set(['b', 'c']), 'with dnsmasq stopped the last set keeps serving')
